@@ -1,0 +1,5 @@
+"""Generation backends: one interface (base.Backend), one adapter per engine, imported lazily."""
+
+from confroute.backends.base import Backend, BackendError, Completion, GenParams, make_backend
+
+__all__ = ["Backend", "BackendError", "Completion", "GenParams", "make_backend"]

@@ -1,0 +1,81 @@
+"""The backend interface: chat messages in, completions with top-k logprobs out."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confroute.traces import Message, Token, Usage
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Decoding settings shared by every backend."""
+
+    max_tokens: int = 512  # answers here run 150-270 tokens; truncation is recorded, not hidden
+    temperature: float = 0.0  # greedy: the reference traces are reproducible
+    top_logprobs: int = 5  # alternatives per token, the k of the confidence signals
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer in the OpenAI token layout."""
+
+    response: str
+    tokens: list[Token]
+    finish_reason: str
+    usage: Usage
+    latency_s: float
+    model: str = ""
+
+
+class BackendError(RuntimeError):
+    """A backend failed to answer (unreachable, timed out, bad reply); names the backend."""
+
+
+class Backend(ABC):
+    """A panel model that answers chat messages with top-k logprobs."""
+
+    name: str = "backend"
+    kind: str = "abstract"
+
+    @abstractmethod
+    def complete_many(
+        self, prompts: Sequence[Sequence[Message]], params: GenParams
+    ) -> Iterator[tuple[int, Completion]]:
+        """Answer every prompt; yield (index, completion) as each finishes, in any order."""
+
+    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
+        """Answer one prompt without blocking the event loop (default: a worker thread)."""
+        return await asyncio.to_thread(self._complete_one, messages, params)
+
+    def _complete_one(self, messages: Sequence[Message], params: GenParams) -> Completion:
+        return next(iter(self.complete_many([messages], params)))[1]
+
+    def version(self) -> str | None:
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+
+def make_backend(name: str, spec: dict[str, Any]) -> Backend:
+    """Build a backend from a panel-config entry; the engine's module is imported only here."""
+    kind = spec.get("backend", "llamacpp")
+    if kind == "llamacpp":
+        from confroute.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend.from_spec(name, spec)
+    if kind == "openai":
+        from confroute.backends.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend.from_spec(name, spec)
+    if kind == "vllm":
+        from confroute.backends.vllm import VLLMBackend
+
+        return VLLMBackend.from_spec(name, spec)
+    raise ValueError(f"model {name!r}: unknown backend {kind!r}; use llamacpp, openai or vllm")

@@ -1,0 +1,24 @@
+"""Shared helpers for commands: domain errors become one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Turn expected errors (bad config, missing file, bad input) into a message, not a traceback."""
+    from confroute.panel import ConfigError
+    from confroute.traces import TraceFormatError
+
+    try:
+        yield
+    except (ConfigError, TraceFormatError, FileNotFoundError, ValueError, *kinds) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,63 @@
+"""`confroute generate`: graded traces with top-k logprobs from panel models on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from confroute.commands._common import console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+
+
+def generate(
+    panel: Path = typer.Option(Path("configs/panel.cpu.yaml"), help="Panel config (YAML)."),
+    dataset: str = typer.Option(..., help="NAME:SPLIT (gsm8k:test, svamp:test, ...) or a file."),
+    out: Path = typer.Option(..., help="Trace JSONL to append to; items already in it are skipped."),
+    models: str | None = typer.Option(None, help="Comma-separated panel models (default: all)."),
+    limit: int | None = typer.Option(None, min=1, help="First N items only."),
+    question: str = typer.Option("question", help="Question column, for a file or hub dataset."),
+    answer: str = typer.Option("answer", help="Gold-answer column, for a file or hub dataset."),
+    grader: str = typer.Option("numeric", help="numeric, exact or choice."),
+) -> None:
+    """Generate traces (resumable), grading as it goes; print per-model accuracy, tokens and time."""
+    from tqdm import tqdm
+
+    from confroute.backends import BackendError
+    from confroute.modelstore import ModelStoreError
+    from confroute.panel import load_panel
+    from training.datasets import DatasetError, load_items
+    from training.generate import generate as run
+
+    with user_errors(DatasetError, BackendError, ModelStoreError):
+        cfg = load_panel(panel)
+        names = [m.strip() for m in models.split(",")] if models else cfg.names
+        for name in names:
+            cfg.get(name)
+        items = load_items(dataset, limit=limit, question=question, answer=answer, grader=grader)
+        bars: dict[str, tqdm] = {}
+        stats: dict[str, list[int]] = {}
+
+        def progress(model: str, trace, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+            bar = bars.get(model)
+            if bar is None:
+                bar = bars[model] = tqdm(total=len(items), desc=model, unit="item")
+                stats[model] = [0, 0]
+            s = stats[model]
+            s[0] += trace.usage.completion_tokens
+            s[1] += bool(trace.correct)
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{s[0] / max(elapsed, 1e-9):.1f}", acc=f"{s[1] / bar.n:.2f}")
+
+        summaries = run(cfg, items, out, models=names, on_progress=progress)
+        for bar in bars.values():
+            bar.close()
+    table = Table("model", "dataset", "items", "accuracy", "completion tokens", "truncated", "latency s")
+    for s in summaries:
+        table.add_row(s.model, s.dataset, str(s.items), f"{s.accuracy:.3f}", str(s.completion_tokens),
+                      str(s.truncated), f"{s.latency_s:.0f}")
+    console.print(table)

@@ -1,0 +1,230 @@
+"""Confidence signals over one trace, and FEATURE_NAMES, the column order training and serving share.
+
+Per kept token i: the chosen token's logprob lp_i and its top-k alternatives' logprobs. Token
+confidence follows DeepConf (arXiv 2508.15260): C_i = -(1/k_i) * sum_j toplogprob_ij, over the k_i
+alternatives the server returned (k_i may be smaller than the k asked; the mean is then over those).
+
+Missing data are explicit, never a silent zero:
+- a trace with no kept tokens has `has_logprobs = 0` and every logprob signal NaN;
+- a token without alternatives counts for lp signals but not for C/margin/entropy signals; if no
+  token has alternatives those signals are NaN;
+- `margin` needs two alternatives at a token; tokens with one are left out of its mean;
+- answer-span signals are NaN when no answer could be extracted or located in the tokens.
+The scorer refuses to score a row without logprobs (the policy then escalates; see scoring.py).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from confroute.grading import Extraction, Grader, NumericGrader
+from confroute.traces import Token, Trace
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "has_logprobs",  # 1 if any kept token carries a logprob, else 0
+    "avg_logprob",  # mean lp_i
+    "min_logprob",  # min lp_i
+    "avg_confidence",  # mean C_i ("average trace confidence")
+    "margin",  # mean over tokens of top-1 minus top-2 logprob
+    "bottom10_group",  # mean of the lowest 10% of sliding-window group confidences
+    "lowest_group",  # minimum group confidence
+    "tail_confidence",  # mean C_i over the last `tail` tokens
+    "answer_logprob",  # mean lp_i over the tokens of the extracted final answer
+    "answer_min_logprob",  # min lp_i over those tokens
+    "answer_confidence",  # mean C_i over those tokens
+    "entropy_mean",  # mean entropy of the renormalised top-k distribution
+    "entropy_max",  # max of that entropy
+    "length",  # completion tokens
+    "truncated",  # finish_reason == "length"
+    "answer_found",  # 1 if a final answer was extracted from the text
+    "agree_prev",  # share of cheaper models' answers equal to this one; NaN for the first model
+)
+
+_SPECIAL = re.compile(r"^<\|[^|]*\|>$|^</?s>$|^<eos>$|^<bos>$|^<pad>$")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Window sizes of the windowed signals (tokens); stored in the manifest with the model."""
+
+    group_window: int = 16  # sliding window for group confidence; answers here run 150-270 tokens
+    tail: int = 16  # last tokens for tail confidence: the answer and its lead-in
+    bottom_frac: float = 0.10  # share of lowest groups averaged by bottom10_group
+
+
+@dataclass(frozen=True)
+class TokenArrays:
+    """A trace's kept tokens as arrays. top is (n, k) sorted descending, NaN where missing."""
+
+    logprob: np.ndarray  # (n,)
+    top: np.ndarray  # (n, k)
+    offsets: np.ndarray  # (n + 1,) character offsets of token starts in `text`
+    text: str  # the kept tokens joined: where the answer span is looked up
+
+
+def is_special(token: str) -> bool:
+    """Special and stop tokens (<|im_end|>, </s>, ...) are left out of every signal."""
+    return bool(_SPECIAL.match(token))
+
+
+def token_arrays(tokens: Sequence[Token]) -> TokenArrays:
+    """Convert OpenAI-layout tokens into arrays, dropping special tokens and non-finite logprobs."""
+    kept = [t for t in tokens if not is_special(t.token) and np.isfinite(t.logprob)]
+    n = len(kept)
+    k = max((len(t.top_logprobs) for t in kept), default=0)
+    top = np.full((n, k), np.nan)
+    for i, t in enumerate(kept):
+        if t.top_logprobs:
+            vals = sorted((a.logprob for a in t.top_logprobs), reverse=True)
+            top[i, : len(vals)] = vals
+    top[~np.isfinite(top)] = np.nan  # -inf alternatives (masked tokens) carry no information
+    lengths = np.fromiter((len(t.token) for t in kept), dtype=np.int64, count=n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    logprob = np.fromiter((t.logprob for t in kept), dtype=np.float64, count=n)
+    return TokenArrays(logprob, top, offsets, "".join(t.token for t in kept))
+
+
+def token_confidence(top: np.ndarray) -> np.ndarray:
+    """C_i = -mean of the available top-k logprobs per token; NaN for tokens without any."""
+    if top.shape[1] == 0:
+        return np.full(top.shape[0], np.nan)
+    with warnings.catch_warnings():  # an all-NaN row is an expected, documented NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return -np.nanmean(top, axis=1)
+
+
+def group_confidences(conf: np.ndarray, window: int) -> np.ndarray:
+    """Mean C over every window of `window` consecutive tokens (one group if fewer tokens)."""
+    c = conf[np.isfinite(conf)]
+    if c.size == 0:
+        return c
+    w = min(window, c.size)
+    csum = np.concatenate([[0.0], np.cumsum(c)])
+    return (csum[w:] - csum[:-w]) / w
+
+
+def topk_entropy(top: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of the top-k distribution renormalised per token; NaN without alternatives."""
+    if top.shape[1] == 0:
+        return np.full(top.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(top - np.nanmax(top, axis=1, keepdims=True))
+    p = np.where(np.isnan(p), 0.0, p)
+    total = p.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = p / total
+        h = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    h[total[:, 0] == 0] = np.nan
+    return h
+
+
+def _mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _min(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.min()) if x.size else float("nan")
+
+
+def _max(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.max()) if x.size else float("nan")
+
+
+def answer_token_slice(arr: TokenArrays, span: tuple[int, int] | None) -> slice | None:
+    """Tokens overlapping a character span of the joined token text; None if not located."""
+    if span is None or arr.logprob.size == 0:
+        return None
+    start, end = span
+    first = int(np.searchsorted(arr.offsets, start, side="right")) - 1
+    last = int(np.searchsorted(arr.offsets, end, side="left"))
+    if first < 0 or last <= first or first >= arr.logprob.size:
+        return None
+    return slice(first, min(last, arr.logprob.size))
+
+
+def signals_from_arrays(
+    arr: TokenArrays,
+    *,
+    answer: slice | None = None,
+    answer_found: bool = False,
+    truncated: bool = False,
+    length: int | None = None,
+    agree_prev: float = float("nan"),
+    config: FeatureConfig = FeatureConfig(),
+) -> np.ndarray:
+    """Every signal, in FEATURE_NAMES order, from token arrays (the service's hot path)."""
+    lp, top = arr.logprob, arr.top
+    conf = token_confidence(top)
+    groups = group_confidences(conf, config.group_window)
+    if groups.size:
+        n_low = max(1, int(np.ceil(config.bottom_frac * groups.size)))
+        bottom = float(np.partition(groups, n_low - 1)[:n_low].mean())
+    else:
+        bottom = float("nan")
+    margin = top[:, 0] - top[:, 1] if top.shape[1] >= 2 else np.full(lp.size, np.nan)
+    entropy = topk_entropy(top)
+    finite_conf = conf[np.isfinite(conf)]
+    a_lp = lp[answer] if answer is not None else np.empty(0)
+    a_conf = conf[answer] if answer is not None else np.empty(0)
+    return np.array(
+        [
+            1.0 if lp.size else 0.0,
+            _mean(lp),
+            _min(lp),
+            _mean(conf),
+            _mean(margin),
+            bottom,
+            _min(groups),
+            _mean(finite_conf[-config.tail :]) if finite_conf.size else float("nan"),
+            _mean(a_lp),
+            _min(a_lp),
+            _mean(a_conf),
+            _mean(entropy),
+            _max(entropy),
+            float(lp.size if length is None else length),
+            1.0 if truncated else 0.0,
+            1.0 if answer_found else 0.0,
+            agree_prev,
+        ]
+    )
+
+
+def agreement(prediction: str | None, previous: Sequence[str | None], grader: Grader) -> float:
+    """Share of cheaper models' answers that the grader judges equal to this one; NaN if none."""
+    if not previous:
+        return float("nan")
+    if prediction is None:
+        return 0.0
+    return float(np.mean([p is not None and grader.is_correct(prediction, p) for p in previous]))
+
+
+def extract_signals(
+    trace: Trace,
+    *,
+    previous: Sequence[str | None] = (),
+    grader: Grader | None = None,
+    config: FeatureConfig = FeatureConfig(),
+) -> np.ndarray:
+    """Every signal of one trace, in FEATURE_NAMES order. `previous`: cheaper models' answers."""
+    grader = grader or NumericGrader()
+    arr = token_arrays(trace.tokens)
+    ext: Extraction | None = grader.extract(arr.text or trace.response)
+    prediction = trace.prediction if trace.prediction is not None else (ext and ext.value)
+    span = (ext.start, ext.end) if ext is not None and arr.text else None
+    return signals_from_arrays(
+        arr,
+        answer=answer_token_slice(arr, span),
+        answer_found=ext is not None,
+        truncated=trace.finish_reason == "length",
+        length=trace.usage.completion_tokens or None,
+        agree_prev=agreement(prediction, previous, grader),
+        config=config,
+    )

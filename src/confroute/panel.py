@@ -1,0 +1,126 @@
+"""The panel config: models from cheapest to most expensive, their backends, costs and the prompt.
+
+Read from YAML under configs/ into validated models that reject unknown keys, so a typo is an
+error naming the key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cost(_Strict):
+    """Price of one call: per call plus per 1k prompt and completion tokens (any currency)."""
+
+    per_call: float = Field(0.0, ge=0)
+    per_1k_prompt_tokens: float = Field(0.0, ge=0)
+    per_1k_completion_tokens: float = Field(0.0, ge=0)
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            self.per_call
+            + self.per_1k_prompt_tokens * prompt_tokens / 1000
+            + self.per_1k_completion_tokens * completion_tokens / 1000
+        )
+
+
+class PanelModel(_Strict):
+    """One panel model and how to reach it."""
+
+    name: str
+    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    # llamacpp: a reference-panel name or a GGUF path; openai/vllm: the served model name
+    model: str | None = None
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (vllm serve)
+    api_key: str | None = None  # openai: sent as bearer token; or set api_key_env
+    api_key_env: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    max_concurrency: int = Field(8, ge=1)
+    on_error: Literal["skip", "fail"] = "skip"  # in the proxy: go on to the next model, or fail
+    n_parallel: int = Field(8, ge=1)  # llamacpp: sequences decoded together
+    n_ctx_per_seq: int = Field(1024, ge=128)
+    n_threads: int | None = None
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm
+    cost: Cost = Cost()
+
+    def spec(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Prompt(_Strict):
+    """The prompt every model gets: the question placed into `template`."""
+
+    system: str | None = None
+    template: str = "{question}"
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return [*msgs, {"role": "user", "content": self.template.format(question=question)}]
+
+
+class Decoding(_Strict):
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_logprobs: int = Field(5, ge=0, le=20)
+
+
+class Panel(_Strict):
+    """A panel: ordered cheapest first; the last model always answers."""
+
+    name: str
+    router_model: str = "confroute"  # the `model` name clients use for the router
+    prompt: Prompt = Prompt()
+    decoding: Decoding = Decoding()
+    models: list[PanelModel]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Panel:
+        names = [m.name for m in self.models]
+        if not names:
+            raise ValueError("a panel needs at least one model")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def get(self, name: str) -> PanelModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"model {name!r} is not in panel {self.name!r}; panel: {self.names}")
+
+
+class ConfigError(ValueError):
+    """A config file that does not parse or validate; the message names the file and key."""
+
+
+def load_yaml_model(path: str | Path, cls: type[_Strict]) -> Any:
+    """Read YAML into a strict pydantic model; errors name the file and the offending keys."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return cls.model_validate(raw)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path}: invalid {cls.__name__} config:\n" + "\n".join(lines)) from None
+
+
+def load_panel(path: str | Path) -> Panel:
+    panel: Panel = load_yaml_model(path, Panel)
+    return panel

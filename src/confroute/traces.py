@@ -1,0 +1,176 @@
+"""Trace and token types (the OpenAI `choices[0].logprobs.content` layout) and JSONL I/O.
+
+One trace is one generation by one panel model for one item. The token layout is exactly what
+OpenAI-compatible servers (vLLM, llama.cpp's server, OpenAI) return, so a server response can be
+handed over unchanged; unknown keys such as `bytes` are ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+
+class TopLogprob(msgspec.Struct, frozen=True):
+    """One alternative at a token position."""
+
+    token: str
+    logprob: float
+
+
+class Token(msgspec.Struct, frozen=True):
+    """One generated token with its logprob and the top-k alternatives (chosen one included)."""
+
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = []
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Generator(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a trace was produced; enough to reproduce it."""
+
+    backend: str
+    temperature: float = 0.0
+    top_logprobs: int = 5
+    max_tokens: int = 512
+    version: str | None = None
+
+
+class Trace(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One generation, one JSON line (DESIGN.md, "Trace")."""
+
+    item_id: str
+    model: str
+    response: str
+    tokens: list[Token]
+    dataset: str = ""
+    messages: list[Message] = []
+    finish_reason: str = "stop"
+    usage: Usage = Usage()
+    latency_s: float = 0.0
+    gold: str | None = None
+    prediction: str | None = None
+    correct: bool | None = None
+    generator: Generator | None = None
+
+
+class TraceFormatError(ValueError):
+    """A trace file line that does not decode; names the file, line and field."""
+
+
+_decoder = msgspec.json.Decoder(Trace)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_trace(data: bytes | str) -> Trace:
+    """Decode one JSON trace; raise msgspec.ValidationError naming the field on bad input."""
+    return _decoder.decode(data)
+
+
+def encode_trace(trace: Trace) -> bytes:
+    return _encoder.encode(trace)
+
+
+def _open_text(path: Path, mode: str) -> IO[Any]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8")
+    return path.open(mode, encoding="utf-8")
+
+
+def iter_traces(path: str | Path) -> Iterator[Trace]:
+    """Yield every trace of a JSONL file (optionally .gz); a bad line raises TraceFormatError."""
+    path = Path(path)
+    with _open_text(path, "rt") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield _decoder.decode(line)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
+
+
+def read_traces(paths: str | Path | Iterable[str | Path]) -> list[Trace]:
+    """Read one file, one directory (every *.jsonl and *.jsonl.gz in it) or several of either."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    out: list[Trace] = []
+    for p in map(Path, paths):
+        files = sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")]) if p.is_dir() else [p]
+        for f in files:
+            out.extend(iter_traces(f))
+    return out
+
+
+def append_traces(path: str | Path, traces: Iterable[Trace]) -> int:
+    """Append traces to a JSONL file, flushing each line so a killed run loses at most one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(path)
+    n = 0
+    with path.open("ab") as fh:
+        for t in traces:
+            fh.write(_encoder.encode(t) + b"\n")
+            fh.flush()
+            n += 1
+    return n
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a killed writer, so appends stay valid."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def write_traces(path: str | Path, traces: Iterable[Trace]) -> int:
+    """Write traces to a JSONL file (gzip when the name ends in .gz), replacing it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with _open_text(path, "wt") as fh:
+        for t in traces:
+            fh.write(_encoder.encode(t).decode() + "\n")
+            n += 1
+    return n
+
+
+def done_keys(path: str | Path) -> set[tuple[str, str]]:
+    """(model, item_id) pairs already in a trace file, for resuming; a torn last line is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    keys: set[tuple[str, str]] = set()
+    key_decoder = msgspec.json.Decoder(_Key)
+    with _open_text(path, "rt") as fh:
+        for line in fh:
+            try:
+                k = key_decoder.decode(line)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue  # a line torn by a kill mid-write; it will be generated again
+            keys.add((k.model, k.item_id))
+    return keys
+
+
+class _Key(msgspec.Struct):
+    item_id: str
+    model: str
