@@ -37,7 +37,8 @@ def _number(value: Any) -> str:
 
 
 # name -> (file relative to the data dir, question getter, gold getter)
-_BUILTIN: dict[str, tuple[str, Callable[[dict[str, Any]], str], Callable[[dict[str, Any]], str]]] = {
+_Getter = Callable[[dict[str, Any]], str]
+_BUILTIN: dict[str, tuple[str, _Getter, _Getter]] = {
     "gsm8k:train": ("gsm8k/train.jsonl", lambda r: r["question"], _gsm8k_gold),
     "gsm8k:test": ("gsm8k/test.jsonl", lambda r: r["question"], _gsm8k_gold),
     "svamp:test": (
@@ -45,7 +46,11 @@ _BUILTIN: dict[str, tuple[str, Callable[[dict[str, Any]], str], Callable[[dict[s
         lambda r: f"{r['Body'].strip()} {r['Question'].strip()}",
         lambda r: _number(r["Answer"]),
     ),
-    "multiarith:test": ("multiarith/test.jsonl", lambda r: r["input"], lambda r: _number(r["target"])),
+    "multiarith:test": (
+        "multiarith/test.jsonl",
+        lambda r: r["input"],
+        lambda r: _number(r["target"]),
+    ),
 }
 BUILTIN_DATASETS = tuple(_BUILTIN)
 
@@ -75,18 +80,31 @@ def load_items(
         rel, get_q, get_a = _BUILTIN[spec]
         path = data_dir() / rel
         if not path.exists():
-            raise DatasetError(f"{spec}: {path} not found; set CONFROUTE_DATA_DIR to the data folder")
-        rows = hf.load_dataset("json", data_files=str(path), split="train")
+            raise DatasetError(
+                f"{spec}: {path} not found; set CONFROUTE_DATA_DIR to the data folder"
+            )
+        rows = _read_file("json", path)
         name, split = spec.split(":")
     else:
         rows, name, split = _load_other(spec)
         get_q, get_a = _column(spec, rows, question), _column(spec, rows, answer)
         if grader == "numeric":
-            get_a = _numeric(get_a)
+            get_a = _numeric(spec, get_a)
     n = len(rows) if limit is None else min(limit, len(rows))
     return [
         Item(f"{name}/{split}/{i}", name, get_q(rows[i]), get_a(rows[i]), grader) for i in range(n)
     ]
+
+
+def _read_file(kind: str, path: Path) -> Any:
+    """A local file through `datasets`; a file it cannot parse is a DatasetError."""
+    import datasets as hf
+
+    try:
+        return hf.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as exc:  # pyarrow/datasets raise many kinds for a malformed file
+        cause = exc.__cause__ or exc
+        raise DatasetError(f"cannot read {path} as {kind}: {cause}") from None
 
 
 def _load_other(spec: str) -> tuple[Any, str, str]:
@@ -97,8 +115,12 @@ def _load_other(spec: str) -> tuple[Any, str, str]:
     if path.suffix in kinds:
         if not path.exists():
             raise DatasetError(f"dataset file {path} does not exist")
-        return hf.load_dataset(kinds[path.suffix], data_files=str(path), split="train"), path.stem, "all"
+        return _read_file(kinds[path.suffix], path), path.stem, "all"
     name, _, split = spec.partition(":")
+    builtin = {b.split(":")[0] for b in BUILTIN_DATASETS}
+    if name in builtin:  # a typo'd split must not wait on the hub
+        splits = ", ".join(b for b in BUILTIN_DATASETS if b.startswith(name + ":"))
+        raise DatasetError(f"unknown split {spec!r}; built-in splits of {name}: {splits}")
     try:
         return hf.load_dataset(name, split=split or "test"), name.replace("/", "_"), split or "test"
     except Exception as exc:  # the hub is unreachable here, or the name is unknown
@@ -115,9 +137,16 @@ def _column(spec: str, rows: Any, col: str) -> Callable[[dict[str, Any]], str]:
     return lambda r: str(r[col])
 
 
-def _numeric(get: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
+def _numeric(spec: str, get: _Getter) -> _Getter:
+    """Gold as a canonical number ("#### 1,234" -> "1234"); a non-number is an error, not a miss."""
+
     def gold(row: dict[str, Any]) -> str:
         text = get(row)
-        return _number(text.split("####")[-1]) if "####" in text else _number(text)
+        value = parse_number(text.split("####")[-1])
+        if value is None:
+            raise DatasetError(
+                f"{spec}: gold answer {text!r} is not a number; use the exact or choice grader"
+            )
+        return format_number(value)
 
     return gold

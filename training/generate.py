@@ -30,7 +30,9 @@ class ModelSummary:
         return self.correct / self.items if self.items else float("nan")
 
 
-def make_trace(item: Item, model: str, completion: Completion, gen: Generator, panel: Panel) -> Trace:
+def make_trace(
+    item: Item, model: str, completion: Completion, gen: Generator, panel: Panel
+) -> Trace:
     """A graded trace of one completion."""
     grader = get_grader(item.grader)
     ext = grader.extract(completion.response)
@@ -71,7 +73,9 @@ def generate(
         if not todo:
             continue
         backend = backend_factory(name, panel.get(name).spec())
-        gen = Generator(backend.kind, dec.temperature, dec.top_logprobs, dec.max_tokens, backend.version())
+        gen = Generator(
+            backend.kind, dec.temperature, dec.top_logprobs, dec.max_tokens, backend.version()
+        )
         prompts = [
             [Message(**m) for m in panel.prompt.messages(it.question)] for it in todo
         ]
@@ -87,7 +91,9 @@ def generate(
     return summarize(out, names, {it.item_id for it in items})
 
 
-def summarize(path: Path, models: Sequence[str], item_ids: set[str] | None = None) -> list[ModelSummary]:
+def summarize(
+    path: Path, models: Sequence[str], item_ids: set[str] | None = None
+) -> list[ModelSummary]:
     """Per model and dataset: accuracy, completion tokens, truncations, summed latency."""
     acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
     if not path.exists():

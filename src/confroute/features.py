@@ -1,10 +1,14 @@
-"""Confidence signals over one trace, and FEATURE_NAMES, the column order training and serving share.
+"""Confidence signals over one trace, and FEATURE_NAMES, the column order of training and serving.
 
 Per kept token i: the chosen token's logprob lp_i and its top-k alternatives' logprobs. Token
 confidence follows DeepConf (arXiv 2508.15260): C_i = -(1/k_i) * sum_j toplogprob_ij, over the k_i
 alternatives the server returned (k_i may be smaller than the k asked; the mean is then over those).
 
 Missing data are explicit, never a silent zero:
+- special and stop tokens (<|im_end|>, <|endoftext|>, </s>, ...) are dropped before anything else;
+- a logprob that is not finite or is at/below LOGPROB_FLOOR (-9999, what vLLM's server and the
+  trace writer use for -inf) is missing: such a chosen token is dropped, such an alternative
+  ignored;
 - a trace with no kept tokens has `has_logprobs = 0` and every logprob signal NaN;
 - a token without alternatives counts for lp signals but not for C/margin/entropy signals; if no
   token has alternatives those signals are NaN;
@@ -15,6 +19,7 @@ The scorer refuses to score a row without logprobs (the policy then escalates; s
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from confroute.grading import Extraction, Grader, NumericGrader
-from confroute.traces import Token, Trace
+from confroute.traces import LOGPROB_FLOOR, Token, Trace
 
 FEATURE_NAMES: tuple[str, ...] = (
     "has_logprobs",  # 1 if any kept token carries a logprob, else 0
@@ -45,7 +50,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "agree_prev",  # share of cheaper models' answers equal to this one; NaN for the first model
 )
 
-_SPECIAL = re.compile(r"^<\|[^|]*\|>$|^</?s>$|^<eos>$|^<bos>$|^<pad>$")
+_SPECIAL = re.compile(
+    r"^<[|｜][^|｜]*[|｜]>$|^</?s>$|^<(?:eos|bos|pad|unk)>$|^<(?:start|end)_of_turn>$"
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,14 @@ def is_special(token: str) -> bool:
     return bool(_SPECIAL.match(token))
 
 
+def _present(logprob: float) -> bool:
+    """A logprob that carries information: finite and above the floor written for -inf."""
+    return math.isfinite(logprob) and logprob > LOGPROB_FLOOR
+
+
 def token_arrays(tokens: Sequence[Token]) -> TokenArrays:
-    """Convert OpenAI-layout tokens into arrays, dropping special tokens and non-finite logprobs."""
-    kept = [t for t in tokens if not is_special(t.token) and np.isfinite(t.logprob)]
+    """Convert OpenAI-layout tokens into arrays, dropping special tokens and missing logprobs."""
+    kept = [t for t in tokens if not is_special(t.token) and _present(t.logprob)]
     n = len(kept)
     k = max((len(t.top_logprobs) for t in kept), default=0)
     top = np.full((n, k), np.nan)
@@ -82,7 +94,7 @@ def token_arrays(tokens: Sequence[Token]) -> TokenArrays:
         if t.top_logprobs:
             vals = sorted((a.logprob for a in t.top_logprobs), reverse=True)
             top[i, : len(vals)] = vals
-    top[~np.isfinite(top)] = np.nan  # -inf alternatives (masked tokens) carry no information
+    top[~(np.isfinite(top) & (top > LOGPROB_FLOOR))] = np.nan  # masked alternatives: no information
     lengths = np.fromiter((len(t.token) for t in kept), dtype=np.int64, count=n)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     logprob = np.fromiter((t.logprob for t in kept), dtype=np.float64, count=n)
@@ -112,8 +124,10 @@ def topk_entropy(top: np.ndarray) -> np.ndarray:
     """Entropy (nats) of the top-k distribution renormalised per token; NaN without alternatives."""
     if top.shape[1] == 0:
         return np.full(top.shape[0], np.nan)
+    filled = np.where(np.isnan(top), -np.inf, top)
+    peak = filled.max(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
-        p = np.exp(top - np.nanmax(top, axis=1, keepdims=True))
+        p = np.exp(filled - peak)  # a row without alternatives: -inf - -inf = NaN, zeroed next
     p = np.where(np.isnan(p), 0.0, p)
     total = p.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):

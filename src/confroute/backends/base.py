@@ -62,6 +62,10 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
 
+    async def aclose(self) -> None:
+        """Release resources from inside the event loop (the service's lifespan shutdown)."""
+        self.close()
+
 
 def make_backend(name: str, spec: dict[str, Any]) -> Backend:
     """Build a backend from a panel-config entry; the engine's module is imported only here."""

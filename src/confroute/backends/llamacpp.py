@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from confroute.backends.base import Backend, BackendError, Completion, GenParams
-from confroute.traces import Message, TopLogprob, Token, Usage
+from confroute.traces import Message, Token, TopLogprob, Usage
 
 
 @dataclass
@@ -129,7 +129,8 @@ class LlamaCppBackend(Backend):
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         """The chat template applied to `messages`, tokenized, ready for the first decode."""
         self._load()
-        result = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        result = self._formatter(messages=msgs)
         return list(
             self._llm.tokenize(
                 result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True

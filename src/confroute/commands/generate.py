@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -17,14 +18,14 @@ def register(app: typer.Typer) -> None:
 def generate(
     panel: Path = typer.Option(Path("configs/panel.cpu.yaml"), help="Panel config (YAML)."),
     dataset: str = typer.Option(..., help="NAME:SPLIT (gsm8k:test, svamp:test, ...) or a file."),
-    out: Path = typer.Option(..., help="Trace JSONL to append to; items already in it are skipped."),
+    out: Path = typer.Option(..., help="Trace JSONL to append to; done items are skipped."),
     models: str | None = typer.Option(None, help="Comma-separated panel models (default: all)."),
     limit: int | None = typer.Option(None, min=1, help="First N items only."),
     question: str = typer.Option("question", help="Question column, for a file or hub dataset."),
     answer: str = typer.Option("answer", help="Gold-answer column, for a file or hub dataset."),
     grader: str = typer.Option("numeric", help="numeric, exact or choice."),
 ) -> None:
-    """Generate traces (resumable), grading as it goes; print per-model accuracy, tokens and time."""
+    """Generate traces (resumable), grading as it goes; print accuracy, tokens and time."""
     from tqdm import tqdm
 
     from confroute.backends import BackendError
@@ -32,6 +33,9 @@ def generate(
     from confroute.panel import load_panel
     from training.datasets import DatasetError, load_items
     from training.generate import generate as run
+
+    if TYPE_CHECKING:
+        from confroute.traces import Trace
 
     with user_errors(DatasetError, BackendError, ModelStoreError):
         cfg = load_panel(panel)
@@ -42,7 +46,7 @@ def generate(
         bars: dict[str, tqdm] = {}
         stats: dict[str, list[int]] = {}
 
-        def progress(model: str, trace, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+        def progress(model: str, trace: Trace, elapsed: float) -> None:
             bar = bars.get(model)
             if bar is None:
                 bar = bars[model] = tqdm(total=len(items), desc=model, unit="item")
@@ -56,8 +60,11 @@ def generate(
         summaries = run(cfg, items, out, models=names, on_progress=progress)
         for bar in bars.values():
             bar.close()
-    table = Table("model", "dataset", "items", "accuracy", "completion tokens", "truncated", "latency s")
+    cols = ("model", "dataset", "items", "accuracy", "completion tokens", "truncated", "latency s")
+    table = Table(*cols)
     for s in summaries:
-        table.add_row(s.model, s.dataset, str(s.items), f"{s.accuracy:.3f}", str(s.completion_tokens),
-                      str(s.truncated), f"{s.latency_s:.0f}")
+        table.add_row(
+            s.model, s.dataset, str(s.items), f"{s.accuracy:.3f}", str(s.completion_tokens),
+            str(s.truncated), f"{s.latency_s:.0f}",
+        )
     console.print(table)

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from confroute.commands import models_app
@@ -25,11 +33,16 @@ def pull(names: list[str] = typer.Argument(..., help="Reference model names, or 
         for name in names:
             src = modelstore.REFERENCE_MODELS.get(name)
             total = src.size if src else 1
-            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+            )
             with Progress(*columns, console=console) as bar:
                 task = bar.add_task(f"{name}", total=total)
 
-                def show(stage: str, done: int, n: int, task: int = task) -> None:
+                def show(stage: str, done: int, n: int, task: TaskID = task, name: str = name) -> None:
                     if stage == "download":
                         bar.update(task, description=f"{name}: wheel {done}/{n}")
                     else:

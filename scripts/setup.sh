@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install confroute and everything it needs from this repository's own files (idempotent).
+# Used by both README commands. Creates .venv (Python 3.11), installs the package with the
+# pipeline, llama.cpp and dev extras, fetches and verifies the reference GGUF models into
+# ~/.cache/confroute, and installs PostgreSQL from Debian for the decision-log tests if asked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "confroute needs Python 3.11"'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# llama-cpp-python builds from source the first time (about 7 minutes on 2 cores); pip caches the wheel.
+python -m pip install -q -e ".[train,llama,dev,postgres]"
+confroute models pull all
+if [ "${WITH_POSTGRES:-0}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: PostgreSQL not installed and no root apt-get; its tests will be skipped" >&2
+  fi
+fi

@@ -1,0 +1,310 @@
+"""OpenAI-compatible HTTP backend: `vllm serve`, llama.cpp's server, OpenAI, reached with httpx.
+
+Chat mode posts to `/chat/completions` with `logprobs: true, top_logprobs: k` and reads
+`choices[0].logprobs.content`, which is already the trace token layout. Completions mode posts
+the messages' contents, joined by blank lines, as a raw prompt to `/completions` (no chat
+template: for base models or prompts formatted by hand) and converts the legacy
+`tokens/token_logprobs/top_logprobs` layout. Requests run concurrently up to `max_concurrency`
+per event loop; connect errors, timeouts, 429 and 5xx are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, NamedTuple
+
+import httpx
+import msgspec
+
+from confroute.backends.base import Backend, BackendError, Completion, GenParams
+from confroute.traces import Message, Token, TopLogprob, Usage
+
+Mode = Literal["chat", "completions"]
+_RETRY_STATUS = frozenset({408, 429})  # request timeout, rate limited; plus every 5xx
+
+
+# -- reply layout (unknown keys such as `bytes`, `id`, `created` are ignored) -------------------
+
+
+class _ChatMessage(msgspec.Struct):
+    content: str | None = None
+
+
+class _Logprobs(msgspec.Struct):
+    """Both layouts: chat `content`, or legacy `tokens/token_logprobs/top_logprobs`."""
+
+    content: list[Token] | None = None
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _ChatMessage | None = None  # chat
+    text: str = ""  # completions
+    finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
+
+
+class _Reply(msgspec.Struct):
+    choices: list[_Choice]
+    usage: Usage | None = None
+
+
+class _Session(NamedTuple):
+    """An HTTP client and a concurrency bound, both tied to one event loop."""
+
+    client: httpx.AsyncClient
+    limit: asyncio.Semaphore
+
+
+class OpenAICompatBackend(Backend):
+    """A model served over the OpenAI API, asked for top-k logprobs."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        mode: Mode = "chat",
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+        max_concurrency: int = 8,
+        backoff_s: float = 0.5,  # first retry waits this long, then 2x, 4x, ... (capped at 30 s)
+    ) -> None:
+        if mode not in ("chat", "completions"):
+            raise ValueError(f"model {name!r}: mode must be 'chat' or 'completions', got {mode!r}")
+        if httpx.URL(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"model {name!r}: base_url must be http(s)://..., got {base_url!r}")
+        self.name = name
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
+        self.backoff_s = backoff_s
+        self._sessions: dict[asyncio.AbstractEventLoop, _Session] = {}
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict[str, Any]) -> OpenAICompatBackend:
+        """Build from a PanelModel spec dict (base_url required; `mode` defaults to chat)."""
+        if not spec.get("base_url"):
+            raise ValueError(f"model {name!r}: the openai backend needs base_url")
+        opts = {k: spec[k] for k in ("timeout_s", "max_retries", "max_concurrency") if k in spec}
+        return cls(
+            name,
+            spec.get("model") or name,
+            spec["base_url"],
+            api_key=_api_key(name, spec),
+            mode=spec.get("mode", "chat"),
+            **opts,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/{'chat/completions' if self.mode == 'chat' else 'completions'}"
+
+    def version(self) -> str | None:
+        return f"openai-compatible {self.mode} {self.model} at {self.base_url}"
+
+    # -- public calls ------------------------------------------------------------------------
+
+    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
+        """Answer one prompt on the running event loop (one client per loop, kept open)."""
+        return await self._request(self._loop_session(), messages, params)
+
+    def complete_many(
+        self, prompts: Sequence[Sequence[Message]], params: GenParams
+    ) -> Iterator[tuple[int, Completion]]:
+        """Send every prompt concurrently on a private loop thread; yield results as they finish.
+
+        Works from any thread, with or without an event loop running in it; a consumer that
+        stops early (or a failed request) cancels what is still in flight.
+        """
+        with _loop_thread(f"{self.name}-http") as loop:
+            session = self._new_session()
+            pending = {
+                asyncio.run_coroutine_threadsafe(self._request(session, m, params), loop): i
+                for i, m in enumerate(prompts)
+            }
+            try:
+                for done in concurrent.futures.as_completed(pending):
+                    yield pending[done], done.result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+                asyncio.run_coroutine_threadsafe(_drain(session), loop).result()
+
+    async def aclose(self) -> None:
+        """Close the client of the running event loop."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.client.aclose()
+
+    def close(self) -> None:
+        """Forget every loop's client (an async caller should await aclose() first)."""
+        self._sessions.clear()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _new_session(self) -> _Session:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout_s))
+        return _Session(client, asyncio.Semaphore(self.max_concurrency))
+
+    def _loop_session(self) -> _Session:
+        loop = asyncio.get_running_loop()
+        for old in [lp for lp in self._sessions if lp.is_closed()]:
+            del self._sessions[old]
+        if loop not in self._sessions:
+            self._sessions[loop] = self._new_session()
+        return self._sessions[loop]
+
+    async def _request(
+        self, session: _Session, messages: Sequence[Message], params: GenParams
+    ) -> Completion:
+        """One completion; latency counts from the request's first attempt to its reply."""
+        async with session.limit:
+            t0 = time.perf_counter()
+            body = await self._post(session.client, self._payload(messages, params))
+            return self._parse(body, time.perf_counter() - t0)
+
+    def _payload(self, messages: Sequence[Message], params: GenParams) -> dict[str, Any]:
+        common = {
+            "model": self.model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "seed": params.seed,
+        }
+        if self.mode == "chat":
+            logprobs = {"logprobs": True, "top_logprobs": params.top_logprobs}
+            return {**common, **logprobs, "messages": list(messages)}
+        prompt = "\n\n".join(m.content for m in messages)
+        return {**common, "prompt": prompt, "logprobs": params.top_logprobs}
+
+    async def _post(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> bytes:
+        """POST with retries on transport errors, timeouts, 429 and 5xx; the reply body."""
+        content = msgspec.json.encode(payload)
+        headers = {"Content-Type": "application/json"}
+        cause = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(30.0, self.backoff_s * 2 ** (attempt - 1)))
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    reply = await client.post(self.url, content=content, headers=headers)
+            except (httpx.TransportError, TimeoutError) as exc:
+                cause = _describe(exc, self.timeout_s)
+                continue
+            if reply.is_success:
+                return reply.content
+            cause = f"HTTP {reply.status_code}: {reply.text[:300].strip()}"
+            if not _retryable(reply.status_code):
+                raise self._error(cause, attempt + 1)
+        raise self._error(cause, self.max_retries + 1)
+
+    def _error(self, cause: str, attempts: int) -> BackendError:
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        return BackendError(f"{self.name}: POST {self.url} failed after {tries}: {cause}")
+
+    def _parse(self, body: bytes, latency_s: float) -> Completion:
+        try:
+            return completion_from_reply(body, self.name, latency_s)
+        except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+            raise BackendError(f"{self.name}: bad reply from {self.url}: {exc}") from None
+
+
+# -- reply conversion --------------------------------------------------------------------------
+
+
+def completion_from_reply(body: bytes, model: str, latency_s: float) -> Completion:
+    """A chat or completions reply body as a Completion; no logprobs gives tokens=[]."""
+    reply = msgspec.json.decode(body, type=_Reply)
+    choice = reply.choices[0]
+    tokens = _tokens(choice.logprobs)
+    return Completion(
+        response=(choice.message.content or "") if choice.message else choice.text,
+        tokens=tokens,
+        finish_reason=choice.finish_reason or "unknown",
+        usage=reply.usage or Usage(0, len(tokens)),
+        latency_s=round(latency_s, 3),
+        model=model,
+    )
+
+
+def _tokens(lp: _Logprobs | None) -> list[Token]:
+    if lp is None:
+        return []
+    return lp.content if lp.content is not None else legacy_tokens(lp)
+
+
+def legacy_tokens(lp: _Logprobs) -> list[Token]:
+    """Legacy `tokens/token_logprobs/top_logprobs` as Tokens, alternatives sorted best first."""
+    tops = lp.top_logprobs or [None] * len(lp.tokens)
+    out = []
+    for text, logprob, top in zip(lp.tokens, lp.token_logprobs, tops, strict=False):
+        if logprob is None:
+            continue  # an echoed first prompt token has no logprob
+        alts = sorted((top or {}).items(), key=lambda kv: -kv[1])
+        out.append(Token(text, logprob, [TopLogprob(t, v) for t, v in alts]))
+    return out
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _api_key(name: str, spec: dict[str, Any]) -> str | None:
+    """The bearer token: `api_key`, else the variable named by `api_key_env` (which must be set)."""
+    if spec.get("api_key"):
+        return str(spec["api_key"])
+    env = spec.get("api_key_env")
+    if not env:
+        return None
+    if not os.environ.get(env):
+        raise BackendError(f"model {name!r}: api_key_env names {env}, which is not set")
+    return os.environ[env]
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in _RETRY_STATUS
+
+
+def _describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return f"timed out after {timeout_s:g} s ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc or type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _drain(session: _Session) -> None:
+    """Let cancelled requests unwind, then close the client."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.gather(*others, return_exceptions=True)
+    await session.client.aclose()
+
+
+@contextlib.contextmanager
+def _loop_thread(name: str) -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in its own daemon thread, stopped and closed on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

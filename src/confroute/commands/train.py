@@ -1,0 +1,103 @@
+"""`confroute train` (fit, calibrate, export, log to MLflow) and `confroute models verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from confroute.commands import models_app
+from confroute.commands._common import user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def train(
+    config: Path = typer.Option(Path("configs/train.yaml"), help="Training config (YAML)."),
+    sweep: bool = typer.Option(False, help="One run per classifier x calibration in the config."),
+    out: Path | None = typer.Option(None, "--out", "--models-dir", help="Where versions go."),
+    traces: list[Path] | None = typer.Option(None, help="Trace files/directories (repeatable)."),
+    table: Path | None = typer.Option(None, help="Ready feature table (CSV/Parquet) instead."),
+) -> None:
+    """Fit per-model calibrated classifiers, export an ONNX version, log an MLflow run each."""
+    from confroute.manifest import ManifestError
+    from training import train as pipeline
+    from training.config import load_config
+    from training.export import ExportError
+
+    with user_errors(pipeline.TrainError, ExportError, ManifestError):
+        cfg = load_config(config)
+        if traces and table:
+            raise ValueError("give --traces or --table, not both")
+        update: dict[str, Any] = {}
+        if out is not None:
+            update["models_dir"] = out
+        if traces:
+            update.update(traces=traces, table=None)
+        if table is not None:
+            update["table"] = table
+        cfg = cfg.model_copy(update=update)
+        results = pipeline.sweep(cfg) if sweep else [pipeline.train(cfg)]
+    Console().print(_metrics_table(results) if not sweep else _sweep_table(results))
+    for r in results:
+        typer.echo(f"{r.classifier}-{r.calibration}\trun {r.run_id}\t{r.version_dir}")
+    if sweep:
+        from training.tracking import resolve_uri
+
+        typer.echo(f"models/current was left alone; compare the runs with "
+                   f"`mlflow ui --backend-store-uri {resolve_uri(cfg.tracking.uri)}`")
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{m[key]:.3f}{ci}"
+
+
+def _metrics_table(results: list[Any]) -> Table:
+    """Held-out metrics per model, with 95% intervals and the best raw signal."""
+    r = results[0]
+    table = Table("model", "n (correct)", "AUROC", "best signal AUROC", "ECE", "Brier",
+                  "log loss", "target", title=f"{r.classifier} + {r.calibration}, held-out items")
+    for model, m in r.metrics.items():
+        table.add_row(model, f"{m['n']} ({m['n_correct']})", _ci(m, "auroc"),
+                      f"{m['best_signal']} {_ci(m, 'best_signal_auroc')}", _ci(m, "ece"),
+                      _ci(m, "brier"), _ci(m, "log_loss"), m["target"])
+    return table
+
+
+def _sweep_table(results: list[Any]) -> Table:
+    """One row per run: AUROC / ECE / log loss per model, and their means."""
+    models = list(results[0].metrics)
+    table = Table("classifier", "calibration", *[f"{m}\nAUROC / ECE / LL" for m in models],
+                  "mean LL", "run", title="sweep (held-out items)")
+    for r in results:
+        cells = [f"{r.metrics[m]['auroc']:.3f} / {r.metrics[m]['ece']:.3f} / "
+                 f"{r.metrics[m]['log_loss']:.3f}" for m in models]
+        mean_ll = sum(r.metrics[m]["log_loss"] for m in models) / len(models)
+        table.add_row(r.classifier, r.calibration, *cells, f"{mean_ll:.3f}", r.run_id[:8])
+    return table
+
+
+@models_app.command("verify")
+def verify(
+    version: str | None = typer.Argument(None, help="Version id or directory (default: current)."),
+    models_dir: Path = typer.Option(Path("models"), help="Directory holding the versions."),
+    table_features: bool = typer.Option(
+        False, help="Accept the manifest's own feature list (a version fitted on a custom table)."),
+) -> None:
+    """Check a version: every file's sha256, the feature order, one ONNX file per panel model."""
+    from confroute.features import FEATURE_NAMES
+    from confroute.manifest import ManifestError, resolve_version
+    from confroute.manifest import verify as check
+
+    with user_errors(ManifestError):
+        path = resolve_version(models_dir, version)
+        m = check(path, None if table_features else FEATURE_NAMES)
+    typer.echo(f"ok {m.version} ({path}): {len(m.files)} files verified, "
+               f"{len(m.feature_names)} features, models {', '.join(m.panel.names)}")

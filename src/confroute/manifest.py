@@ -1,0 +1,218 @@
+"""The model-version manifest (models/<version>/manifest.json): read, verify, write; `current`.
+
+A version directory holds one ONNX file per panel model and `manifest.json`, which names the panel
+and costs, the feature order, each model's calibration (applied with numpy after the ONNX graph),
+the policy table, metrics, the MLflow run id, library versions and the sha256 of every other file.
+Verification refuses a version whose files, feature order or panel do not match, with a message
+that says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from confroute.features import FEATURE_NAMES
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+
+
+class ManifestError(ValueError):
+    """A version that cannot be served: missing, edited or inconsistent files; says which."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Isotonic(_Frozen):
+    """Isotonic calibration as its knot table: p = np.interp(f, x, y)."""
+
+    method: Literal["isotonic"] = "isotonic"
+    x: list[float]
+    y: list[float]
+
+    @model_validator(mode="after")
+    def _table(self) -> Isotonic:
+        if not self.x or len(self.x) != len(self.y):
+            raise ValueError("isotonic x and y must be non-empty and of equal length")
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("isotonic x must be sorted ascending")
+        return self
+
+
+class Sigmoid(_Frozen):
+    """Platt scaling in scikit-learn's convention: p = 1 / (1 + exp(a*f + b))."""
+
+    method: Literal["sigmoid"] = "sigmoid"
+    a: float
+    b: float
+
+
+class Identity(_Frozen):
+    """No calibration: the base classifier's probability as it is."""
+
+    method: Literal["none"] = "none"
+
+
+Calibration = Annotated[Isotonic | Sigmoid | Identity, Field(discriminator="method")]
+
+
+class ModelEntry(_Frozen):
+    """One panel model: ONNX file (input "X", output "p_correct"), calibration, metrics."""
+
+    file: str
+    classifier: Literal["lightgbm", "logistic", "prior"]  # prior: too few answers, base rate
+    calibration: Calibration
+    input: str = "X"
+    output: str = "p_correct"
+    metrics: dict[str, Any] = {}
+
+
+class PanelModelInfo(_Frozen):
+    name: str
+    cost: dict[str, float]
+
+
+class PanelInfo(_Frozen):
+    """The panel the version was trained for, cheapest model first."""
+
+    name: str
+    models: list[PanelModelInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+class Manifest(_Frozen):
+    """Typed manifest.json (format 1)."""
+
+    format: Literal[1] = 1
+    version: str
+    created: str
+    panel: PanelInfo
+    feature_names: list[str]
+    feature_config: dict[str, int | float]
+    models: dict[str, ModelEntry]
+    policy: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    mlflow_run_id: str | None = None
+    libraries: dict[str, str] = {}
+    files: dict[str, str] = {}
+
+    @classmethod
+    def load(cls, version_dir: str | Path) -> Manifest:
+        """Parse `<version_dir>/manifest.json`; ManifestError if absent or malformed."""
+        path = Path(version_dir) / MANIFEST
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise ManifestError(f"{path} does not exist (not a model version directory?)") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ManifestError(f"{path}: invalid manifest at {where}: {first['msg']}") from None
+
+    def write(self, version_dir: str | Path) -> Path:
+        """Write manifest.json (pretty, stable key order) into the version directory."""
+        path = Path(version_dir) / MANIFEST
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(version_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """sha256 of each named file in the version directory."""
+    return {name: sha256_file(Path(version_dir) / name) for name in names}
+
+
+def verify(
+    version_dir: str | Path, feature_names: Sequence[str] | None = FEATURE_NAMES
+) -> Manifest:
+    """Check a version: files present with their sha256, feature order, one file per panel model.
+
+    `feature_names=None` accepts the manifest's own order (versions trained on a custom table).
+    """
+    version_dir = Path(version_dir)
+    m = Manifest.load(version_dir)
+    if feature_names is not None:
+        _check_features(m.feature_names, list(feature_names))
+    _check_models(m)
+    for name, digest in m.files.items():
+        path = version_dir / name
+        if not path.is_file():
+            raise ManifestError(f"version {m.version}: file {name} is missing from {version_dir}")
+        if sha256_file(path) != digest:
+            raise ManifestError(
+                f"version {m.version}: {name} was modified (sha256 differs from the manifest)"
+            )
+    return m
+
+
+def _check_features(found: list[str], expected: list[str]) -> None:
+    if found == expected:
+        return
+    for i, (f, e) in enumerate(zip(found, expected, strict=False)):
+        if f != e:
+            raise ManifestError(
+                f"feature order differs from this build's at position {i}: manifest has {f!r}, "
+                f"expected {e!r}; retrain, or use a build with the manifest's features"
+            )
+    raise ManifestError(f"manifest has {len(found)} features, this build computes {len(expected)}")
+
+
+def _check_models(m: Manifest) -> None:
+    for name in m.panel.names:
+        entry = m.models.get(name)
+        if entry is None:
+            raise ManifestError(f"version {m.version}: no classifier for panel model {name!r}")
+        if entry.file not in m.files:
+            raise ManifestError(f"version {m.version}: {entry.file} has no sha256 in the manifest")
+
+
+def resolve_version(models_dir: str | Path, version: str | None = None) -> Path:
+    """A version directory: `version` by name (or path), else the one `current` points at."""
+    if version is None:
+        return resolve_current(models_dir)
+    path = Path(version)
+    if not path.is_dir():
+        path = Path(models_dir) / version
+    if not path.is_dir():
+        raise ManifestError(f"no model version {version!r} in {models_dir}")
+    return path
+
+
+def resolve_current(models_dir: str | Path) -> Path:
+    """The version directory `models_dir/current` points at."""
+    link = Path(models_dir) / CURRENT
+    if not link.exists():
+        raise ManifestError(f"{link} does not exist: train a version first (confroute train)")
+    return link.resolve()
+
+
+def switch_current(models_dir: str | Path, version: str) -> Path:
+    """Point `models_dir/current` at `version` atomically (a new symlink renamed over the old)."""
+    models_dir = Path(models_dir)
+    if not (models_dir / version / MANIFEST).is_file():
+        raise ManifestError(f"{models_dir / version} is not a model version directory")
+    tmp = models_dir / f".{CURRENT}.{uuid.uuid4().hex}"
+    os.symlink(version, tmp)  # relative: the models directory can move as a whole
+    os.replace(tmp, models_dir / CURRENT)
+    return models_dir / CURRENT

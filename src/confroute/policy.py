@@ -1,0 +1,187 @@
+"""The cost_quality_tradeoff policy: for each λ, which panel models to call and when to stop.
+
+λ in [0, 1] is the request's `cost_quality_tradeoff`: 0 cares only for accuracy, 1 only for
+cost. The policy is a table fitted offline (training/fit_policy.py) with one row per grid λ:
+
+- `route`: the models called at that λ, a subset of the panel in panel order (cheapest first).
+  The last model of the route always answers; it need not be the last panel model (at λ = 1 the
+  best route is usually the cheapest model alone).
+- `thresholds`: τ per non-final route model; its answer is accepted when p_correct >= τ,
+  otherwise the next route model is called. p_correct NaN (no logprobs) always escalates. A τ
+  above 1 never accepts: the model is called only for its answer (later models' agree_prev).
+- `accuracy`, `accuracy_ci` (95% bootstrap over items), `cost`: measured on the fitting rows,
+  cost relative to always calling the last panel model.
+
+A λ between grid points uses the nearest grid point; a tie goes to the lower λ (more quality).
+Runtime code: numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one model's answer at one λ."""
+
+    decision: Literal["accept", "escalate", "skip"]
+    threshold: float | None  # τ the p_correct was compared with (None when no comparison)
+    next_model: str | None  # the model to call next (None when the answer stands)
+    reason: str  # confident | not_confident | no_logprobs | last_model | not_in_route
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    """The cascade at one grid λ."""
+
+    lam: float
+    route: tuple[str, ...]
+    thresholds: Mapping[str, float]
+    accuracy: float
+    cost: float  # mean cost relative to always calling the last panel model
+    accuracy_ci: tuple[float, float] | None = None  # 95% bootstrap interval of `accuracy`
+    n_items: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lambda": self.lam, "route": list(self.route), "thresholds": dict(self.thresholds),
+            "accuracy": self.accuracy, "cost": self.cost, "n_items": self.n_items,
+            "accuracy_ci": list(self.accuracy_ci) if self.accuracy_ci else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyRow:
+        ci = d.get("accuracy_ci")
+        return cls(
+            lam=float(d["lambda"]), route=tuple(d["route"]),
+            thresholds={str(k): float(v) for k, v in d["thresholds"].items()},
+            accuracy=float(d["accuracy"]), cost=float(d["cost"]), n_items=int(d.get("n_items", 0)),
+            accuracy_ci=(float(ci[0]), float(ci[1])) if ci else None,
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A fitted λ -> (route, thresholds) table over a panel (`models`, cheapest first)."""
+
+    models: tuple[str, ...]
+    rows: tuple[PolicyRow, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict)  # how it was fitted (free-form, JSON)
+
+    def __post_init__(self) -> None:
+        _validate(self.models, self.rows)
+
+    @property
+    def lambdas(self) -> list[float]:
+        return [r.lam for r in self.rows]
+
+    def row(self, lam: float) -> PolicyRow:
+        """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
+        lam = check_lambda(lam)
+        grid = np.asarray(self.lambdas)
+        return self.rows[int(np.argmin(np.abs(grid - lam)))]
+
+    def route(self, lam: float) -> list[str]:
+        return list(self.row(lam).route)
+
+    def thresholds(self, lam: float) -> dict[str, float]:
+        return dict(self.row(lam).thresholds)
+
+    def decide(self, model: str, p_correct: float, lam: float) -> Decision:
+        """Accept, escalate or skip `model`'s answer (calibrated `p_correct`) at trade-off `lam`."""
+        if model not in self.models:
+            raise ValueError(f"model {model!r} is not in the policy's panel {list(self.models)}")
+        p = float(p_correct)
+        if not (math.isnan(p) or 0.0 <= p <= 1.0):
+            raise ValueError(f"p_correct must be in [0, 1] or NaN, got {p_correct}")
+        row = self.row(lam)
+        if model not in row.route:
+            return Decision("skip", None, self._next(row, model), "not_in_route")
+        if model == row.route[-1]:
+            return Decision("accept", None, None, "last_model")
+        tau = row.thresholds[model]
+        nxt = self._next(row, model)
+        if math.isnan(p):
+            return Decision("escalate", tau, nxt, "no_logprobs")
+        if p >= tau:
+            return Decision("accept", tau, None, "confident")
+        return Decision("escalate", tau, nxt, "not_confident")
+
+    def for_target_accuracy(
+        self, target: float, conservative: bool = False
+    ) -> tuple[float, PolicyRow]:
+        """Cheapest (λ, row) whose held-out accuracy reaches `target`.
+
+        The row's `accuracy_ci` states the uncertainty; `conservative=True` asks that the lower
+        end of that interval reach the target instead of the point estimate.
+        """
+        if not 0.0 <= target <= 1.0:
+            raise ValueError(f"target accuracy must be in [0, 1], got {target}")
+
+        def reached(r: PolicyRow) -> float:
+            return r.accuracy_ci[0] if conservative and r.accuracy_ci else r.accuracy
+
+        ok = [r for r in self.rows if reached(r) >= target]
+        if not ok:
+            best = max(self.rows, key=reached)
+            what = "lower 95% bound of accuracy" if conservative else "held-out accuracy"
+            raise ValueError(
+                f"no setting reaches accuracy {target:.3f}; the best {what} is "
+                f"{reached(best):.3f} (λ={best.lam:g}, cost {best.cost:.3f})"
+            )
+        best = min(ok, key=lambda r: (r.cost, -r.accuracy, -r.lam))
+        return best.lam, best
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, stored in the manifest under "policy"."""
+        return {"format": FORMAT, "lambda_lookup": "nearest", "models": list(self.models),
+                "rows": [r.to_dict() for r in self.rows], "meta": dict(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Policy:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"policy format {d.get('format')!r} is not supported ({FORMAT} is)")
+        try:
+            rows = tuple(PolicyRow.from_dict(r) for r in d["rows"])
+            return cls(tuple(d["models"]), rows, dict(d.get("meta", {})))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed policy table: {exc!r}") from None
+
+    def _next(self, row: PolicyRow, model: str) -> str | None:
+        """The first route model after `model` in panel order (None if there is none)."""
+        pos = self.models.index(model)
+        later = [m for m in row.route if self.models.index(m) > pos]
+        return later[0] if later else None
+
+
+def check_lambda(lam: float) -> float:
+    """λ as a float in [0, 1], or a ValueError that says so."""
+    value = float(lam)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"cost_quality_tradeoff must be in [0, 1], got {lam}")
+    return value
+
+
+def _validate(models: Sequence[str], rows: Sequence[PolicyRow]) -> None:
+    """ValueError unless usable: sorted λ grid, routes in panel order, finite τ."""
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"policy needs unique panel model names, got {list(models)}")
+    lams = [r.lam for r in rows]
+    if not rows or any(not 0 <= x <= 1 for x in lams) or sorted(set(lams)) != lams:
+        raise ValueError(f"policy λ grid must be non-empty, increasing and in [0, 1], got {lams}")
+    for r in rows:
+        pos = [models.index(m) if m in models else -1 for m in r.route]
+        if not pos or -1 in pos or pos != sorted(set(pos)):
+            raise ValueError(f"λ={r.lam}: route {list(r.route)} is not a subset of {list(models)}")
+        if set(r.thresholds) != set(r.route[:-1]):
+            raise ValueError(f"λ={r.lam}: thresholds {dict(r.thresholds)} != {r.route[:-1]}")
+        if not all(math.isfinite(t) for t in r.thresholds.values()):
+            raise ValueError(f"λ={r.lam}: thresholds must be finite, got {dict(r.thresholds)}")

@@ -1,0 +1,215 @@
+"""The FastAPI app: factory, lifespan (every resource is made here) and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from confroute.backends import Backend, make_backend
+from confroute.grading import get_grader
+from confroute.manifest import ManifestError
+from confroute.panel import Panel, load_panel
+from confroute.service import chat_format, route
+from confroute.service.decision_log import DecisionLog
+from confroute.service.edge import EdgeMiddleware, KeyIfAll, KeyRequired
+from confroute.service.engine import Engine
+from confroute.service.errors import Conflict, install_error_handlers
+from confroute.service.feedback import apply_feedback
+from confroute.service.metrics import Metrics
+from confroute.service.proxy import Limits, Proxy
+from confroute.service.schemas import ChatRequest, Feedback, route_openapi
+from confroute.settings import Settings
+
+log = logging.getLogger("confroute.service")
+ENDPOINTS = frozenset({"/v1/route", "/v1/route/batch", "/v1/chat/completions", "/v1/feedback",
+                       "/v1/models", "/healthz", "/metrics", "/admin/reload"})
+
+
+@dataclass
+class Resources:
+    """What the routes use; made in the lifespan, reached through the *Dep aliases."""
+
+    settings: Settings
+    panel: Panel
+    engine: Engine
+    log: DecisionLog
+    backends: dict[str, Backend]
+    proxy: Proxy
+
+
+def build(settings: Settings, metrics: Metrics) -> Resources:
+    """Panel, backends (engines load on first use), decision log and engine."""
+    panel = load_panel(settings.panel)
+    backends = {m.name: make_backend(m.name, m.spec()) for m in panel.models}
+    dlog = DecisionLog(settings.decision_log, settings.spill_path,
+                       spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
+    engine = Engine(settings.models_dir, panel, get_grader(settings.grader),
+                    settings.default_cost_quality_tradeoff)
+    proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars)
+    return Resources(settings, panel, engine, dlog, backends, proxy)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    res = build(app.state.settings, app.state.metrics)
+    app.state.resources = res
+    res.log.start()
+    with contextlib.suppress(ManifestError, ValueError, OSError):
+        await asyncio.to_thread(res.engine.reload)  # not ready until a version loads
+    if res.engine.version:
+        app.state.metrics.serving(res.engine.version)
+    watcher = asyncio.create_task(res.engine.watch(
+        res.settings.reload_interval_s, lambda v: app.state.metrics.serving(v.version)))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        await _close(res.backends)
+        await asyncio.to_thread(res.log.close)
+
+
+async def _close(backends: dict[str, Backend]) -> None:
+    for b in backends.values():
+        aclose = getattr(b, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await asyncio.to_thread(b.close)
+
+
+def _resources(request: Request) -> Resources:
+    res: Resources = request.app.state.resources
+    return res
+
+
+def _metrics(request: Request) -> Metrics:
+    m: Metrics = request.app.state.metrics
+    return m
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+RequestId = Annotated[str | None, Header(alias="x-request-id", max_length=200)]
+_JSON = "application/json"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A router service for `settings` (default: from the environment)."""
+    settings = settings or Settings()
+    app = FastAPI(title="confroute", version="1", lifespan=lifespan,
+                  description="Cheapest model first; escalate only when its calibrated "
+                              "confidence says so.")
+    app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.metrics.watch_log(
+        lambda: getattr(getattr(app.state, "resources", None), "log", None))
+    install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
+                       metrics=app.state.metrics, endpoints=ENDPOINTS)
+    _routes(app)
+    _document_route_schemas(app)
+    return app
+
+
+def _routes(app: FastAPI) -> None:
+    single, batch, _ = route_openapi()
+
+    @app.post("/v1/route", dependencies=[KeyIfAll], response_class=Response,
+              openapi_extra=_body(single), responses={200: {"content": {"application/json": {}}}})
+    async def decide(request: Request, res: ResourcesDep, metrics: MetricsDep,
+                     request_id: RequestId = None) -> Response:
+        """Decide on one answer (or a list of them): accept, escalate or skip."""
+        body = await request.body()
+        reqs = route.decode(body, batch=False)
+        out = route.route(res.engine, res.log, metrics, reqs, request_id,
+                          res.settings.log_response_chars, res.settings.max_batch)
+        payload = out if body.lstrip()[:1] == b"[" else out[0]
+        return Response(route.encode(payload), media_type=_JSON)
+
+    @app.post("/v1/route/batch", dependencies=[KeyIfAll], response_class=Response,
+              openapi_extra=_body(batch))
+    async def decide_batch(request: Request, res: ResourcesDep, metrics: MetricsDep) -> Response:
+        """Decide on many answers in one call: {"items": [...]} -> {"results": [...]}."""
+        reqs = route.decode(await request.body(), batch=True)
+        out = route.route(res.engine, res.log, metrics, reqs, None,
+                          res.settings.log_response_chars, res.settings.max_batch)
+        return Response(route.encode({"results": out}), media_type=_JSON)
+
+    @app.post("/v1/chat/completions", dependencies=[KeyIfAll])
+    async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestId = None,
+                   max_escalations: Annotated[int | None, Header(ge=0)] = None,
+                   deadline_s: Annotated[float | None, Header(gt=0, le=3600)] = None) -> Any:
+        """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy."""
+        limits = Limits(max_escalations, deadline_s)
+        if body.router is not None:
+            limits = Limits(body.router.max_escalations, body.router.deadline_s)
+        out = await res.proxy.run(body, limits, request_id or route.new_request_id())
+        headers = chat_format.headers(out)
+        if body.stream:
+            events = chat_format.sse(out, res.panel)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return JSONResponse(chat_format.completion_body(out, res.panel, body.logprobs),
+                            headers=headers)
+
+    @app.post("/v1/feedback", dependencies=[KeyRequired])
+    async def feedback(body: Feedback, res: ResourcesDep) -> dict[str, Any]:
+        """Label a request: `correct` for the answer served, or `gold` to grade every stage."""
+        return await apply_feedback(res.log, res.engine.grader, body)
+
+    @app.get("/v1/models")
+    async def models(res: ResourcesDep) -> dict[str, Any]:
+        """The router's model name (OpenAI list layout), with the panel behind it."""
+        entry = {"id": res.panel.router_model, "object": "model", "owned_by": "confroute",
+                 "panel": res.panel.names, "version": res.engine.version}
+        return {"object": "list", "data": [entry]}
+
+    @app.get("/healthz")
+    async def healthz(res: ResourcesDep) -> JSONResponse:
+        """200 when a verified version is loaded (503 otherwise), with the decision log's state."""
+        v = res.engine.current
+        body = {"ready": v is not None, "version": v.version if v else None,
+                "models": list(v.models) if v else [], "reload_error": res.engine.last_error,
+                "decision_log": msgspec.to_builtins(res.log.health())}
+        return JSONResponse(body, 200 if v is not None else 503)
+
+    @app.get("/metrics")
+    async def metrics_text(metrics: MetricsDep) -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/admin/reload", dependencies=[KeyRequired])
+    async def reload(res: ResourcesDep, metrics: MetricsDep) -> dict[str, Any]:
+        """Load models/current now; 409 (and the old version keeps serving) if it is refused."""
+        old = res.engine.version
+        try:
+            v = await asyncio.to_thread(res.engine.reload)
+        except (ManifestError, ValueError, OSError) as exc:
+            metrics.reloads.labels("refused").inc()
+            raise Conflict(f"{exc}; still serving {old or 'nothing'}") from None
+        metrics.reloads.labels("ok").inc()
+        metrics.serving(v.version)
+        return {"version": v.version, "previous": old, "changed": v.version != old}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _document_route_schemas(app: FastAPI) -> None:
+    """Add the msgspec schemas of /v1/route to the OpenAPI components."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = base()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(route_openapi()[2])
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

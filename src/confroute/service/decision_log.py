@@ -1,0 +1,289 @@
+"""The decision log: every decision and label, written durably without ever blocking a request.
+
+Requests call `submit` (a queue put). One background thread drains the queue in batches into the
+store (SQLite WAL by default, PostgreSQL by URL; schema in decision_store.py). When the store
+fails, the log is marked down (health, metrics), the batch goes to a bounded JSONL spill file on
+disk, and every later record follows it there until a retry (every `retry_s`) replays the spill
+into the store; replay is idempotent (record ids are unique). Records beyond `spill_max_bytes` are
+dropped and counted, never silently. `read(since=, version=)` returns rows with feedback joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+
+from confroute.service.decision_store import (
+    DecisionRecord,
+    FeedbackRecord,
+    LoggedDecision,
+    Record,
+    StageInfo,
+    Store,
+    open_store,
+)
+
+__all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "LoggedDecision",
+           "StageInfo", "new_record_id"]
+
+log = logging.getLogger("confroute.decision_log")
+_STOP = object()
+
+
+def new_record_id() -> str:
+    return uuid.uuid4().hex
+
+
+class LogHealth(msgspec.Struct):
+    """The log's state, for /healthz and /metrics."""
+
+    backend: str
+    up: bool
+    queued: int
+    written: int
+    spilled: int  # records waiting in the spill file
+    spill_bytes: int
+    dropped: int  # records lost because the spill file was full
+    failures: int  # failed store writes or replays
+    last_error: str | None
+
+
+class Spill:
+    """A bounded JSONL file of records not yet in the store (survives restarts)."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path, self.max_bytes = path, max_bytes
+        self._enc = msgspec.json.Encoder()
+        self._dec = msgspec.json.Decoder(Record)
+        self.records = self._count()
+
+    def _count(self) -> int:
+        if not self.path.exists():
+            return 0
+        with self.path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    @property
+    def bytes(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def append(self, records: Sequence[Record]) -> int:
+        """Append what fits; return how many records were dropped for lack of room."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        room, kept = self.max_bytes - self.bytes, 0
+        with self.path.open("ab") as fh:
+            for r in records:
+                line = self._enc.encode(r) + b"\n"
+                if len(line) > room:
+                    break
+                fh.write(line)
+                room -= len(line)
+                kept += 1
+            fh.flush()
+        self.records += kept
+        return len(records) - kept
+
+    def chunks(self, size: int = 1000) -> Iterator[list[Record]]:
+        chunk: list[Record] = []
+        with self.path.open("rb") as fh:
+            for line in fh:
+                if line.strip():
+                    chunk.append(self._dec.decode(line))
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.records = 0
+
+
+class DecisionLog:
+    """Queue + background writer + spill buffer in front of a Store."""
+
+    def __init__(self, url: str, spill_path: str | Path, *, spill_max_bytes: int = 256 * 2**20,
+                 retry_s: float = 2.0, recent: int = 100_000) -> None:
+        self.url = url
+        self.store: Store = open_store(url)
+        self.spill = Spill(Path(spill_path), spill_max_bytes)
+        self.retry_s = retry_s
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._recent: OrderedDict[str, list[StageInfo]] = OrderedDict()
+        self._recent_max = recent
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._submitted = self._processed = 0
+        self.written = self.dropped = self.failures = 0
+        self.up = True
+        self.last_error: str | None = None
+        self._next_try = 0.0
+        self._thread: threading.Thread | None = None
+
+    # -- request side ------------------------------------------------------------------------
+
+    def submit(self, record: Record) -> None:
+        """Queue one record for writing; never blocks, never raises."""
+        if isinstance(record, DecisionRecord):
+            self._remember(record)
+        with self._idle:
+            self._submitted += 1
+        self._queue.put(record)
+
+    def _remember(self, r: DecisionRecord) -> None:
+        with self._lock:
+            stages = self._recent.setdefault(r.request_id, [])
+            stages.append(StageInfo(r.stage, r.model, r.decision, r.prediction))
+            self._recent.move_to_end(r.request_id)
+            while len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
+
+    def stages(self, request_id: str) -> list[StageInfo]:
+        """Logged stages of a request (recent: from memory, older: from the store); [] if none."""
+        with self._lock:
+            cached = self._recent.get(request_id)
+        if cached is not None:
+            return sorted(cached, key=lambda s: s.stage)
+        return sorted(self.store.stages(request_id), key=lambda s: s.stage)
+
+    def read(self, since: float | datetime | None = None,
+             version: str | None = None) -> list[LoggedDecision]:
+        """Logged decisions, oldest first, with feedback joined; `since`: a datetime or unix s."""
+        if isinstance(since, datetime):
+            since = since.timestamp()
+        return self.store.read(since, version)
+
+    def health(self) -> LogHealth:
+        return LogHealth(
+            self.store.kind, self.up, self._queue.qsize(), self.written, self.spill.records,
+            self.spill.bytes, self.dropped, self.failures, self.last_error,
+        )
+
+    # -- writer side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background writer (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted record is written, spilled or counted dropped."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._processed < self._submitted:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._idle.wait(left):
+                    return False
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer and close the store."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+        self.store.close()
+
+    def _run(self) -> None:
+        try:
+            self.store.connect()
+        except Exception as exc:
+            self._mark_down(exc)
+        stopping = False
+        while not stopping:
+            batch, stopping = self._drain()
+            self._handle(batch)
+        self._next_try = 0.0
+        if self.spill.records:
+            self._replay()
+
+    def _drain(self, limit: int = 2000) -> tuple[list[Record], bool]:
+        """Up to `limit` queued records (waiting briefly for the first); and whether to stop."""
+        batch: list[Record] = []
+        try:
+            item = self._queue.get(timeout=0.2)
+            while True:
+                if item is _STOP:
+                    return batch, True
+                batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= limit:
+                    return batch, False
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return batch, False
+
+    def _handle(self, batch: list[Record]) -> None:
+        try:
+            if self.spill.records and not self._replay():
+                self._to_spill(batch)
+            elif batch:
+                self._write(batch)
+        finally:
+            self._done(len(batch))
+
+    def _write(self, batch: list[Record]) -> None:
+        try:
+            self.store.write(batch)
+            self.written += len(batch)
+            self._mark_up()
+        except Exception as exc:
+            self._mark_down(exc)
+            self._to_spill(batch)
+
+    def _replay(self) -> bool:
+        """Move the spill file into the store; False (and the file kept) if it fails."""
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            n = 0
+            for chunk in self.spill.chunks():
+                self.store.write(chunk)
+                n += len(chunk)
+        except Exception as exc:
+            self._mark_down(exc)
+            return False
+        self.spill.clear()
+        self.written += n
+        log.warning("decision log back up: replayed %d spilled records", n)
+        self._mark_up()
+        return True
+
+    def _to_spill(self, batch: list[Record]) -> None:
+        if not batch:
+            return
+        try:
+            dropped = self.spill.append(batch)
+        except OSError as exc:
+            dropped = len(batch)
+            self.last_error = f"spill file {self.spill.path}: {exc}"
+        if dropped:
+            self.dropped += dropped
+            log.error("decision log spill full: dropped %d records", dropped)
+
+    def _mark_down(self, exc: Exception) -> None:
+        self.failures += 1
+        self._next_try = time.monotonic() + self.retry_s
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.up:
+            log.error("decision log %s is down, spilling to %s: %s",
+                      self.store.kind, self.spill.path, self.last_error)
+        self.up = False
+
+    def _mark_up(self) -> None:
+        self.up, self.last_error = True, None
+
+    def _done(self, n: int) -> None:
+        with self._idle:
+            self._processed += n
+            self._idle.notify_all()

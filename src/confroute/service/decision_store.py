@@ -1,0 +1,297 @@
+"""Decision-log storage: record types, and one store per database (SQLite file, PostgreSQL URL).
+
+The schema (same columns in both databases; REAL is DOUBLE PRECISION and the id BIGSERIAL in
+PostgreSQL, `correct` is 0/1 in SQLite and BOOLEAN in PostgreSQL):
+
+    decisions(id INTEGER PRIMARY KEY,       -- insertion order
+              record_id TEXT UNIQUE,        -- makes replaying the spill buffer idempotent
+              request_id TEXT, stage INTEGER,  -- stage: 0 for the first (cheapest) model called
+              model TEXT,
+              signals TEXT,                 -- JSON array in FEATURE_NAMES order, null for NaN
+              p_correct REAL, threshold REAL, -- NULL when undefined (no logprobs; last model)
+              decision TEXT,                -- accept | escalate | skip | error
+              reason TEXT,                  -- confident | not_confident | no_logprobs | ...
+              lam REAL, version TEXT,       -- cost_quality_tradeoff and router version used
+              latency_s REAL,               -- decision (route) or backend call (chat) seconds
+              created REAL,                 -- unix seconds
+              prediction TEXT,              -- the answer extracted from the response (grader)
+              response TEXT,                -- the response text (truncated to log_response_chars)
+              endpoint TEXT)                -- route | chat
+    feedback(request_id TEXT, stage INTEGER, correct BOOLEAN, gold TEXT, created REAL,
+             PRIMARY KEY (request_id, stage))  -- the latest feedback per stage wins
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+
+class DecisionRecord(msgspec.Struct, tag="decision"):
+    """One decision about one model's answer, as written to the log."""
+
+    record_id: str
+    request_id: str
+    stage: int
+    model: str
+    signals: list[float | None]
+    p_correct: float | None
+    threshold: float | None
+    decision: str
+    reason: str
+    lam: float | None
+    version: str
+    latency_s: float
+    created: float
+    prediction: str | None = None
+    response: str | None = None
+    endpoint: str = "route"
+
+
+class FeedbackRecord(msgspec.Struct, tag="feedback"):
+    """A label for one stage of a request."""
+
+    request_id: str
+    stage: int
+    correct: bool
+    created: float
+    gold: str | None = None
+
+
+Record = DecisionRecord | FeedbackRecord
+
+
+class LoggedDecision(msgspec.Struct, frozen=True):
+    """A decision read back, with its feedback joined (correct/gold None when unlabeled)."""
+
+    request_id: str
+    stage: int
+    model: str
+    signals: list[float]  # FEATURE_NAMES order, NaN where undefined
+    p_correct: float
+    threshold: float | None
+    decision: str
+    reason: str
+    lam: float | None
+    version: str
+    latency_s: float
+    created: float
+    prediction: str | None
+    response: str | None
+    endpoint: str
+    correct: bool | None
+    gold: str | None
+
+
+class StageInfo(msgspec.Struct, frozen=True):
+    """What feedback needs to know about one logged stage."""
+
+    stage: int
+    model: str
+    decision: str
+    prediction: str | None
+
+
+_COLUMNS = (
+    "record_id", "request_id", "stage", "model", "signals", "p_correct", "threshold", "decision",
+    "reason", "lam", "version", "latency_s", "created", "prediction", "response", "endpoint",
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+  id {serial} PRIMARY KEY, record_id TEXT NOT NULL UNIQUE, request_id TEXT NOT NULL,
+  stage INTEGER NOT NULL, model TEXT NOT NULL, signals TEXT NOT NULL, p_correct {real},
+  threshold {real}, decision TEXT NOT NULL, reason TEXT NOT NULL, lam {real},
+  version TEXT NOT NULL, latency_s {real} NOT NULL, created {real} NOT NULL,
+  prediction TEXT, response TEXT, endpoint TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decisions_request ON decisions (request_id);
+CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
+CREATE TABLE IF NOT EXISTS feedback (
+  request_id TEXT NOT NULL, stage INTEGER NOT NULL, correct {boolean} NOT NULL, gold TEXT,
+  created {real} NOT NULL, PRIMARY KEY (request_id, stage));
+"""
+_INSERT = (
+    f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    "ON CONFLICT (record_id) DO NOTHING"
+)
+_UPSERT_FEEDBACK = (
+    "INSERT INTO feedback (request_id, stage, correct, gold, created) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (request_id, stage) DO UPDATE SET correct = excluded.correct, "
+    "gold = excluded.gold, created = excluded.created"
+)
+_SELECT = (
+    "SELECT d.request_id, d.stage, d.model, d.signals, d.p_correct, d.threshold, d.decision, "
+    "d.reason, d.lam, d.version, d.latency_s, d.created, d.prediction, d.response, d.endpoint, "
+    "f.correct, f.gold FROM decisions d LEFT JOIN feedback f "
+    "ON f.request_id = d.request_id AND f.stage = d.stage"
+)
+_STAGES = (
+    "SELECT stage, model, decision, prediction FROM decisions WHERE request_id = ? ORDER BY id"
+)
+
+
+class Store(Protocol):
+    """A database the decision log writes to; every method may raise on a database failure."""
+
+    kind: str
+
+    def connect(self) -> None: ...
+    def write(self, records: Sequence[Record]) -> None: ...
+    def read(self, since: float | None, version: str | None) -> list[LoggedDecision]: ...
+    def stages(self, request_id: str) -> list[StageInfo]: ...
+    def close(self) -> None: ...
+
+
+class SqlStore:
+    """A DB-API store; subclasses open connections and set the SQL dialect."""
+
+    kind = "sql"
+    placeholder = "?"
+    schema_types: ClassVar[dict[str, str]] = {
+        "serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _transaction(self, conn: Any) -> Any:
+        return conn  # sqlite3: the connection is a transaction context
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    def connect(self) -> None:
+        if self._conn is not None:
+            return
+        conn = self._open()
+        with self._transaction(conn):
+            cur = conn.cursor()
+            for stmt in _SCHEMA.format(**self.schema_types).split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+        self._conn = conn
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Write records in one transaction; on failure the connection is dropped and re-raised."""
+        self.connect()
+        rows = [_decision_row(r) for r in records if isinstance(r, DecisionRecord)]
+        labels = [_feedback_row(r) for r in records if isinstance(r, FeedbackRecord)]
+        try:
+            with self._transaction(self._conn):
+                cur = self._conn.cursor()
+                if rows:
+                    cur.executemany(self._sql(_INSERT), rows)
+                if labels:
+                    cur.executemany(self._sql(_UPSERT_FEEDBACK), labels)
+        except Exception:
+            self.close()
+            raise
+
+    def read(self, since: float | None, version: str | None) -> list[LoggedDecision]:
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("d.created >= ?")
+            args.append(since)
+        if version is not None:
+            where.append("d.version = ?")
+            args.append(version)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id"
+        return [_logged(row) for row in self._query(sql, args)]
+
+    def stages(self, request_id: str) -> list[StageInfo]:
+        return [StageInfo(*row) for row in self._query(_STAGES, [request_id])]
+
+    def _query(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        """Run a read on a fresh connection, so readers never share the writer's."""
+        conn = self._open()
+        try:
+            cur = conn.cursor()
+            cur.execute(self._sql(sql), args)
+            return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                self._conn.close()
+            self._conn = None
+
+
+class SqliteStore(SqlStore):
+    """An embedded SQLite file in WAL mode, synchronous=FULL (durable at each commit)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+
+class PostgresStore(SqlStore):
+    """A PostgreSQL database reached by URL through psycopg 3."""
+
+    kind = "postgresql"
+    placeholder = "%s"
+    schema_types: ClassVar[dict[str, str]] = {
+        "serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
+
+    def __init__(self, url: str, connect_timeout_s: int = 3) -> None:
+        super().__init__()
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+
+    def _open(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url, connect_timeout=self.connect_timeout_s, autocommit=True)
+
+    def _transaction(self, conn: Any) -> Any:
+        return conn.transaction()
+
+
+def open_store(url: str) -> Store:
+    """A store for a SQLite path (or sqlite:///path) or a postgresql:// URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        url = url.removeprefix("sqlite:///")
+    elif "://" in url:
+        raise ValueError(f"decision log {url!r}: use a SQLite file path or a postgresql:// URL")
+    return SqliteStore(url)
+
+
+def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
+    signals = json.dumps([None if v is None or not math.isfinite(v) else v for v in r.signals])
+    return (
+        r.record_id, r.request_id, r.stage, r.model, signals, r.p_correct, r.threshold,
+        r.decision, r.reason, r.lam, r.version, r.latency_s, r.created, r.prediction,
+        r.response, r.endpoint,
+    )
+
+
+def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
+    return (r.request_id, r.stage, r.correct, r.gold, r.created)
+
+
+def _logged(row: tuple[Any, ...]) -> LoggedDecision:
+    signals = [math.nan if v is None else float(v) for v in json.loads(row[3])]
+    p = math.nan if row[4] is None else float(row[4])
+    correct = None if row[15] is None else bool(row[15])
+    return LoggedDecision(*row[:3], signals, p, *row[5:15], correct, row[16])  # type: ignore[call-arg]

@@ -1,0 +1,117 @@
+"""The HTTP edge: body-size limit and request metrics (one ASGI middleware), bearer API keys."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from confroute.service.errors import Unauthorized, error_body
+from confroute.service.metrics import Metrics
+from confroute.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from CONFROUTE_API_KEYS")
+
+
+class EdgeMiddleware:
+    """413 for bodies over the limit (declared or streamed); count and time every request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics,
+                 endpoints: frozenset[str]) -> None:
+        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in self.endpoints else "other"
+        status, t0 = [500], time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self._declared_too_large(scope):
+                await _too_large(send_status, self.max_body_bytes)
+            else:
+                await self.app(scope, self._counting(scope, receive), send_status)
+        finally:
+            self.metrics.requests.labels(path, str(status[0])).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+
+    def _declared_too_large(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return not value.isdigit() or int(value) > self.max_body_bytes
+        return False
+
+    def _counting(self, scope: Scope, receive: Receive) -> Receive:
+        """Without a content-length (chunked), count the bytes as they arrive."""
+        if any(name == b"content-length" for name, _ in scope["headers"]):
+            return receive
+        seen = [0]
+        limit = self.max_body_bytes
+
+        async def counted() -> Message:
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > limit:
+                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        return counted
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(error_body(413, "request_too_large",
+                                 f"request body exceeds the limit of {limit} bytes")).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _check_key(settings: Settings, cred: HTTPAuthorizationCredentials | None) -> None:
+    if not settings.api_keys:
+        return
+    if cred is None:
+        raise Unauthorized("this endpoint needs an API key: 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": "Bearer"})
+    if not any(secrets.compare_digest(cred.credentials.encode(), k.encode())
+               for k in settings.api_keys):
+        raise Unauthorized("invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+def _settings(request: Request) -> Settings:
+    s: Settings = request.app.state.settings
+    return s
+
+
+def require_key(request: Request,
+                cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Feedback and admin: a valid key whenever keys are configured."""
+    _check_key(_settings(request), cred)
+
+
+def require_key_if_all(request: Request,
+                       cred: Annotated[HTTPAuthorizationCredentials | None,
+                                       Depends(_bearer)]) -> None:
+    """Route and chat: a key only with CONFROUTE_REQUIRE_KEY_FOR_ALL."""
+    s = _settings(request)
+    if s.require_key_for_all:
+        _check_key(s, cred)
+
+
+KeyRequired = Depends(require_key)
+KeyIfAll = Depends(require_key_if_all)

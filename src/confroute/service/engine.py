@@ -1,0 +1,218 @@
+"""The router engine: a loaded model version (scorer + policy), decisions, and hot reload.
+
+A version is loaded only after `confroute.manifest.verify` and `Scorer.load` succeed and its
+panel matches the configured one; the engine then swaps one reference, so a request sees either
+the old version or the new one, never a mix. A watcher polls `models/current` (symlink target and
+the manifest's mtime); a version that fails to load is refused, logged and reported by /healthz,
+and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from confroute.features import FeatureConfig, TokenArrays, agreement, answer_token_slice
+from confroute.grading import Grader
+from confroute.manifest import MANIFEST, ManifestError
+from confroute.panel import Panel
+from confroute.policy import Decision, Policy, check_lambda
+from confroute.scoring import Scorer
+from confroute.service.errors import BadRequest, NotReady
+from confroute.service.hotpath import fast_signals
+
+log = logging.getLogger("confroute.service")
+
+
+@dataclass(frozen=True)
+class RouterVersion:
+    """One verified model version: its scorer, policy and feature settings."""
+
+    path: Path
+    version: str
+    scorer: Scorer
+    policy: Policy
+    config: FeatureConfig
+    models: tuple[str, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One model's answer to decide on."""
+
+    model: str
+    arrays: TokenArrays
+    text: str | None = None
+    finish_reason: str | None = None
+    length: int | None = None  # completion tokens, when the server reported them
+    previous: Sequence[str | None] = ()  # earlier stages' extracted answers, cheapest first
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A decision with what led to it."""
+
+    model: str
+    signals: np.ndarray
+    p_correct: float
+    decision: Decision
+    prediction: str | None
+    version: str
+
+
+def load_version(path: Path, panel: Panel | None) -> RouterVersion:
+    """Verify and load a version directory; ManifestError (or ValueError) says why it is refused."""
+    scorer = Scorer.load(path)
+    manifest = scorer.manifest
+    if manifest.policy is None:
+        raise ManifestError(f"version {manifest.version} has no policy table; retrain it")
+    policy = Policy.from_dict(manifest.policy)
+    models = tuple(scorer.models)
+    if panel is not None and [m for m in panel.names if m in models] != list(models):
+        raise ManifestError(
+            f"version {manifest.version} was trained for panel {list(models)}, but the configured "
+            f"panel {panel.name!r} has {panel.names}"
+        )
+    config = FeatureConfig(**manifest.feature_config)  # type: ignore[arg-type]
+    return RouterVersion(path, manifest.version, scorer, policy, config, models)
+
+
+def current_key(models_dir: Path) -> tuple[str, int] | None:
+    """What identifies the served version on disk: `current`'s target and its manifest's mtime."""
+    target = models_dir if (models_dir / MANIFEST).is_file() else models_dir / "current"
+    try:
+        real = os.path.realpath(target)
+        return real, os.stat(os.path.join(real, MANIFEST)).st_mtime_ns
+    except OSError:
+        return None
+
+
+class Engine:
+    """Holds the served version; decides; reloads."""
+
+    def __init__(self, models_dir: Path, panel: Panel | None, grader: Grader,
+                 default_lambda: float) -> None:
+        self.models_dir = models_dir
+        self.panel = panel
+        self.grader = grader
+        self.default_lambda = default_lambda
+        self.current: RouterVersion | None = None
+        self.last_error: str | None = None
+        self._key: tuple[str, int] | None = None
+        self._failed_key: tuple[str, int] | None = None
+        self._aliases = {m.model: m.name for m in panel.models if m.model} if panel else {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def reload(self) -> RouterVersion:
+        """Load what `models/current` points at and swap it in; raise (keeping the old) if bad."""
+        key = current_key(self.models_dir)
+        if key is None:
+            self.last_error = f"no model version at {self.models_dir}/current"
+            raise ManifestError(self.last_error + ": train one (confroute train)")
+        try:
+            new = load_version(Path(key[0]), self.panel)
+        except (ManifestError, ValueError, OSError) as exc:
+            self._failed_key = key
+            self.last_error = f"refused version at {key[0]}: {exc}"
+            log.error("%s; still serving %s", self.last_error, self.version or "nothing")
+            raise
+        self.current, self._key, self.last_error = new, key, None
+        log.info("serving model version %s from %s", new.version, new.path)
+        return new
+
+    def changed(self) -> bool:
+        """Whether `models/current` differs from what is loaded (and was not just refused)."""
+        key = current_key(self.models_dir)
+        return key is not None and key != self._key and key != self._failed_key
+
+    async def watch(self, interval_s: float, on_reload: object = None) -> None:
+        """Poll for a new version every `interval_s` and load it off the event loop."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.changed():
+                try:
+                    await asyncio.to_thread(self.reload)
+                except (ManifestError, ValueError, OSError):
+                    continue
+                if callable(on_reload):
+                    on_reload(self.current)
+
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current else None
+
+    def require(self) -> RouterVersion:
+        """The served version, or 503 while none is loaded."""
+        v = self.current
+        if v is None:
+            raise NotReady(f"no verified model version is loaded ({self.last_error or 'loading'})")
+        return v
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def resolve_model(self, v: RouterVersion, name: str) -> str:
+        """A panel model by its name, or by the served model name a server reports."""
+        if name in v.models:
+            return name
+        alias = self._aliases.get(name)
+        if alias in v.models:
+            return str(alias)
+        raise BadRequest(f"unknown model {name!r}; this router's panel is {list(v.models)}")
+
+    def lam(self, value: float | None) -> float:
+        """The request's cost_quality_tradeoff (default from settings), checked to be in [0, 1]."""
+        if value is None:
+            return self.default_lambda
+        try:
+            return check_lambda(value)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(str(exc)) from None
+
+    def answer(self, text: str | None) -> str | None:
+        """The extracted final answer of a text (None if none)."""
+        ext = self.grader.extract(text) if text else None
+        return ext.value if ext else None
+
+    def signals(self, v: RouterVersion, s: StageInput) -> tuple[np.ndarray, str | None]:
+        """The feature row of one answer (FEATURE_NAMES order) and its extracted answer."""
+        arr = s.arrays
+        ext = self.grader.extract(arr.text or s.text or "")
+        span = (ext.start, ext.end) if ext is not None and arr.text else None
+        prediction = ext.value if ext else None
+        x = fast_signals(
+            arr, answer=answer_token_slice(arr, span), answer_found=ext is not None,
+            truncated=s.finish_reason == "length", length=s.length,
+            agree_prev=agreement(prediction, s.previous, self.grader), config=v.config,
+        )
+        return x, prediction
+
+    def decide(self, v: RouterVersion, s: StageInput, lam: float) -> Scored:
+        """Score one answer and apply the policy at λ."""
+        return self.decide_many(v, [s], lam)[0]
+
+    def decide_many(self, v: RouterVersion, stages: Sequence[StageInput],
+                    lam: float | Sequence[float]) -> list[Scored]:
+        """Score many answers (one ONNX call per model) and apply the policy to each."""
+        lams = [lam] * len(stages) if isinstance(lam, float | int) else list(lam)
+        rows = [self.signals(v, s) for s in stages]
+        p = np.empty(len(stages))
+        for model in {s.model for s in stages}:
+            idx = [i for i, s in enumerate(stages) if s.model == model]
+            p[idx] = v.scorer.predict(model, np.stack([rows[i][0] for i in idx]))
+        out = []
+        for i, s in enumerate(stages):
+            pi = float(p[i])
+            clipped = pi if math.isnan(pi) else min(max(pi, 0.0), 1.0)
+            decision = v.policy.decide(s.model, clipped, lams[i])
+            out.append(Scored(s.model, rows[i][0], clipped, decision, rows[i][1], v.version))
+        return out

@@ -1,0 +1,42 @@
+"""POST /v1/feedback: a label for the answer served, or a gold answer that grades every stage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from confroute.grading import Grader
+from confroute.service.decision_log import DecisionLog, FeedbackRecord, StageInfo
+from confroute.service.errors import NotFound, NotReady
+from confroute.service.schemas import Feedback
+
+
+def served_stage(stages: list[StageInfo]) -> StageInfo:
+    """The stage whose answer was served: the last accepted one, else the last answered one."""
+    accepted = [s for s in stages if s.decision == "accept"]
+    answered = [s for s in stages if s.decision != "error"]
+    return (accepted or answered or stages)[-1]
+
+
+async def apply_feedback(log: DecisionLog, grader: Grader, fb: Feedback) -> dict[str, Any]:
+    """Queue the labels of a logged request; 404 if the request id was never logged."""
+    try:
+        stages = await asyncio.to_thread(log.stages, fb.request_id)
+    except Exception as exc:  # the store is down and the request is not among the recent ones
+        raise NotReady(f"the decision log cannot be read now ({exc}); retry later") from None
+    if not stages:
+        raise NotFound(f"unknown request_id {fb.request_id!r}: no decision was logged for it")
+    now = time.time()
+    if fb.gold is not None:
+        records = [FeedbackRecord(fb.request_id, s.stage, grader.is_correct(s.prediction, fb.gold),
+                                  now, fb.gold) for s in stages if s.decision != "error"]
+    else:
+        assert fb.correct is not None
+        records = [FeedbackRecord(fb.request_id, served_stage(stages).stage, fb.correct, now)]
+    for r in records:
+        log.submit(r)
+    models = {s.stage: s.model for s in stages}
+    return {"request_id": fb.request_id,
+            "labels": [{"stage": r.stage, "model": models[r.stage], "correct": r.correct}
+                       for r in records]}

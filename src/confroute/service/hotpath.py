@@ -1,0 +1,113 @@
+"""The decide hot path: decoded tokens to TokenArrays to signals, vectorised.
+
+Gives the same values as confroute.features.token_arrays and signals_from_arrays (parity-tested in
+tests/confroute/service/test_hotpath.py), several times faster in the common case where every
+token carries the same number of finite alternatives. Anything else (ragged or missing top-k,
+non-finite alternatives) falls back to confroute.features, which defines the signals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from confroute.features import (
+    FeatureConfig,
+    TokenArrays,
+    is_special,
+    signals_from_arrays,
+    token_arrays,
+)
+from confroute.traces import LOGPROB_FLOOR, Token
+
+
+def arrays_from_tokens(tokens: Sequence[Token]) -> TokenArrays:
+    """features.token_arrays, vectorised when every token has the same number of alternatives."""
+    n = len(tokens)
+    k = len(tokens[0].top_logprobs) if n else 0
+    if n == 0 or any(len(t.top_logprobs) != k for t in tokens):
+        return token_arrays(tokens)
+    lp = np.array([t.logprob for t in tokens], dtype=np.float64)
+    top = np.array([a.logprob for t in tokens for a in t.top_logprobs], dtype=np.float64)
+    top = np.sort(top.reshape(n, k), axis=1)[:, ::-1]
+    top[~(np.isfinite(top) & (top > LOGPROB_FLOOR))] = np.nan  # masked alternatives
+    strs = [t.token for t in tokens]
+    keep = np.isfinite(lp) & (lp > LOGPROB_FLOOR)
+    for i, s in enumerate(strs):
+        if s[:1] == "<" and is_special(s):
+            keep[i] = False
+    if not keep.all():
+        lp, top = lp[keep], top[keep] if keep.any() else np.empty((0, 0))
+        strs = [s for s, ok in zip(strs, keep, strict=True) if ok]
+    return _arrays(lp, np.ascontiguousarray(top), strs)
+
+
+def arrays_from_compact(
+    logprob: Sequence[float], top: Sequence[Sequence[float]], tokens: Sequence[str] | None
+) -> TokenArrays:
+    """TokenArrays from numeric arrays; `tokens` (optional) locate the answer, drop specials."""
+    lp = np.asarray(logprob, dtype=np.float64)
+    n = lp.size
+    width = max((len(r) for r in top), default=0)
+    tp = np.full((n, width), np.nan)
+    for i, row in enumerate(top):
+        tp[i, : len(row)] = row
+    tp = -np.sort(-tp, axis=1)  # descending; NaN stays last
+    tp[~(np.isfinite(tp) & (tp > LOGPROB_FLOOR))] = np.nan
+    strs = list(tokens) if tokens is not None else [""] * n
+    special = np.array([s[:1] == "<" and is_special(s) for s in strs], dtype=bool)
+    keep = np.isfinite(lp) & (lp > LOGPROB_FLOOR) & ~special
+    strs = [s for s, ok in zip(strs, keep, strict=True) if ok]
+    kept = tp[keep] if keep.any() else np.empty((0, 0))
+    return _arrays(lp[keep], np.ascontiguousarray(kept), strs)
+
+
+def _arrays(lp: np.ndarray, top: np.ndarray, strs: list[str]) -> TokenArrays:
+    lengths = np.fromiter(map(len, strs), dtype=np.int64, count=len(strs))
+    offsets = np.zeros(len(strs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenArrays(lp, top, offsets, "".join(strs))
+
+
+def fast_signals(
+    arr: TokenArrays,
+    *,
+    answer: slice | None,
+    answer_found: bool,
+    truncated: bool,
+    length: int | None,
+    agree_prev: float,
+    config: FeatureConfig,
+) -> np.ndarray:
+    """features.signals_from_arrays with fewer passes when top-k is complete (k >= 2, no NaN)."""
+    lp, top = arr.logprob, arr.top
+    if lp.size == 0 or top.shape[1] < 2 or np.isnan(top).any():
+        return signals_from_arrays(
+            arr, answer=answer, answer_found=answer_found, truncated=truncated, length=length,
+            agree_prev=agree_prev, config=config,
+        )
+    conf = -top.mean(axis=1)
+    w = min(config.group_window, conf.size)
+    csum = np.concatenate(([0.0], np.cumsum(conf)))
+    groups = (csum[w:] - csum[:-w]) / w
+    n_low = max(1, int(np.ceil(config.bottom_frac * groups.size)))
+    d = top - top[:, :1]  # sorted descending: column 0 is the max
+    e = np.exp(d)
+    total = e.sum(axis=1)
+    entropy = np.log(total) - (e * d).sum(axis=1) / total
+    a_lp = lp[answer] if answer is not None else lp[:0]
+    a_conf = conf[answer] if answer is not None else conf[:0]
+    nan = float("nan")
+    return np.array(
+        [
+            1.0, lp.mean(), lp.min(), conf.mean(), (top[:, 0] - top[:, 1]).mean(),
+            np.partition(groups, n_low - 1)[:n_low].mean(), groups.min(),
+            conf[-config.tail :].mean(),
+            a_lp.mean() if a_lp.size else nan, a_lp.min() if a_lp.size else nan,
+            a_conf.mean() if a_conf.size else nan,
+            entropy.mean(), entropy.max(),
+            float(lp.size if length is None else length),
+            1.0 if truncated else 0.0, 1.0 if answer_found else 0.0, agree_prev,
+        ]
+    )

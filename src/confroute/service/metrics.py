@@ -1,0 +1,95 @@
+"""Prometheus metrics of one service (its own registry, so apps in one process never clash)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from confroute.service.decision_log import DecisionLog
+
+_P_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                    5, 10, 30, 60, 120)
+
+
+class _LogCollector(Collector):
+    """Decision-log health read at scrape time (nothing on the request path)."""
+
+    def __init__(self, source: Callable[[], DecisionLog | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        dlog = self._source()
+        if dlog is None:
+            return
+        h = dlog.health()
+        values = {
+            "confroute_decision_log_up": (float(h.up), "1 if the decision log store is writable"),
+            "confroute_decision_log_queued": (h.queued, "records waiting for the writer"),
+            "confroute_decision_log_written": (h.written, "records written to the store"),
+            "confroute_decision_log_buffered": (h.spilled, "records in the on-disk spill buffer"),
+            "confroute_decision_log_buffer_bytes": (h.spill_bytes, "size of the spill buffer"),
+            "confroute_decision_log_dropped": (h.dropped, "records lost: spill buffer full"),
+            "confroute_decision_log_failures": (h.failures, "failed writes to the store"),
+        }
+        for name, (value, doc) in values.items():
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """Counters and histograms the routes and the proxy update."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the output and say little
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("confroute_requests", "HTTP requests", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram("confroute_request_seconds", "HTTP request latency",
+                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter("confroute_decisions", "decisions per model",
+                                 ["model", "decision"], registry=r)
+        self.escalations = Counter("confroute_escalations", "escalations away from a model",
+                                   ["model"], registry=r)
+        self.p_correct = Histogram("confroute_p_correct", "calibrated p_correct per model",
+                                   ["model"], buckets=_P_BUCKETS, registry=r)
+        self.no_logprobs = Counter("confroute_no_logprobs", "answers without logprobs",
+                                   ["model"], registry=r)
+        self.backend_errors = Counter("confroute_backend_errors", "failed backend calls",
+                                      ["model", "kind"], registry=r)
+        self.backend_latency = Histogram("confroute_backend_seconds", "backend call latency",
+                                         ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.reloads = Counter("confroute_reloads", "model version reloads", ["result"],
+                               registry=r)
+        self.version = Gauge("confroute_version_info", "the model version served", ["version"],
+                             registry=r)
+
+    def watch_log(self, source: Callable[[], DecisionLog | None]) -> None:
+        """Report the decision log's health at each scrape (source: the log, once it exists)."""
+        self.registry.register(_LogCollector(source))
+
+    def decision(self, model: str, decision: str, p_correct: float) -> None:
+        self.decisions.labels(model, decision).inc()
+        if decision == "escalate":
+            self.escalations.labels(model).inc()
+        if math.isnan(p_correct):
+            self.no_logprobs.labels(model).inc()
+        else:
+            self.p_correct.labels(model).observe(p_correct)
+
+    def serving(self, version: str) -> None:
+        self.version.clear()
+        self.version.labels(version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

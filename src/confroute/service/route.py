@@ -1,0 +1,145 @@
+"""POST /v1/route: decide on answers given with their logprobs (decode, score, log, reply)."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+from confroute.features import FEATURE_NAMES, TokenArrays
+from confroute.service.decision_log import DecisionLog, DecisionRecord, new_record_id
+from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
+from confroute.service.errors import BadRequest, bad_body
+from confroute.service.hotpath import arrays_from_compact, arrays_from_tokens
+from confroute.service.metrics import Metrics
+from confroute.service.schemas import RouteBatch, RouteDecision, RouteRequest
+from confroute.traces import Token
+
+_decode_one = msgspec.json.Decoder(RouteRequest | list[RouteRequest]).decode
+_decode_batch = msgspec.json.Decoder(RouteBatch).decode
+encode = msgspec.json.Encoder().encode
+_SOURCES = "choices (a chat completion), logprobs.content, content, tokens or compact"
+
+
+def decode(body: bytes, batch: bool) -> list[RouteRequest]:
+    """The request(s) of a /v1/route body; 400 naming the field on anything malformed."""
+    try:
+        got = _decode_batch(body).items if batch else _decode_one(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+        raise bad_body(exc) from None
+    return got if isinstance(got, list) else [got]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _tokens(req: RouteRequest) -> tuple[list[Token], str | None, str | None]:
+    """Tokens, text and finish_reason from whichever layout the request used."""
+    if req.choices is not None:
+        if not req.choices:
+            raise BadRequest("`choices` is empty")
+        c = req.choices[0]
+        if c.logprobs is None or c.logprobs.content is None:
+            raise BadRequest("choices[0] has no logprobs.content; ask the server for logprobs "
+                             "(logprobs: true, top_logprobs: k)")
+        text = c.message.content if c.message else None
+        return c.logprobs.content, req.response or text, req.finish_reason or c.finish_reason
+    if req.logprobs is not None:
+        if req.logprobs.content is None:
+            raise BadRequest("`logprobs` has no `content` list")
+        return req.logprobs.content, req.response, req.finish_reason
+    tokens = req.content if req.content is not None else req.tokens
+    assert tokens is not None
+    return tokens, req.response, req.finish_reason
+
+
+def stage_input(req: RouteRequest, model: str, previous: Sequence[str | None]) -> StageInput:
+    """The request as a StageInput; 400 when the tokens are missing, empty or impossible."""
+    given = [x for x in (req.choices, req.logprobs, req.content, req.tokens, req.compact)
+             if x is not None]
+    if len(given) != 1:
+        raise BadRequest(f"give the tokens in exactly one of: {_SOURCES} (got {len(given)})")
+    if req.compact is not None:
+        arr, text, finish = _compact(req), req.response, req.finish_reason
+    else:
+        tokens, text, finish = _tokens(req)
+        if not tokens:
+            raise BadRequest("the token list is empty: nothing to judge")
+        arr = arrays_from_tokens(tokens)
+    _check_values(arr)
+    length = req.usage.completion_tokens if req.usage and req.usage.completion_tokens else None
+    return StageInput(model, arr, text, finish, length, previous)
+
+
+def _compact(req: RouteRequest) -> TokenArrays:
+    c = req.compact
+    assert c is not None
+    n = len(c.logprob)
+    if n == 0:
+        raise BadRequest("compact.logprob is empty: nothing to judge")
+    if c.top_logprobs and len(c.top_logprobs) != n:
+        raise BadRequest(f"compact.top_logprobs has {len(c.top_logprobs)} rows for {n} tokens")
+    if c.tokens is not None and len(c.tokens) != n:
+        raise BadRequest(f"compact.tokens has {len(c.tokens)} entries for {n} logprobs")
+    return arrays_from_compact(c.logprob, c.top_logprobs or [[]] * n, c.tokens)
+
+
+def _check_values(arr: TokenArrays) -> None:
+    """Logprobs are log-probabilities: finite (JSON cannot say otherwise) and at most 0."""
+    for name, a in (("logprob", arr.logprob), ("top_logprobs", arr.top)):
+        if a.size and np.nanmax(a) > 1e-3:
+            i = int(np.nanargmax(a.max(axis=1) if a.ndim == 2 else a))
+            raise BadRequest(f"{name} must be <= 0 (log-probabilities); token {i} has "
+                             f"{float(np.nanmax(a)):g}")
+
+
+def record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
+           text: str | None, endpoint: str, max_chars: int) -> DecisionRecord:
+    """The decision-log record of one decision."""
+    signals = [None if math.isnan(v) else v for v in s.signals.tolist()]
+    p = None if math.isnan(s.p_correct) else s.p_correct
+    return DecisionRecord(
+        new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
+        s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
+        s.prediction, text[:max_chars] if text and max_chars else None, endpoint,
+    )
+
+
+def reply(s: Scored, request_id: str, stage: int, lam: float, signals: bool) -> RouteDecision:
+    d = s.decision
+    names = dict(zip(FEATURE_NAMES, (None if math.isnan(v) else v for v in s.signals.tolist()),
+                     strict=False)) if signals else None
+    return RouteDecision(
+        request_id, stage, s.model, d.decision, None if math.isnan(s.p_correct) else s.p_correct,
+        d.threshold, d.next_model, d.reason, s.version, lam, s.prediction, names,
+    )
+
+
+def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[RouteRequest],
+          header_id: str | None, max_chars: int, max_batch: int) -> list[RouteDecision]:
+    """Decide on every request (one ONNX call per model), log each decision, build the replies."""
+    t0 = time.perf_counter()
+    if not reqs or len(reqs) > max_batch:
+        raise BadRequest(f"a batch holds 1 to {max_batch} items, got {len(reqs)}")
+    v: RouterVersion = engine.require()
+    stages, lams = [], []
+    for req in reqs:
+        model = engine.resolve_model(v, req.model)
+        stages.append(stage_input(req, model, [engine.answer(p) for p in req.previous]))
+        lams.append(engine.lam(req.cost_quality_tradeoff))
+    scored = engine.decide_many(v, stages, lams)
+    latency = (time.perf_counter() - t0) / len(reqs)
+    out = []
+    for req, st, s, lam in zip(reqs, stages, scored, lams, strict=True):
+        rid = req.request_id or (header_id if len(reqs) == 1 else None) or new_request_id()
+        stage = req.stage if req.stage is not None else len(req.previous)
+        metrics.decision(s.model, s.decision.decision, s.p_correct)
+        log.submit(record(s, rid, stage, lam, latency, st.text or st.arrays.text, "route",
+                          max_chars))
+        out.append(reply(s, rid, stage, lam, req.return_signals))
+    return out

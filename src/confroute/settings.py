@@ -1,0 +1,44 @@
+"""Service settings: one pydantic-settings class, read from CONFROUTE_* variables and .env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `confroute serve` can be told; CLI options override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CONFROUTE_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    models_dir: Path = Path("models")  # serves models_dir/current (a symlink to a version)
+    panel: Path = Path("configs/panel.cpu.yaml")  # backends of /v1/chat/completions
+    reload_interval_s: Annotated[float, Field(gt=0)] = 2.0  # poll of models/current, seconds
+    # decision log: a SQLite file path (WAL) or a postgresql:// URL
+    decision_log: str = "var/decisions.db"
+    spill_path: Path = Path("var/decisions.spill.jsonl")  # records kept while the log is down
+    spill_max_bytes: Annotated[int, Field(ge=0)] = 256 * 2**20  # beyond: dropped and counted
+    log_retry_s: Annotated[float, Field(gt=0)] = 2.0  # how often a down log is retried
+    log_response_chars: Annotated[int, Field(ge=0)] = 4000  # text kept per decision (0: none)
+    # security: bearer keys; feedback and admin need one when any is set
+    api_keys: Annotated[list[str], NoDecode] = []
+    require_key_for_all: bool = False  # route and chat need a key too
+    max_body_bytes: Annotated[int, Field(gt=0)] = 4 * 2**20  # larger bodies get 413
+    max_batch: Annotated[int, Field(ge=1)] = 1000  # items per /v1/route batch
+    # routing defaults
+    default_cost_quality_tradeoff: Annotated[float, Field(ge=0, le=1)] = 0.5
+    grader: str = "numeric"  # answer extraction for agree_prev and feedback with a gold answer
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """CONFROUTE_API_KEYS is comma-separated."""
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value

@@ -1,0 +1,189 @@
+"""Service fixtures: a real exported model version, panel files, and servers on loopback.
+
+The version is fitted and exported by the training pipeline itself (training.fit +
+training.export), so it is exactly what `confroute train` writes. Its policy is set by hand so
+the tests know the decisions: λ=0 escalates every answer, λ=1 accepts the cheapest model's,
+λ=0.5 compares p_correct with 0.5, λ=0.75 skips the middle model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+import yaml
+
+from confroute.features import FEATURE_NAMES
+from confroute.manifest import PanelInfo, PanelModelInfo
+from confroute.policy import Policy, PolicyRow
+from confroute.service import create_app
+from confroute.settings import Settings
+from confroute.traces import Trace, read_traces
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+PANEL = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # the CPU reference panel
+
+
+def known_policy(models: tuple[str, ...] = PANEL) -> Policy:
+    """Decisions known in advance (see the module docstring)."""
+    a, b, c = models
+    rows = (
+        PolicyRow(0.0, (a, b, c), {a: 1.0, b: 1.0}, accuracy=0.9, cost=1.5),
+        PolicyRow(0.5, (a, b, c), {a: 0.5, b: 0.5}, accuracy=0.8, cost=0.8),
+        PolicyRow(0.75, (a, c), {a: 0.5}, accuracy=0.7, cost=0.5),
+        PolicyRow(1.0, (a,), {}, accuracy=0.3, cost=0.1),
+    )
+    return Policy(models, rows)
+
+
+def synthetic_rows(n: int, seed: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows whose correctness rises with avg_logprob (so confidence matters)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, len(FEATURE_NAMES)))
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    X[:, col["has_logprobs"]] = 1.0
+    X[:, col["avg_logprob"]] = rng.uniform(-2.0, 0.0, n)
+    X[:, col["agree_prev"]] = np.nan if first else rng.integers(0, 2, n)
+    y = (X[:, col["avg_logprob"]] + rng.normal(0, 0.3, n) > -0.8).astype(int)
+    return X, y
+
+
+def build_version(models_dir: Path, *, classifier: str = "logistic", calibration: str = "sigmoid",
+                  params: dict[str, Any] | None = None, switch: bool = True,
+                  policy: Policy | None = None) -> Path:
+    """Fit, export and (by default) switch `models_dir/current` to a new version."""
+    from training.export import export_version
+    from training.fit import CorrectnessClassifier
+
+    fitted, rows = {}, {}
+    for i, name in enumerate(PANEL):
+        X, y = synthetic_rows(300, i, first=i == 0)
+        clf = CorrectnessClassifier(classifier, calibration, params=params, folds=3, n_jobs=1)
+        fitted[name], rows[name] = clf.fit(X, y), X[:50]
+    panel = PanelInfo(name="test", models=[PanelModelInfo(name=m, cost={"per_call": float(i + 1)})
+                                           for i, m in enumerate(PANEL)])
+    path, _ = export_version(
+        models_dir, fitted, rows, panel=panel, feature_names=FEATURE_NAMES,
+        feature_config={"group_window": 16, "tail": 16, "bottom_frac": 0.1},
+        policy=(policy or known_policy()).to_dict(), metrics={}, mlflow_run_id=None, switch=switch,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def version_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exported version (fitted once per session); copy it with `models_dir`."""
+    return build_version(tmp_path_factory.mktemp("models-template"))
+
+
+@pytest.fixture()
+def models_dir(tmp_path: Path, version_template: Path) -> Path:
+    """A models directory of its own with the template version as `current`."""
+    return copy_version(version_template, tmp_path / "models")
+
+
+def copy_version(version: Path, models_dir: Path) -> Path:
+    import shutil
+
+    from confroute.manifest import switch_current
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(version, models_dir / version.name)
+    switch_current(models_dir, version.name)
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def traces() -> list[Trace]:
+    """Real traces (SmolLM2 and Qwen2.5-Coder-0.5B answers with top-5 logprobs)."""
+    return read_traces(FIXTURES / "traces_sample.jsonl")
+
+
+def write_panel(path: Path, models: list[dict[str, Any]], **top: Any) -> Path:
+    """A panel YAML with these model entries (openai backends for stubs and servers)."""
+    body = {"name": "test", "router_model": "confroute", "decoding": {"max_tokens": 16},
+            "models": models, **top}
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def stub_panel(path: Path, base_url: str, modes: tuple[str, str, str] = ("ok", "ok", "ok"),
+               **per_model: Any) -> Path:
+    """The reference panel's names served by the stub backend, each in a scripted mode."""
+    models = [{"name": name, "backend": "openai", "model": mode, "base_url": base_url,
+               "max_retries": 0, "timeout_s": 5.0, "cost": {"per_call": float(i + 1)},
+               **per_model.get(name, {})}
+              for i, (name, mode) in enumerate(zip(PANEL, modes, strict=True))]
+    return write_panel(path, models)
+
+
+def settings_for(tmp_path: Path, models_dir: Path, panel: Path, **kw: Any) -> Settings:
+    return Settings(models_dir=models_dir, panel=panel,
+                    decision_log=str(tmp_path / "decisions.db"),
+                    spill_path=tmp_path / "spill.jsonl", reload_interval_s=0.2,
+                    log_retry_s=0.2, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_app(app: Any, ready_path: str | None = "/healthz") -> Iterator[str]:
+    """Run an ASGI app under a real uvicorn server on loopback (own thread); yield its URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url + (ready_path or "/"), server)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def _wait(url: str, server: uvicorn.Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.started:
+            try:
+                httpx.get(url, timeout=2.0)
+                return
+            except httpx.TransportError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server at {url} did not start in {timeout} s")
+
+
+@contextmanager
+def running_service(settings: Settings) -> Iterator[str]:
+    """The confroute app for `settings` under uvicorn on loopback."""
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="module")
+def module_models(module_dir: Path, version_template: Path) -> Path:
+    """A module's own models directory with the template version as `current`."""
+    return copy_version(version_template, module_dir / "models")

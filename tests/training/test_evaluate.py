@@ -1,0 +1,173 @@
+"""`confroute evaluate` on a real exported version: report structure, oracle bound, APGR by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from confroute.cli import app
+from confroute.features import FEATURE_NAMES
+from confroute.manifest import PanelInfo, PanelModelInfo
+from confroute.panel import Panel, load_panel
+from confroute.traces import Token, TopLogprob, Trace, Usage, read_traces, write_traces
+from training.cost_curves import apgr, upper_hull
+from training.evaluate import BASELINES
+from training.export import export_version
+from training.fit import CorrectnessClassifier
+from training.fit_policy import fit_policy
+from training.table import build_table, complete_items
+
+PANEL = Path(__file__).parents[2] / "configs" / "panel.cpu.yaml"
+REFERENCE = Path(__file__).parents[2] / "data" / "reference-traces"
+
+
+def _trace(item: int, model: str, right: bool, rng: np.random.Generator) -> Trace:
+    """A graded trace whose token logprobs are higher, with wider margins, when it is right."""
+    gold = str(item % 50 + 3)
+    answer = gold if right else str(int(gold) + int(rng.integers(1, 30)))
+    words = [f" w{k}" for k in range(int(rng.integers(8, 30)))] + [" The answer is:", f" {answer}"]
+    center = rng.normal(-0.3 if right else -0.7, 0.3)  # per trace: the classes overlap
+    spread = rng.normal(2.0 if right else 1.4, 0.6)
+    tokens = []
+    for w in words:
+        lp = float(min(0.0, rng.normal(center, 0.3)))
+        alts = [lp, lp - abs(rng.normal(spread, 0.5)), lp - 4.0]
+        tokens.append(Token(w, lp, [TopLogprob(f"t{i}", a) for i, a in enumerate(alts)]))
+    return Trace(item_id=f"synth/test/{item}", model=model, dataset="synth",
+                 response="".join(words), tokens=tokens, gold=gold, prediction=answer,
+                 correct=right, usage=Usage(60, len(tokens)))
+
+
+def _traces(panel: Panel, n: int) -> list[Trace]:
+    rng = np.random.default_rng(0)
+    ease = rng.uniform(size=n)
+    out = []
+    for j, model in enumerate(panel.names):
+        right = rng.uniform(size=n) < np.clip(ease - 0.55 + 0.3 * j, 0.05, 0.95)
+        out += [_trace(i, model, bool(right[i]), rng) for i in range(n)]
+    return out
+
+
+def _export(table: pd.DataFrame, panel: Panel, models_dir: Path) -> Path:
+    """Fit logistic + sigmoid per model and the policy on `table`; export a real version."""
+    fitted, p = {}, {}
+    for m in panel.names:
+        rows = table[table["model"] == m]
+        clf = CorrectnessClassifier("logistic", "sigmoid", folds=3).fit(
+            rows[list(FEATURE_NAMES)].to_numpy(float), rows["correct"].to_numpy(),
+            rows["item_id"].to_numpy())
+        fitted[m], p[m] = clf, pd.Series(clf.oof_proba_, index=rows["item_id"])
+    wide = table.pivot(index="item_id", columns="model", values=["correct", "cost"])
+    probs = pd.DataFrame(p).loc[wide.index, panel.names].to_numpy()
+    policy = fit_policy(probs, wide["correct"][panel.names].to_numpy(bool),
+                        wide["cost"][panel.names].to_numpy(float), panel.names, n_bootstrap=50)
+    info = PanelInfo(name=panel.name, models=[PanelModelInfo(name=m.name, cost=m.cost.model_dump())
+                                              for m in panel.models])
+    parity = {m: table[table["model"] == m][list(FEATURE_NAMES)].to_numpy(float)
+              for m in panel.names}
+    version, _ = export_version(models_dir, fitted, parity, panel=info, feature_names=FEATURE_NAMES,
+                                feature_config={"group_window": 16, "tail": 16, "bottom_frac": 0.1},
+                                policy=policy.to_dict(), metrics={}, mlflow_run_id=None,
+                                switch=False)
+    return version
+
+
+def _setup(traces: list[Trace], panel: Panel, root: Path, fit_share: float) -> tuple[Path, ...]:
+    """Write traces, fit a version on the first `fit_share` of items, list those items."""
+    write_traces(root / "traces.jsonl", traces)
+    table = complete_items(build_table(traces, panel), panel.names)
+    items = sorted(set(table["item_id"]))
+    fit_items = items[: int(len(items) * fit_share)]
+    version = _export(table[table["item_id"].isin(fit_items)], panel, root / "models")
+    (root / "fit_items.json").write_text(json.dumps(fit_items))
+    return version, root / "traces.jsonl", root / "fit_items.json"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
+    """A version fitted on 160 synthetic items; 80 more are held out."""
+    panel = load_panel(PANEL)
+    return _setup(_traces(panel, 240), panel, tmp_path_factory.mktemp("eval"), 2 / 3)
+
+
+@pytest.fixture(scope="module")
+def report(built: tuple[Path, ...]) -> dict:
+    version, traces, fit_items = built
+    root = version.parent.parent
+    result = CliRunner().invoke(app, [
+        "evaluate", "--version", str(version), "--traces", str(traces), "--out", str(root / "out"),
+        "--exclude-items-from", str(fit_items), "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((root / "out" / "report.json").read_text())
+    rep["_out"] = root / "out"
+    return rep
+
+
+def test_report_structure(report: dict) -> None:
+    assert report["n_items"] == 80 and "minus items listed in" in report["items_source"]
+    assert report["cost_source"].startswith("panel config per-token prices")
+    assert len(report["curve"]) == 21
+    q = report["curve"][0]
+    assert {"lambda", "accuracy", "cost", "answered", "calls", "route"} <= set(q)
+    assert sum(q["answered"].values()) == pytest.approx(1.0)
+    assert set(report["baselines"]) == {*BASELINES, "oracle"}
+    assert set(report["apgr"]["methods"]) == {"router", *BASELINES, "oracle"}
+    assert report["curve"][-1]["cost"] <= report["curve"][0]["cost"]
+    for name in report["figures"]:
+        assert (report["_out"] / name).stat().st_size > 10_000
+    assert report["targets"]["match_best_single"]["best_single"] == "qwen2.5-coder-1.5b"
+
+
+def test_the_oracle_bounds_every_curve_at_matched_cost(report: dict) -> None:
+    oracle = report["baselines"]["oracle"]
+    oc, oa = upper_hull(oracle["points"])
+    curves = [report["curve"], *(report["baselines"][b]["points"] for b in BASELINES)]
+    for q in (q for c in curves for q in c):
+        assert q["accuracy"] <= np.interp(q["cost"], oc, oa) + 1e-9
+    assert report["oracle_bound"]["ok"]
+    assert oracle["accuracy"] >= max(q["accuracy"] for c in curves for q in c)
+
+
+def test_apgr_by_hand() -> None:
+    weak, strong = {"accuracy": 0.5, "cost": 0.1}, {"accuracy": 0.9, "cost": 1.0}
+    mixing = [weak, strong]  # the straight line: PGR rises linearly from 0 to 1
+    got = apgr(mixing, weak, strong)
+    assert got["apgr"] == pytest.approx(0.5, abs=1e-3)
+    assert got["cost_50"] == pytest.approx(0.55) and got["cost_80"] == pytest.approx(0.82)
+    perfect = apgr([weak, {"accuracy": 0.9, "cost": 0.1}], weak, strong)
+    assert perfect["apgr"] == pytest.approx(1.0) and perfect["cost_50"] == pytest.approx(0.1)
+    assert apgr([weak], weak, weak)["apgr"] is None
+
+
+def test_bad_input_is_one_line_and_exit_2(built: tuple[Path, ...], tmp_path: Path) -> None:
+    version, traces, _ = built
+    (tmp_path / "items.json").write_text('{"not": "a list"}')
+    runner = CliRunner()
+    cases = {
+        "manifest.json does not exist": ["--version", str(tmp_path), "--traces", str(traces)],
+        "expected a JSON list of item ids": ["--version", str(version), "--traces", str(traces),
+                                             "--items-from", str(tmp_path / "items.json")],
+        "no selected item has a trace": ["--version", str(version), "--traces", str(tmp_path)],
+    }
+    for message, args in cases.items():
+        result = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+@pytest.mark.skipif(not (REFERENCE / "multiarith_test.jsonl.gz").exists(),
+                    reason="reference traces not generated yet")
+def test_evaluate_on_a_slice_of_the_reference_traces(tmp_path: Path) -> None:
+    panel = load_panel(PANEL)
+    traces = read_traces(REFERENCE)
+    version, path, fit_items = _setup(traces, panel, tmp_path, 0.6)
+    result = CliRunner().invoke(app, [
+        "evaluate", "--version", str(version), "--traces", str(path), "--out", str(tmp_path / "o"),
+        "--exclude-items-from", str(fit_items), "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["oracle_bound"]["ok"] and rep["n_items"] > 0

@@ -1,0 +1,101 @@
+"""MLflow runs in a temporary SQLite store, read back through MLflow's own client; the train CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from confroute.cli import app
+from confroute.manifest import Manifest
+from confroute.panel import load_panel
+from training.config import Sweep, TrainConfig, Tracking
+from training.tracking import DEFAULT_URI, resolve_uri
+from training.train import TrainResult, load_dataset, sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
+TRACES = REFERENCE / "multiarith_test.jsonl.gz"
+PANEL = ROOT / "configs/panel.cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlruns")
+
+
+@pytest.fixture(scope="module")
+def results(store: Path) -> list[TrainResult]:
+    config = TrainConfig(
+        panel=PANEL, traces=[TRACES], max_items=100, bootstrap=50, models_dir=store / "models",
+        tracking=Tracking(uri=f"sqlite:///{store}/mlflow.db", experiment="test"),
+        sweep=Sweep(classifiers=["lightgbm", "logistic"], calibrations=["sigmoid"]))
+    return sweep(config)
+
+
+def test_sweep_logs_one_run_per_combination(store: Path, results: list[TrainResult]) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    exp = client.get_experiment_by_name("test")
+    assert exp is not None and exp.artifact_location == (store / "artifacts").as_uri()
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(r.run_id for r in results)
+    panel = load_panel(PANEL).names
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["calibration"] == "sigmoid"
+        assert run.data.params["ece_binning"] == "10 equal-mass bins"
+        assert {f"auroc.{m}" for m in panel} | {f"ece.{m}" for m in panel} <= set(run.data.metrics)
+        assert all(run.data.metrics[f"parity_max_abs.{m}"] <= 1e-5 for m in panel)
+    assert {r.data.params["classifier"] for r in runs} == {"lightgbm", "logistic"}
+
+
+def test_run_holds_figures_and_the_exported_model(store: Path, results: list[TrainResult]) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    run_id = results[0].run_id
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert {"figures/reliability.png", "figures/importances.png"} <= figures
+    model = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert "model/manifest.json" in model and len(model) == 1 + len(load_panel(PANEL).names)
+    local = Path(client.download_artifacts(run_id, "model/manifest.json", str(store)))
+    assert json.loads(local.read_text())["mlflow_run_id"] == run_id
+    assert Manifest.load(results[0].version_dir).mlflow_run_id == run_id
+    assert not (store / "models" / "current").exists()  # a sweep leaves `current` alone
+
+
+def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri(None) == DEFAULT_URI == "sqlite:///mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert resolve_uri(None) == "sqlite:///elsewhere.db"
+    assert resolve_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_cli_trains_from_a_ready_table_with_extra_signal(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(panel=PANEL, traces=[TRACES], max_items=100)
+    table = load_dataset(config, load_panel(PANEL)).table
+    table["verifier_score"] = table["answer_logprob"].fillna(-5.0) * 0.5  # a non-logprob signal
+    table.to_csv(tmp_path / "features.csv", index=False)
+    (tmp_path / "train.yaml").write_text(f"panel: {PANEL}\nclassifier: logistic\nbootstrap: 20\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    args = ["train", "--config", str(tmp_path / "train.yaml"), "--table",
+            str(tmp_path / "features.csv"), "--out", str(tmp_path / "models")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(tmp_path / "models" / "current")
+    assert manifest.feature_names[-1] == "verifier_score"
+    verify = ["models", "verify", "--models-dir", str(tmp_path / "models")]
+    assert CliRunner().invoke(app, verify).exit_code == 2  # not this build's FEATURE_NAMES
+    assert CliRunner().invoke(app, [*verify, "--table-features"]).exit_code == 0
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "train.yaml").write_text("classifer: lightgbm\n")
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml")])
+    assert result.exit_code == 2 and "classifer" in result.output
+    assert "Traceback" not in result.output

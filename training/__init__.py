@@ -1,0 +1,1 @@
+"""The offline pipeline: generation, feature tables, fitting, calibration, export, policy, evaluation."""

@@ -1,0 +1,104 @@
+"""The training config (configs/train.yaml): validated, unknown keys rejected, every default stated.
+
+Relative paths are taken from the working directory (the repository root for the shipped configs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from confroute.features import FeatureConfig
+from confroute.panel import _Strict, load_yaml_model
+
+ClassifierKind = Literal["lightgbm", "logistic"]
+CalibrationKind = Literal["isotonic", "sigmoid", "none"]
+CLASSIFIERS: tuple[ClassifierKind, ...] = ("lightgbm", "logistic")
+CALIBRATIONS: tuple[CalibrationKind, ...] = ("isotonic", "sigmoid", "none")
+
+
+class LightGBMParams(_Strict):
+    """Small trees: a few hundred answers per model, so shallow leaves and many small steps."""
+
+    n_estimators: Annotated[int, Field(ge=1)] = 200
+    num_leaves: Annotated[int, Field(ge=2)] = 15
+    learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    min_child_samples: Annotated[int, Field(ge=1)] = 10  # ~10 answers per leaf at the least
+    colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+class LogisticParams(_Strict):
+    """Imputer (median) + StandardScaler + L2 logistic regression."""
+
+    C: Annotated[float, Field(gt=0)] = 1.0
+    max_iter: Annotated[int, Field(ge=10)] = 1000
+
+
+class Features(_Strict):
+    """Windowed-signal sizes passed to the shared feature code (and stored in the manifest)."""
+
+    group_window: Annotated[int, Field(ge=1)] = 16
+    tail: Annotated[int, Field(ge=1)] = 16
+    bottom_frac: Annotated[float, Field(gt=0, le=1)] = 0.10
+
+    def to_config(self) -> FeatureConfig:
+        return FeatureConfig(self.group_window, self.tail, self.bottom_frac)
+
+
+class Tracking(_Strict):
+    """MLflow: `uri` beats env MLFLOW_TRACKING_URI, which beats sqlite:///mlruns/mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "confroute"
+
+
+class Sweep(_Strict):
+    """`confroute train --sweep`: one run per classifier x calibration."""
+
+    classifiers: list[ClassifierKind] = Field(default_factory=lambda: list(CLASSIFIERS))
+    calibrations: list[CalibrationKind] = Field(default_factory=lambda: list(CALIBRATIONS))
+
+
+class TrainConfig(_Strict):
+    """Everything one training run needs; `confroute train --config` reads it."""
+
+    panel: Path = Path("configs/panel.cpu.yaml")
+    # files or directories of JSONL(.gz) traces; signals from the shared feature code
+    traces: list[Path] = Field(default_factory=lambda: [Path("data/reference-traces")])
+    table: Path | None = None  # a ready feature table (CSV/Parquet) instead of traces
+    max_items: Annotated[int | None, Field(ge=2)] = None  # first N items (sorted ids) only
+    classifier: ClassifierKind = "lightgbm"
+    calibration: CalibrationKind = "isotonic"
+    # share of items held out for the reported metrics
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    # item-grouped, stratified cross-fitting folds: calibration rows and policy rows
+    folds: Annotated[int, Field(ge=2)] = 5
+    # isotonic knots at least this far apart: bounded slope, so float32 ONNX keeps parity
+    isotonic_grid: Annotated[float, Field(gt=0, le=0.1)] = 0.01
+    seed: int = 0
+    # LightGBM threads: OpenMP spins badly on a busy 2-core machine
+    n_jobs: Annotated[int, Field(ge=1)] = 1
+    bootstrap: Annotated[int, Field(ge=0)] = 1000  # resamples for the 95% intervals (0: none)
+    ece_bins: Annotated[int, Field(ge=2)] = 10  # equal-mass bins
+    lambdas: list[float] | None = None  # policy grid; None: the policy's default
+    models_dir: Path = Path("models")
+    switch_current: bool = True  # point models/current at the new version
+    lightgbm: LightGBMParams = LightGBMParams()
+    logistic: LogisticParams = LogisticParams()
+    features: Features = Features()
+    tracking: Tracking = Tracking()
+    sweep: Sweep = Sweep()
+
+    @model_validator(mode="after")
+    def _lambdas(self) -> TrainConfig:
+        if self.lambdas is not None and not all(0 <= lam <= 1 for lam in self.lambdas):
+            raise ValueError("lambdas must lie in [0, 1]")
+        return self
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training config (ConfigError naming the file and key)."""
+    config: TrainConfig = load_yaml_model(path, TrainConfig)
+    return config

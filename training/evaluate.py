@@ -1,0 +1,285 @@
+"""Offline evaluation: replay the cascade at every λ on held-out traces, beside every baseline.
+
+Every method is a set of (accuracy, cost) operating points on the same items; cost is the mean
+per-item cost of the models called, relative to always calling the last panel model (per-token
+prices from the version's panel config x the tokens each trace measured).
+
+APGR and the cost to reach 50% / 80% of the gap are defined in APGR_DEFINITION (also written
+into every report).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from confroute.features import FeatureConfig, agreement
+from confroute.grading import get_grader
+from confroute.manifest import Manifest
+from confroute.panel import Cost, Panel, PanelModel
+from confroute.policy import Policy
+from confroute.scoring import Scorer
+from confroute.traces import read_traces
+from training.cost_curves import (
+    apgr_table,
+    match_best_single,
+    oracle_bound,
+    random_mixing,
+    router_vs_baselines,
+)
+from training.eval_plots import plot_report
+from training.fit_policy import replay
+from training.table import build_table, complete_items
+
+COST_SOURCE = "panel config per-token prices x measured tokens"
+HYBRID_WEIGHTS = {"logprob_weight": 0.5, "margin_weight": 0.5}
+HELDOUT_ITEMS = "heldout_items.json"  # written into the version dir by training: never fitted on
+BASELINES = ("single_models", "random_mixing", "raw_avg_logprob_threshold", "fixed_formula")
+
+
+@dataclass(frozen=True)
+class EvalArrays:
+    """(n_items, M) arrays in panel order for the items every panel model answered."""
+
+    models: list[str]
+    items: list[str]
+    p: np.ndarray  # calibrated P(correct) from the version's scorer (NaN: no logprobs)
+    correct: np.ndarray
+    cost: np.ndarray  # absolute cost of calling the model on the item
+    avg_logprob: np.ndarray
+    margin: np.ndarray
+    # p for a route (panel indices): agree_prev then sees only the route's earlier answers, as in
+    # the service; None: use `p` (agreement with every cheaper panel model) for every route
+    route_p: Callable[[Sequence[int]], np.ndarray] | None = None
+
+
+def arrays_from_table(
+    table: pd.DataFrame, models: Sequence[str], feature_names: Sequence[str],
+    predict: Callable[[str, np.ndarray], np.ndarray],
+) -> EvalArrays:
+    """Pivot a feature table (training.table.build_table) into arrays, scoring each model's rows."""
+    items = sorted(set(table["item_id"]))
+    per = [table[table["model"] == m].set_index("item_id").loc[items] for m in models]
+    X = [r[list(feature_names)].to_numpy(dtype=np.float32) for r in per]
+    preds = [[v if isinstance(v, str) else None for v in r["prediction"]] for r in per]
+
+    def col(name: str, dtype: type) -> np.ndarray:
+        return np.column_stack([r[name].to_numpy(dtype=dtype) for r in per])
+
+    p = np.column_stack([predict(m, x) for m, x in zip(models, X, strict=True)])
+    return EvalArrays(list(models), items, p, col("correct", bool), col("cost", float),
+                      col("avg_logprob", float), col("margin", float),
+                      route_p=_route_scorer(list(models), X, preds, list(feature_names), predict))
+
+
+def _route_scorer(
+    models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
+    feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
+) -> Callable[[Sequence[int]], np.ndarray] | None:
+    """p per route, agree_prev recomputed over the route's earlier answers (cached per prefix)."""
+    if "agree_prev" not in feature_names:
+        return None
+    col, grader = feature_names.index("agree_prev"), get_grader("numeric")
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def scored(j: int, before: tuple[int, ...]) -> np.ndarray:
+        if (*before, j) not in cache:
+            x = X[j].copy()
+            x[:, col] = [agreement(preds[j][i], [preds[b][i] for b in before], grader)
+                         for i in range(len(x))]
+            cache[(*before, j)] = predict(models[j], x)
+        return cache[(*before, j)]
+
+    def route_p(route: Sequence[int]) -> np.ndarray:
+        p = np.full((len(X[0]), len(models)), np.nan)
+        for k, j in enumerate(route[:-1]):
+            p[:, j] = scored(j, tuple(route[:k]))
+        return p
+
+    return route_p
+
+
+def fixed_formula_score(avg_logprob: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """The open-source cascade's hybrid confidence: mean of clip((lp+3)/3) and 1 - exp(-m/3)."""
+    lp_conf = np.clip((avg_logprob + 3.0) / 3.0, 0.0, 1.0)
+    margin_conf = np.clip(1.0 - np.exp(-margin / 3.0), 0.0, 1.0)
+    w = HYBRID_WEIGHTS
+    return w["logprob_weight"] * lp_conf + w["margin_weight"] * margin_conf  # NaN stays NaN
+
+
+def _point(out: Any, base: float, **extra: Any) -> dict[str, Any]:
+    return {**extra, "accuracy": float(out.correct.mean()), "cost": float(out.cost.mean() / base)}
+
+
+def router_curve(a: EvalArrays, policy: Policy, base: float) -> list[dict[str, Any]]:
+    """Replay the policy at each grid λ: accuracy, cost, who answered, who was called."""
+    curve = []
+    for row in policy.rows:
+        route = [a.models.index(m) for m in row.route]
+        p = a.route_p(route) if a.route_p else a.p
+        out = replay(p, a.correct, a.cost, route, [row.thresholds[m] for m in row.route[:-1]])
+        curve.append(_point(
+            out, base, **{"lambda": row.lam}, route=list(row.route),
+            answered={m: float((out.answered_by == j).mean()) for j, m in enumerate(a.models)},
+            calls={m: float(out.calls[:, j].mean()) for j, m in enumerate(a.models)},
+            fitted_accuracy=row.accuracy, fitted_cost=row.cost,
+        ))
+    return curve
+
+
+def threshold_curve(score: np.ndarray, a: EvalArrays, base: float) -> list[dict[str, Any]]:
+    """One global threshold on `score` for every non-final panel model, swept over its quantiles."""
+    pooled = score[:, :-1][~np.isnan(score[:, :-1])]
+    if pooled.size == 0:
+        return []
+    taus = np.unique(np.quantile(pooled, np.linspace(0, 1, 101), method="nearest"))
+    taus = np.append(taus, taus[-1] + 1.0)  # above every score: always escalate
+    route = list(range(len(a.models)))
+    return [_point(replay(score, a.correct, a.cost, route, [t] * (len(route) - 1)), base,
+                   threshold=float(t)) for t in taus]
+
+
+def single_models(a: EvalArrays, base: float) -> list[dict[str, Any]]:
+    """Each panel model answering every item alone."""
+    return [{"model": m, "accuracy": float(a.correct[:, j].mean()),
+             "cost": float(a.cost[:, j].mean() / base)} for j, m in enumerate(a.models)]
+
+
+def oracle(a: EvalArrays, base: float) -> dict[str, Any]:
+    """Cheapest correct model per item (else the last model's cost), and the best curve it bounds.
+
+    The curve is the most accuracy any router can buy at each cost: per item either its cheapest
+    call or its cheapest correct call, upgrades taken in order of extra cost (fractional knapsack).
+    """
+    cost, right = a.cost / base, a.correct
+    any_right = right.any(1)
+    cheapest_right = np.where(right, cost, np.inf).min(1)
+    point_cost = np.where(any_right, cheapest_right, cost[:, -1])
+    low = cost.min(1)
+    low_right = right[np.arange(len(low)), cost.argmin(1)]
+    extra = np.sort(cheapest_right[any_right & ~low_right] - low[any_right & ~low_right])
+    n = len(low)
+    accs = (low_right.sum() + np.arange(extra.size + 1)) / n
+    costs = (low.sum() + np.concatenate([[0.0], np.cumsum(extra)])) / n
+    return {"accuracy": float(any_right.mean()), "cost": float(point_cost.mean()),
+            "points": [{"accuracy": float(x), "cost": float(c)}
+                       for x, c in zip(accs, costs, strict=True)]}
+
+
+def evaluate_arrays(a: EvalArrays, policy: Policy) -> dict[str, Any]:
+    """The report's numbers: router curve, baselines, APGR, oracle bound and targets."""
+    base = float(a.cost[:, -1].mean())
+    singles = single_models(a, base)
+    fixed = fixed_formula_score(a.avg_logprob, a.margin)
+    baselines: dict[str, Any] = {
+        "single_models": {"description": "each model alone", "points": singles},
+        "random_mixing": {"description": "share w to the strongest, rest to the cheapest model",
+                          "points": random_mixing(singles)},
+        "raw_avg_logprob_threshold": {
+            "description": "one threshold on raw avg_logprob for every model, swept",
+            "points": threshold_curve(a.avg_logprob, a, base)},
+        "fixed_formula": {
+            "description": "hybrid of clip((lp + 3) / 3, 0, 1) and 1 - exp(-margin / 3), one "
+                           "threshold for every model, swept", "weights": HYBRID_WEIGHTS,
+            "points": threshold_curve(fixed, a, base)},
+        "oracle": {"description": "cheapest correct model (else the last model's cost); points: "
+                                  "the best accuracy any router can reach at each cost",
+                   **oracle(a, base)},
+    }
+    curve = router_curve(a, policy, base)
+    methods = {"router": curve, **{k: baselines[k]["points"] for k in (*BASELINES, "oracle")}}
+    table = apgr_table(methods, singles)
+    rm, ff = table["methods"]["router"]["apgr"], table["methods"]["fixed_formula"]["apgr"]
+    return {
+        "n_items": len(a.items), "models": a.models, "last_model_cost": base,
+        "curve": curve, "baselines": baselines, "apgr": table,
+        "oracle_bound": oracle_bound({k: v for k, v in methods.items() if k != "oracle"},
+                                     baselines["oracle"]["points"]),
+        "targets": {"router_vs_baselines": router_vs_baselines(curve, baselines, BASELINES),
+                    "apgr_beats_fixed_formula": None if rm is None or ff is None else rm > ff,
+                    "match_best_single": match_best_single(curve, baselines)},
+    }
+
+
+def read_item_ids(path: str | Path) -> set[str]:
+    """Item ids from a JSON list, or a JSON object with an "items" list."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    ids = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{path}: expected a JSON list of item ids or {{\"items\": [...]}}")
+    return set(ids)
+
+
+def select_items(
+    table: pd.DataFrame, version_dir: Path, items_from: Path | None, exclude_from: Path | None
+) -> tuple[pd.DataFrame, str]:
+    """Rows of the evaluated items, and a sentence saying where the item list came from."""
+    if items_from is None and exclude_from is None and (version_dir / HELDOUT_ITEMS).is_file():
+        items_from = version_dir / HELDOUT_ITEMS
+    source = "every item in the traces (no held-out list: may overlap the fitting items)"
+    if items_from is not None:
+        table = table[table["item_id"].isin(read_item_ids(items_from))]
+        source = f"items listed in {items_from}"
+    if exclude_from is not None:
+        table = table[~table["item_id"].isin(read_item_ids(exclude_from))]
+        source += f", minus items listed in {exclude_from}"
+    return table, source
+
+
+def panel_of(manifest: Manifest) -> Panel:
+    """The version's panel (names and prices) as a Panel, for the feature table's costs."""
+    models = [PanelModel(name=m.name, cost=Cost(**m.cost)) for m in manifest.panel.models]
+    return Panel(name=manifest.panel.name, models=models)
+
+
+def run_evaluation(
+    version_dir: str | Path, traces: Sequence[str | Path], out_dir: str | Path,
+    items_from: Path | None = None, exclude_items_from: Path | None = None, mlflow: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a version on traces; write report.json and figures into out_dir; return it."""
+    scorer = Scorer.load(version_dir)
+    m = scorer.manifest
+    if m.policy is None:
+        raise ValueError(f"version {m.version} has no policy table to evaluate")
+    policy, panel = Policy.from_dict(m.policy), panel_of(m)
+    config = FeatureConfig(**m.feature_config)
+    table, source = select_items(build_table(read_traces(traces), panel, config),
+                                 scorer.path, items_from, exclude_items_from)
+    full = complete_items(table, panel.names)
+    if full.empty:
+        raise ValueError(f"no selected item has a trace from every panel model {panel.names}")
+    arrays = arrays_from_table(full, panel.names, m.feature_names, scorer.predict)
+    report: dict[str, Any] = {
+        "version": m.version, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cost_source": COST_SOURCE, "items_source": source,
+        "items_without_every_model": int(table["item_id"].nunique() - len(arrays.items)),
+        "datasets": full.groupby("dataset")["item_id"].nunique().astype(int).to_dict(),
+        **evaluate_arrays(arrays, policy),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = plot_report(report, out)
+    report["figures"] = [f.name for f in figures]
+    report["mlflow"] = _log(m.mlflow_run_id, report, figures) if mlflow else "not requested"
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _log(run_id: str | None, report: dict[str, Any], figures: list[Path]) -> str:
+    """Log to the version's MLflow run through training.tracking, when it offers that."""
+    try:
+        log_evaluation = importlib.import_module("training.tracking").log_evaluation
+    except (ImportError, AttributeError):
+        return "not logged: training.tracking.log_evaluation is not available"
+    if run_id is None:
+        return "not logged: the version has no mlflow_run_id"
+    log_evaluation(run_id, report, figures)
+    return f"logged to run {run_id}"

@@ -1,0 +1,217 @@
+"""Per-model correctness classifiers, calibrated on rows they did not see (scikit-learn contract).
+
+`CorrectnessClassifier` cross-fits the base classifier over item-grouped, stratified folds: each
+training row gets an out-of-fold score, the calibrator is fitted on those scores, and the base
+classifier is then refitted on every training row (scikit-learn's `ensemble=False` scheme). The
+calibrator is our own small estimator rather than `CalibratedClassifierCV`, because it must be
+exported explicitly (two numbers or a knot table in the manifest; see DESIGN.md on why the ONNX
+converter for the calibrated model cannot be trusted). Features are cast to float32 before any fit
+or prediction: that is what the ONNX graph sees, so Python and ONNX compute from the same inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from lightgbm import LGBMClassifier
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from confroute.manifest import Calibration, Identity, Isotonic, Sigmoid
+
+
+class IsotonicCalibrator(BaseEstimator):
+    """Isotonic regression of correctness on the base score, with knots at least `grid` apart.
+
+    Scores are rounded to `grid` for the fit only, so adjacent knots are >= grid apart and the
+    interpolated slope stays bounded: float32 rounding in the ONNX graph (~1e-7) then moves the
+    calibrated probability by at most ~1e-7 * (jump / grid), well inside the parity tolerance.
+    """
+
+    def __init__(self, grid: float = 0.01) -> None:
+        self.grid = grid
+
+    def fit(self, f: np.ndarray, y: np.ndarray) -> IsotonicCalibrator:
+        f = np.round(np.asarray(f, dtype=np.float64) / self.grid) * self.grid
+        self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        self.isotonic_.fit(f, np.asarray(y, dtype=np.float64))
+        return self
+
+    def predict(self, f: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "isotonic_")
+        return np.asarray(self.isotonic_.predict(np.asarray(f, dtype=np.float64)))
+
+    def to_manifest(self) -> Calibration:
+        check_is_fitted(self, "isotonic_")
+        iso = self.isotonic_
+        return Isotonic(x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
+
+
+class SigmoidCalibrator(BaseEstimator):
+    """Platt scaling: p = 1 / (1 + exp(a*f + b)), a and b by (nearly unpenalised) log loss."""
+
+    def fit(self, f: np.ndarray, y: np.ndarray) -> SigmoidCalibrator:
+        f = np.asarray(f, dtype=np.float64).reshape(-1, 1)
+        self.logistic_ = LogisticRegression(C=1e6, max_iter=1000).fit(f, np.asarray(y, dtype=int))
+        self.a_ = -float(self.logistic_.coef_[0, 0])
+        self.b_ = -float(self.logistic_.intercept_[0])
+        return self
+
+    def predict(self, f: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "logistic_")
+        f = np.asarray(f, dtype=np.float64).reshape(-1, 1)
+        return np.asarray(self.logistic_.predict_proba(f)[:, 1])
+
+    def to_manifest(self) -> Calibration:
+        check_is_fitted(self, "logistic_")
+        return Sigmoid(a=self.a_, b=self.b_)
+
+
+class IdentityCalibrator(BaseEstimator):
+    """No calibration: the base classifier's probability."""
+
+    def fit(self, f: np.ndarray, y: np.ndarray) -> IdentityCalibrator:
+        self.fitted_ = True
+        return self
+
+    def predict(self, f: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "fitted_")
+        return np.asarray(f, dtype=np.float64)
+
+    def to_manifest(self) -> Calibration:
+        return Identity()
+
+
+def make_calibrator(method: str, grid: float = 0.01) -> BaseEstimator:
+    """A calibrator by its config name: isotonic, sigmoid or none."""
+    if method == "isotonic":
+        return IsotonicCalibrator(grid=grid)
+    if method == "sigmoid":
+        return SigmoidCalibrator()
+    if method == "none":
+        return IdentityCalibrator()
+    raise ValueError(f"unknown calibration {method!r}; use isotonic, sigmoid or none")
+
+
+def make_base(kind: str, params: dict[str, Any] | None, seed: int, n_jobs: int | None) -> Any:
+    """The uncalibrated classifier: LightGBM (NaN-native) or imputer + scaler + logistic."""
+    params = dict(params or {})
+    if kind == "lightgbm":
+        return LGBMClassifier(random_state=seed, n_jobs=n_jobs, verbosity=-1, **params)
+    if kind == "logistic":
+        return Pipeline([
+            # keep_empty_features: an all-NaN column (agree_prev for the first model) stays a column
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("logistic", LogisticRegression(random_state=seed, **params)),
+        ])
+    raise ValueError(f"unknown classifier {kind!r}; use lightgbm or logistic")
+
+
+class PriorClassifier(ClassifierMixin, BaseEstimator):
+    """The smoothed base rate (correct + 1) / (n + 2) for every row: too few answers to learn."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> PriorClassifier:
+        y = np.asarray(y).astype(int)
+        self.p_ = (y.sum() + 1.0) / (y.size + 2.0)
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "p_")
+        return np.tile([1.0 - self.p_, self.p_], (np.shape(X)[0], 1))
+
+
+class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
+    """P(correct | signals) for one panel model: base classifier + cross-fitted calibrator."""
+
+    def __init__(
+        self,
+        classifier: str = "lightgbm",
+        calibration: str = "isotonic",
+        params: dict[str, Any] | None = None,
+        folds: int = 5,
+        isotonic_grid: float = 0.01,
+        random_state: int = 0,
+        n_jobs: int | None = 1,
+    ) -> None:
+        self.classifier = classifier
+        self.calibration = calibration
+        self.params = params
+        self.folds = folds
+        self.isotonic_grid = isotonic_grid
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
+    ) -> CorrectnessClassifier:
+        """Cross-fit scores by group, calibrate on them, refit the base on all rows.
+
+        With fewer than `folds` answers of either class there is nothing to cross-fit: the model
+        falls back to the smoothed base rate (`kind_ == "prior"`), and says so in the manifest.
+        """
+        X = _float32(X)
+        y = np.asarray(y).astype(int)
+        if np.bincount(y, minlength=2).min() < self.folds:
+            return self._fit_prior(X, y)
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        splits = list(StratifiedGroupKFold(self.folds, shuffle=True, random_state=self.random_state)
+                      .split(X, y, groups))
+        base = make_base(self.classifier, self.params, self.random_state, self.n_jobs)
+        scores = np.empty(len(y))
+        for train, test in splits:
+            scores[test] = clone(base).fit(X[train], y[train]).predict_proba(X[test])[:, 1]
+        calibrator = make_calibrator(self.calibration, self.isotonic_grid)
+        self.calibrator_ = clone(calibrator).fit(scores, y)
+        self.oof_proba_ = np.empty(len(y))  # calibrated, and calibrated out of fold too
+        for train, test in splits:
+            fold_cal = clone(calibrator).fit(scores[train], y[train])
+            self.oof_proba_[test] = fold_cal.predict(scores[test])
+        self.estimator_ = base.fit(X, y)
+        return self._fitted(X, self.classifier)
+
+    def _fit_prior(self, X: np.ndarray, y: np.ndarray) -> CorrectnessClassifier:
+        self.estimator_ = PriorClassifier().fit(X, y)
+        self.calibrator_ = IdentityCalibrator().fit(y, y)
+        self.oof_proba_ = np.full(len(y), self.estimator_.p_)
+        return self._fitted(X, "prior")
+
+    def _fitted(self, X: np.ndarray, kind: str) -> CorrectnessClassifier:
+        self.kind_ = kind
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def base_proba(self, X: np.ndarray) -> np.ndarray:
+        """The base classifier's uncalibrated P(correct) (what the ONNX graph outputs)."""
+        check_is_fitted(self, "estimator_")
+        return np.asarray(self.estimator_.predict_proba(_float32(X))[:, 1], dtype=np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated [P(incorrect), P(correct)] per row."""
+        check_is_fitted(self, "calibrator_")
+        p = self.calibrator_.predict(self.base_proba(X))
+        return np.column_stack([1.0 - p, p])
+
+    def feature_importances(self) -> np.ndarray:
+        """LightGBM: total gain per feature; logistic: |coefficient| on the standardised scale."""
+        check_is_fitted(self, "estimator_")
+        if self.kind_ == "prior":
+            return np.zeros(self.n_features_in_)
+        if self.kind_ == "lightgbm":
+            return np.asarray(self.estimator_.booster_.feature_importance("gain"), dtype=float)
+        return np.abs(self.estimator_.named_steps["logistic"].coef_[0])
+
+
+def _float32(X: np.ndarray) -> np.ndarray:
+    """Features as the ONNX graph sees them: float32, NaN allowed (missing signals)."""
+    return check_array(X, dtype=np.float32, ensure_all_finite="allow-nan")

@@ -1,0 +1,110 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Default store: `sqlite:///mlruns/mlflow.db` with artifacts in `mlruns/artifacts` (MLflow 3 refuses
+the old `./mlruns` file store). Any other store by `Tracking.uri` in the config or the
+`MLFLOW_TRACKING_URI` environment variable. For a SQLite store the experiment's artifact folder
+is put beside the database explicitly, so a temporary store keeps everything in one folder.
+The explicit `MlflowClient` API is used throughout: no global "active run" state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+_SQLITE = "sqlite:///"
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """The tracking URI: explicit, else MLFLOW_TRACKING_URI, else the local SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, `<db folder>/artifacts` as a file URI; else the server decides."""
+    if not uri.startswith(_SQLITE):
+        return None
+    db = Path(uri[len(_SQLITE):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return (db.parent.resolve() / "artifacts").as_uri()
+
+
+class Run:
+    """One MLflow run, logged to through the client."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=batch[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, local_dir: str | Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), path)
+
+    def log_artifact(self, local_file: str | Path, path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_file), path)
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it (with the artifact folder set) on first use."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+
+
+@contextlib.contextmanager
+def start_run(
+    uri: str | None, experiment: str, run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Run]:
+    """A run that ends FINISHED, or FAILED if the block raises."""
+    uri = resolve_uri(uri)
+    artifact_location(uri)  # a SQLite store's folder must exist before the client opens it
+    client = MlflowClient(tracking_uri=uri)
+    info = client.create_run(experiment_id(client, experiment, uri), run_name=run_name,
+                             tags=dict(tags or {})).info
+    try:
+        yield Run(client, info.run_id)
+    except BaseException:
+        client.set_terminated(info.run_id, "FAILED")
+        raise
+    client.set_terminated(info.run_id, "FINISHED")
+
+
+def flat_metrics(per_model: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """`<metric>.<model>` for every numeric metric; `signal_auroc.<signal>.<model>` likewise."""
+    out: dict[str, float] = {}
+    for model, metrics in per_model.items():
+        for key, value in metrics.items():
+            if isinstance(value, Mapping):
+                out.update({f"{key}.{k}.{model}": float(v) for k, v in value.items()
+                            if _finite(v)})
+            elif _finite(value):
+                out[f"{key}.{model}"] = float(value)
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
