@@ -82,6 +82,7 @@ class TrainConfig(_Strict):
     n_jobs: Annotated[int, Field(ge=1)] = 1
     bootstrap: Annotated[int, Field(ge=0)] = 1000  # resamples for the 95% intervals (0: none)
     ece_bins: Annotated[int, Field(ge=2)] = 10  # equal-mass bins
+    figures: bool = True  # reliability, signal histograms, importances as PNG in the run
     lambdas: list[float] | None = None  # policy grid; None: the policy's default
     models_dir: Path = Path("models")
     switch_current: bool = True  # point models/current at the new version

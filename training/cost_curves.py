@@ -7,6 +7,7 @@ to always calling the last panel model. APGR is defined in APGR_DEFINITION.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,50 @@ def weak_and_strong(singles: list[Point]) -> tuple[Point, Point]:
     return weak, strong
 
 
-def random_mixing(singles: list[Point]) -> list[Point]:
-    """A share w of items to the strongest model, the rest to the cheapest (expected values)."""
-    weak, strong = weak_and_strong(singles)
-    return [{"weight_strong": float(w),
-             "accuracy": float((1 - w) * weak["accuracy"] + w * strong["accuracy"]),
-             "cost": float((1 - w) * weak["cost"] + w * strong["cost"])}
-            for w in np.linspace(0, 1, 21)]
+@dataclass(frozen=True)
+class Curve:
+    """A method's operating points and, per point, each item's outcome (for the bootstrap)."""
+
+    points: list[Point]
+    correct: np.ndarray  # (n_points, n_items): 1/0, or expected correctness for mixtures
+    cost: np.ndarray  # (n_points, n_items) relative cost
+
+    def at(self, idx: np.ndarray) -> list[Point]:
+        """The points recomputed on the items `idx` (a bootstrap resample)."""
+        acc, cost = self.correct[:, idx].mean(1), self.cost[:, idx].mean(1)
+        return [{"accuracy": float(a), "cost": float(c)} for a, c in zip(acc, cost, strict=True)]
+
+
+def mixing_curve(singles: Curve) -> Curve:
+    """A share w of items to the strongest single model, the rest to the cheapest (expected)."""
+    weak, strong = (singles.points.index(q) for q in weak_and_strong(singles.points))
+    w = np.linspace(0, 1, 21)[:, None]
+    correct = (1 - w) * singles.correct[weak] + w * singles.correct[strong]
+    cost = (1 - w) * singles.cost[weak] + w * singles.cost[strong]
+    points = [{"weight_strong": float(x), "accuracy": float(a.mean()), "cost": float(c.mean())}
+              for x, a, c in zip(w[:, 0], correct, cost, strict=True)]
+    return Curve(points, correct, cost)
+
+
+def oracle(right: np.ndarray, cost: np.ndarray) -> dict[str, Any]:
+    """Cheapest correct model per item (else the last model's cost), and the best curve it bounds.
+
+    (n_items, M) correctness and relative costs in. The curve is the most accuracy any router can
+    buy at each cost: per item either its cheapest call or its cheapest correct call, upgrades
+    taken in order of extra cost (fractional knapsack).
+    """
+    any_right = right.any(1)
+    cheapest_right = np.where(right, cost, np.inf).min(1)
+    point_cost = np.where(any_right, cheapest_right, cost[:, -1])
+    low = cost.min(1)
+    low_right = right[np.arange(len(low)), cost.argmin(1)]
+    extra = np.sort(cheapest_right[any_right & ~low_right] - low[any_right & ~low_right])
+    n = len(low)
+    accs = (low_right.sum() + np.arange(extra.size + 1)) / n
+    costs = (low.sum() + np.concatenate([[0.0], np.cumsum(extra)])) / n
+    return {"accuracy": float(any_right.mean()), "cost": float(point_cost.mean()),
+            "points": [{"accuracy": float(x), "cost": float(c)}
+                       for x, c in zip(accs, costs, strict=True)]}
 
 
 def upper_hull(points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +100,11 @@ def _turns_up(o: tuple[float, float], m: tuple[float, float], q: tuple[float, fl
 
 def best_accuracy_at(points: Sequence[Point], budget: np.ndarray, floor: float) -> np.ndarray:
     """Best accuracy at mean cost <= each budget, mixing two operating points (else `floor`)."""
-    hc, ha = upper_hull(points)
+    return _envelope(upper_hull(points), budget, floor)
+
+
+def _envelope(hull: tuple[np.ndarray, np.ndarray], budget: np.ndarray, floor: float) -> np.ndarray:
+    hc, ha = hull
     return np.maximum(floor, np.interp(budget, hc, ha, left=-np.inf, right=ha[-1]))
 
 
@@ -71,9 +113,9 @@ def apgr(points: Sequence[Point], weak: Point, strong: Point) -> dict:
     gap = strong["accuracy"] - weak["accuracy"]
     if gap <= 0 or strong["cost"] <= weak["cost"]:
         return {"apgr": None, "cost_50": None, "cost_80": None}
-    grid = np.linspace(weak["cost"], strong["cost"], _GRID)
-    pgr = (best_accuracy_at(points, grid, weak["accuracy"]) - weak["accuracy"]) / gap
     hc, ha = upper_hull(points)
+    grid = np.linspace(weak["cost"], strong["cost"], _GRID)
+    pgr = (_envelope((hc, ha), grid, weak["accuracy"]) - weak["accuracy"]) / gap
 
     def cost_to(x: float) -> float | None:
         need = weak["accuracy"] + x * gap
@@ -86,6 +128,24 @@ def apgr_table(methods: dict[str, list[Point]], singles: list[Point]) -> dict:
     weak, strong = weak_and_strong(singles)
     return {"definition": APGR_DEFINITION, "weak": weak["model"], "strong": strong["model"],
             "methods": {name: apgr(pts, weak, strong) for name, pts in methods.items()}}
+
+
+def apgr_gain(a: Curve, b: Curve, singles: Curve, n_boot: int = 200, seed: int = 0) -> dict:
+    """APGR(a) - APGR(b), with a paired 95% bootstrap interval over items (weak/strong re-picked)."""
+    n = a.correct.shape[1]
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, n, size=(n_boot, n))
+    draws = [d for d in (_gain(a, b, singles, idx) for idx in resamples) if d is not None]
+    gain = _gain(a, b, singles, np.arange(n))
+    lo, hi = (float(x) for x in np.percentile(draws, [2.5, 97.5])) if draws else (None, None)
+    return {"gain": gain, "ci95": [lo, hi], "n_boot": n_boot,
+            "ok": gain is not None and gain > 0, "significant": lo is not None and lo > 0}
+
+
+def _gain(a: Curve, b: Curve, singles: Curve, idx: np.ndarray) -> float | None:
+    weak, strong = weak_and_strong(singles.at(idx))
+    x, y = apgr(a.at(idx), weak, strong)["apgr"], apgr(b.at(idx), weak, strong)["apgr"]
+    return None if x is None or y is None else x - y
 
 
 def oracle_bound(methods: dict[str, list[Point]], bound: list[Point]) -> dict:

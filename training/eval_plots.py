@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from training.cost_curves import upper_hull
+
 _STYLE = {  # baseline -> (label, matplotlib format)
     "random_mixing": ("random mixing (cheapest/strongest)", "k--"),
     "raw_avg_logprob_threshold": ("one threshold on raw avg_logprob", "C1.-"),
     "fixed_formula": ("fixed formula (hybrid 0.5/0.5), one threshold", "C2.-"),
+    "fixed_formula_any_route": ("fixed formula, best route per cost (frontier)", "C2:"),
 }
 
 
@@ -48,8 +51,8 @@ def plot_cost_accuracy(report: dict[str, Any], path: Path) -> Path:
             label="oracle (cheapest correct model)")
     for name, (label, fmt) in _STYLE.items():
         apgr = table[name]["apgr"]
-        ax.plot(*_xy(b[name]["points"]), fmt, ms=3, lw=1,
-                label=label + ("" if apgr is None else f" (APGR {apgr:.2f})"))
+        xy = upper_hull(b[name]["points"]) if name.endswith("any_route") else _xy(b[name]["points"])
+        ax.plot(*xy, fmt, ms=3, lw=1, label=label + ("" if apgr is None else f" (APGR {apgr:.2f})"))
     for q in b["single_models"]["points"]:
         ax.plot(q["cost"], q["accuracy"], "s", ms=8, label=f"{q['model']} alone")
     router = table["router"]["apgr"]

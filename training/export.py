@@ -150,7 +150,7 @@ def _write_model(
     """One model's ONNX file and manifest entry (calibration carried explicitly)."""
     file = f"{name}.onnx"
     (version_dir / file).write_bytes(to_onnx(clf).SerializeToString())
-    return ModelEntry(file=file, classifier=clf.kind_,  # type: ignore[arg-type]
+    return ModelEntry(file=file, classifier=clf.kind_,
                       calibration=clf.calibrator_.to_manifest(), output=OUTPUT,
                       metrics=_jsonable(metrics))
 

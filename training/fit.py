@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_is_fitted
@@ -163,9 +163,7 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
         y = np.asarray(y).astype(int)
         if np.bincount(y, minlength=2).min() < self.folds:
             return self._fit_prior(X, y)
-        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-        splits = list(StratifiedGroupKFold(self.folds, shuffle=True, random_state=self.random_state)
-                      .split(X, y, groups))
+        splits = self._splits(X, y, groups)
         base = make_base(self.classifier, self.params, self.random_state, self.n_jobs)
         scores = np.empty(len(y))
         for train, test in splits:
@@ -178,6 +176,16 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
             self.oof_proba_[test] = fold_cal.predict(scores[test])
         self.estimator_ = base.fit(X, y)
         return self._fitted(X, self.classifier)
+
+    def _splits(
+        self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified folds that keep each group whole (one row per group: plain stratified,
+        which gives the same folds' guarantees without StratifiedGroupKFold's per-group loop)."""
+        kw = {"n_splits": self.folds, "shuffle": True, "random_state": self.random_state}
+        if groups is None or len(np.unique(groups)) == len(y):
+            return list(StratifiedKFold(**kw).split(X, y))
+        return list(StratifiedGroupKFold(**kw).split(X, y, groups))
 
     def _fit_prior(self, X: np.ndarray, y: np.ndarray) -> CorrectnessClassifier:
         self.estimator_ = PriorClassifier().fit(X, y)

@@ -234,6 +234,7 @@ def _build(
     _check_monotone(rows)
     return Policy(tuple(models), rows, {
         "objective": "(1 - lambda) * accuracy - lambda * cost / cost_of_last_model",
+        "cost_unit": f"mean cost / mean cost of always calling {models[-1]}",
         "search": "all routes x exact threshold grid", "n_items": int(correct.shape[0]),
         "n_bootstrap": n_bootstrap, "seed": seed})
 

@@ -74,7 +74,8 @@ def generate(
             continue
         backend = backend_factory(name, panel.get(name).spec())
         gen = Generator(
-            backend.kind, dec.temperature, dec.top_logprobs, dec.max_tokens, backend.version()
+            backend.kind, dec.temperature, dec.top_logprobs, dec.max_tokens, backend.version(),
+            getattr(backend, "n_parallel", None),
         )
         prompts = [
             [Message(**m) for m in panel.prompt.messages(it.question)] for it in todo

@@ -5,6 +5,8 @@
 - ECE: `bins` equal-mass bins (default 10: edges at the deciles of p; tied p share a bin, so
   isotonic plateaus are never split), sum over bins of (bin size / n) * |mean p - share correct|.
 - Accuracy: share of rows where (p >= 0.5) equals correctness; base_rate: share correct.
+- ECE noise floor: the ECE that perfectly calibrated p would show on these rows (labels drawn
+  from p), mean and 95th percentile: on a few hundred rows it is not far below 0.05 by itself.
 - Intervals: percentile 95% intervals over `n_boot` row resamples (one row per item per model,
   so resampling rows resamples items).
 - Raw signals: each signal alone as a score, its direction fixed on the training rows (never on
@@ -44,6 +46,21 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     idx = bin_index(p, bins)
     gaps = [abs(p[idx == b].mean() - y[idx == b].mean()) * np.sum(idx == b) for b in np.unique(idx)]
     return float(np.sum(gaps) / max(len(y), 1))
+
+
+def ece_if_calibrated(
+    p: np.ndarray, bins: int = 10, n_sim: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and 95th percentile of ECE when labels are drawn from p itself (perfect calibration).
+
+    ECE is biased upward on few rows (about 0.1 for 10 bins of 6 rows even when p is exactly
+    right); this noise floor tells a calibration error apart from sampling noise.
+    """
+    if p.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    sims = [ece((rng.random(p.size) < p).astype(float), p, bins) for _ in range(n_sim)]
+    return float(np.mean(sims)), float(np.percentile(sims, 95))
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -140,6 +157,7 @@ def evaluate(
     y = np.asarray(y, dtype=np.float64)
     out: dict[str, Any] = {"n": int(y.size), "n_correct": int(y.sum())}
     out.update(summary(y, p, bins))
+    out["ece_if_calibrated"], out["ece_if_calibrated_q95"] = ece_if_calibrated(p, bins, seed=seed)
     for k, (lo, hi) in bootstrap(y, p, bins, n_boot, seed).items():
         out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
     signals = signal_aurocs(X_train, y_train, X_test, y, names)

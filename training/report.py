@@ -44,7 +44,7 @@ class TraceStats:
     model: str
     item_id: str
     dataset: str
-    correct: bool
+    correct: bool  # an ungraded trace (correct None) counts as not correct
     completion_tokens: int
     truncated: bool
     latency_s: float
@@ -79,7 +79,8 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         derived = {"accuracy": self.accuracy, "mean_tokens": self.mean_tokens,
                    "tokens_per_s": self.tokens_per_s}
-        return {**asdict(self), **{k: round(v, 4) for k, v in derived.items()}}
+        clean = {k: round(v, 4) if np.isfinite(v) else None for k, v in derived.items()}
+        return {**asdict(self), **clean}  # None, not NaN: the JSON stays strict
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ def card_markdown(summary: Summary, meta: CardMeta) -> str:
     parts = [
         "# Reference traces\n",
         f"Real generations of the reference panel with top-k logprobs, graded. Date: {meta.date}.",
-        "Every number below is reproduced by `confroute report traces data/reference-traces`.\n",
+        "`confroute report traces data/reference-traces` reproduces every number below but the",
+        "wall times, which come from the generation log.\n",
         "## Models\n", _models_md(summary),
         "## Prompt\n", _prompt_md(meta.panel),
         "## Decoding and backend\n", _decoding_md(summary, meta.panel),

@@ -70,6 +70,8 @@ def read_feature_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     table["item_id"] = table["item_id"].astype(str)
     if table.duplicated(["item_id", "model"]).any():
         raise TrainError(f"{path}: more than one row for some (item_id, model) pairs")
+    if not (pd.api.types.is_bool_dtype(table["correct"]) or table["correct"].isin([0, 1]).all()):
+        raise TrainError(f"{path}: column 'correct' must hold true/false or 0/1")
     table["correct"] = table["correct"].astype(bool)
     features = [c for c in table.columns if c not in META_COLUMNS and _numeric(table[c])]
     if not features:
@@ -89,7 +91,10 @@ def load_dataset(config: TrainConfig, panel: Panel) -> Dataset:
         for path in config.traces:
             if not path.exists():
                 raise FileNotFoundError(f"trace path {path} does not exist")
-        table = build_table(read_traces(config.traces), panel, config.features.to_config())
+        traces = read_traces(config.traces)
+        if not traces:
+            raise TrainError(f"no traces (*.jsonl, *.jsonl.gz) in {[str(p) for p in config.traces]}")
+        table = build_table(traces, panel, config.features.to_config())
         features = list(FEATURE_NAMES)
     table = table[table["model"].isin(panel.names)].reset_index(drop=True)
     if config.max_items is not None:
@@ -248,9 +253,10 @@ def train(config: TrainConfig, data: Dataset | None = None) -> TrainResult:
                         | {f"parity_max_abs.{m}": d for m, d in built.parity.items()})
         run.set_tags({"version": built.version_dir.name, **{
             f"best_signal.{m}": v["best_signal"] for m, v in built.metrics.items()}})
-        with tempfile.TemporaryDirectory() as tmp:
-            figures(data, built.fitted, Path(tmp), config.ece_bins)
-            run.log_artifacts(tmp, "figures")
+        if config.figures:
+            with tempfile.TemporaryDirectory() as tmp:
+                figures(data, built.fitted, Path(tmp), config.ece_bins)
+                run.log_artifacts(tmp, "figures")
         run.log_artifacts(built.version_dir, "model")
     return TrainResult(config.classifier, config.calibration, run.run_id, built.version_dir,
                        built.metrics, built.parity)

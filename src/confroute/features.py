@@ -231,7 +231,8 @@ def extract_signals(
     grader = grader or NumericGrader()
     arr = token_arrays(trace.tokens)
     ext: Extraction | None = grader.extract(arr.text or trace.response)
-    prediction = trace.prediction if trace.prediction is not None else (ext and ext.value)
+    own = ext.value if ext is not None else None
+    prediction = trace.prediction if trace.prediction is not None else own
     span = (ext.start, ext.end) if ext is not None and arr.text else None
     return signals_from_arrays(
         arr,

@@ -87,7 +87,8 @@ class Policy:
         """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
         lam = check_lambda(lam)
         grid = np.asarray(self.lambdas)
-        return self.rows[int(np.argmin(np.abs(grid - lam)))]
+        distance = np.abs(grid - lam) - 1e-12 * (grid <= lam)  # a float tie goes to the lower λ
+        return self.rows[int(np.argmin(distance))]
 
     def route(self, lam: float) -> list[str]:
         return list(self.row(lam).route)

@@ -73,7 +73,9 @@ class Scorer:
         f = m.session.run(m.outputs, {m.input: x})[0]
         p = m.calibrate(f)
         if self._has_logprobs is not None:
-            p[~(x[:, self._has_logprobs] >= 0.5)] = np.nan
+            scored = x[:, self._has_logprobs] >= 0.5  # NaN or 0: no logprobs
+            if not scored.all():
+                p[~scored] = np.nan
         return p
 
     def predict_traces(self, traces: Sequence[Trace]) -> np.ndarray:

@@ -57,6 +57,7 @@ class Generator(msgspec.Struct, frozen=True, omit_defaults=True):
     top_logprobs: int = 5
     max_tokens: int = 512
     version: str | None = None
+    n_parallel: int | None = None  # sequences decoded together: batch numerics differ slightly
 
 
 class Trace(msgspec.Struct, frozen=True, omit_defaults=True):

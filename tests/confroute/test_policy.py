@@ -47,6 +47,7 @@ def test_lambda_lookup_is_nearest_with_ties_to_the_lower_and_validated() -> None
     assert pol.route(0.2) == list(MODELS)
     assert pol.route(0.25) == list(MODELS)  # tie between 0 and 0.5: the quality side
     assert pol.route(0.3) == ["small", "large"]
+    assert pol.route(0.75) == ["small", "large"]  # 0.75 - 0.5 == 1 - 0.75
     assert pol.thresholds(0.9) == {}
     for bad in (-0.1, 1.01, math.nan):
         with pytest.raises(ValueError, match="cost_quality_tradeoff"):

@@ -14,16 +14,18 @@ from confroute.cli import app
 from confroute.features import FEATURE_NAMES
 from confroute.manifest import PanelInfo, PanelModelInfo
 from confroute.panel import Panel, load_panel
-from confroute.traces import Token, TopLogprob, Trace, Usage, read_traces, write_traces
-from training.cost_curves import apgr, upper_hull
+from confroute.traces import Token, TopLogprob, Trace, Usage, write_traces
+from training.config import TrainConfig
+from training.cost_curves import apgr, oracle, upper_hull
 from training.evaluate import BASELINES
 from training.export import export_version
 from training.fit import CorrectnessClassifier
 from training.fit_policy import fit_policy
 from training.table import build_table, complete_items
+from training.train import build_version, load_dataset
 
 PANEL = Path(__file__).parents[2] / "configs" / "panel.cpu.yaml"
-REFERENCE = Path(__file__).parents[2] / "data" / "reference-traces"
+REFERENCE = Path(__file__).parents[2] / "data" / "reference-traces" / "multiarith_test.jsonl.gz"
 
 
 def _trace(item: int, model: str, right: bool, rng: np.random.Generator) -> Trace:
@@ -133,6 +135,15 @@ def test_the_oracle_bounds_every_curve_at_matched_cost(report: dict) -> None:
     assert oracle["accuracy"] >= max(q["accuracy"] for c in curves for q in c)
 
 
+def test_oracle_by_hand() -> None:
+    right = np.array([[True, True], [False, True], [False, False]])
+    cost = np.array([[0.1, 1.0], [0.1, 1.0], [0.2, 1.0]])
+    got = oracle(right, cost)
+    assert (got["accuracy"], got["cost"]) == (pytest.approx(2 / 3), pytest.approx(0.7))
+    assert [(q["cost"], q["accuracy"]) for q in got["points"]] == [
+        (pytest.approx(0.4 / 3), pytest.approx(1 / 3)), (pytest.approx(1.3 / 3), pytest.approx(2 / 3))]
+
+
 def test_apgr_by_hand() -> None:
     weak, strong = {"accuracy": 0.5, "cost": 0.1}, {"accuracy": 0.9, "cost": 1.0}
     mixing = [weak, strong]  # the straight line: PGR rises linearly from 0 to 1
@@ -159,15 +170,19 @@ def test_bad_input_is_one_line_and_exit_2(built: tuple[Path, ...], tmp_path: Pat
         assert result.exit_code == 2 and message in " ".join(result.output.split())
 
 
-@pytest.mark.skipif(not (REFERENCE / "multiarith_test.jsonl.gz").exists(),
-                    reason="reference traces not generated yet")
-def test_evaluate_on_a_slice_of_the_reference_traces(tmp_path: Path) -> None:
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference traces not generated yet")
+def test_evaluate_a_pipeline_version_on_a_slice_of_the_reference_traces(tmp_path: Path) -> None:
     panel = load_panel(PANEL)
-    traces = read_traces(REFERENCE)
-    version, path, fit_items = _setup(traces, panel, tmp_path, 0.6)
+    config = TrainConfig(panel=PANEL, traces=[REFERENCE], max_items=100, bootstrap=0,
+                         models_dir=tmp_path / "models")
+    data = load_dataset(config, panel)
+    version = build_version(config, data, panel).version_dir
+    held_out = sorted(set(data.table.loc[data.test, "item_id"]))
+    (tmp_path / "held_out.json").write_text(json.dumps(held_out))
     result = CliRunner().invoke(app, [
-        "evaluate", "--version", str(version), "--traces", str(path), "--out", str(tmp_path / "o"),
-        "--exclude-items-from", str(fit_items), "--no-mlflow"])
+        "evaluate", "--version", str(version), "--traces", str(REFERENCE), "--out",
+        str(tmp_path / "o"), "--items-from", str(tmp_path / "held_out.json"), "--no-mlflow"])
     assert result.exit_code == 0, result.output
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rep["oracle_bound"]["ok"] and rep["n_items"] > 0
+    assert 0 < rep["n_items"] <= len(held_out) and rep["oracle_bound"]["ok"]
+    assert rep["models"] == panel.names and len(rep["curve"]) == 21

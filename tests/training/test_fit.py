@@ -112,6 +112,8 @@ def test_metrics_against_references() -> None:
     assert M.ece(yy, np.full(100, 0.9), 10) == pytest.approx(0.4)
     lo, hi = M.bootstrap(y.astype(float), 1 / (1 + np.exp(-s)), n_boot=200)["auroc"]
     assert lo <= M.auroc(y, s) <= hi
+    few, many = M.ece_if_calibrated(rng.random(60))[0], M.ece_if_calibrated(rng.random(3000))[0]
+    assert few > 0.08 > 0.03 > many  # ECE's small-sample bias, reported beside ECE
 
 
 def test_signal_orientation_comes_from_training_rows() -> None:

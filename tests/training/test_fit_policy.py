@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_route_p_scores_a_route_that_skips_a_cheaper_model_as_the_service_would(
     correct = np.column_stack([np.zeros(n, bool), right_b, np.ones(n, bool)])
     cost = np.tile([1.0, 2.0, 10.0], (n, 1))
 
-    def route_p(route: tuple[int, ...]) -> np.ndarray:
+    def route_p(route: Sequence[int]) -> np.ndarray:
         q = p.copy()
         if 0 not in route:
             q[:, 1] = 0.5  # without a's answer, b's p says nothing

@@ -1,7 +1,8 @@
-"""`confroute report traces` on real reference traces (a few per model, copied from var/traces)."""
+"""`confroute report traces` on real reference traces (a few per model)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from collections import defaultdict
@@ -17,26 +18,33 @@ from confroute.traces import read_traces
 from training.report import HIST_SIGNALS, coverage
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "sample_traces.jsonl"
+# Real trace lines, verbatim, gzipped like the shipped sets: 4 MultiArith items x 3 models (smollm2 and
+# 0.5b from var/traces; 1.5b from training.generate with configs/panel.cpu.yaml on the same items), plus
+# one truncated smollm2 trace that no other model answered (a coverage gap).
+FIXTURE = Path(__file__).parent / "fixtures" / "sample_traces.jsonl.gz"
 PANEL = ROOT / "configs" / "panel.cpu.yaml"
+
+
+def fixture_lines() -> list[str]:
+    with gzip.open(FIXTURE, "rt") as fh:
+        return [line for line in fh if line.strip()]
 
 
 @pytest.fixture(scope="module")
 def raw() -> list[dict[str, Any]]:
     """The fixture's traces as plain JSON, for counting independently of the code under test."""
-    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in fixture_lines()]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
-    """One report over a copy of the fixture plus a repeated line (the last copy counts)."""
+    """One report over a directory: the fixture, and a plain file repeating one of its traces."""
     d = tmp_path_factory.mktemp("report")
-    traces = d / "traces" / "sample.jsonl"
-    traces.parent.mkdir()
-    shutil.copy(FIXTURE, traces)
-    with traces.open("a") as fh:
-        fh.write(FIXTURE.read_text().splitlines()[0] + "\n")
-    args = ["report", "traces", str(traces.parent), "--figures", str(d / "fig"), "--json",
+    traces = d / "traces"
+    traces.mkdir()
+    shutil.copy(FIXTURE, traces / FIXTURE.name)
+    (traces / "repeat.jsonl").write_text(fixture_lines()[0])
+    args = ["report", "traces", str(traces), "--figures", str(d / "fig"), "--json",
             str(d / "table.json"), "--card", str(d / "card.md"), "--panel", str(PANEL),
             "--wall-time", "smollm2-135m=123"]
     return CliRunner().invoke(app, args), d
@@ -62,6 +70,7 @@ def test_fixture_is_small_and_varied(raw: list[dict[str, Any]]) -> None:
     assert FIXTURE.stat().st_size < 200_000
     assert {t["model"] for t in raw} == set(REFERENCE_MODELS)
     assert {t["correct"] for t in raw} == {True, False}
+    assert any(t.get("finish_reason") == "length" for t in raw)
 
 
 def test_table_matches_independent_counts(run: tuple[Result, Path], raw: list[dict]) -> None:
@@ -77,7 +86,12 @@ def test_table_matches_independent_counts(run: tuple[Result, Path], raw: list[di
         assert row["accuracy"] == pytest.approx(exp["correct"] / exp["items"], abs=1e-4)
         tokens_per_s = exp["completion_tokens"] / exp["latency_s"]
         assert row["tokens_per_s"] == pytest.approx(tokens_per_s, rel=1e-3)
-    assert table["duplicates"] == 1 and table["missing"] == []
+    answered = defaultdict(set)
+    for t in raw:
+        answered[t["model"]].add(t["item_id"])
+    items = set().union(*answered.values())
+    missing = sorted([m, i] for m, done in answered.items() for i in items - done)
+    assert table["duplicates"] == 1 and table["missing"] == missing != []
     for model in REFERENCE_MODELS:
         assert model in result.stdout
 
@@ -108,10 +122,12 @@ def test_card_states_models_prompt_and_accuracy(run: tuple[Result, Path], raw: l
 
 def test_coverage_names_missing_pairs() -> None:
     traces = read_traces(FIXTURE)
-    assert coverage(traces, list(REFERENCE_MODELS)) == []
-    dropped = traces[-1]
-    rest = [t for t in traces if t is not dropped]
-    assert coverage(rest, list(REFERENCE_MODELS)) == [(dropped.model, dropped.item_id)]
+    only_smollm2 = {t.item_id for t in traces} - {t.item_id for t in traces if t.model != "smollm2-135m"}
+    assert len(only_smollm2) == 1
+    item = only_smollm2.pop()
+    models = list(REFERENCE_MODELS)
+    assert coverage(traces, models) == [(m, item) for m in sorted(models[1:])]
+    assert coverage([t for t in traces if t.item_id != item], models) == []
 
 
 @pytest.mark.parametrize(("name", "says"), [("missing.jsonl", "no such"), ("empty", "no *.jsonl")])

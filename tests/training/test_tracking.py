@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from confroute.cli import app
 from confroute.manifest import Manifest
 from confroute.panel import load_panel
-from training.config import Sweep, TrainConfig, Tracking
+from training.config import Sweep, Tracking, TrainConfig
 from training.tracking import DEFAULT_URI, resolve_uri
 from training.train import TrainResult, load_dataset, sweep
 
@@ -48,7 +48,9 @@ def test_sweep_logs_one_run_per_combination(store: Path, results: list[TrainResu
         assert run.info.status == "FINISHED"
         assert run.data.params["calibration"] == "sigmoid"
         assert run.data.params["ece_binning"] == "10 equal-mass bins"
-        assert {f"auroc.{m}" for m in panel} | {f"ece.{m}" for m in panel} <= set(run.data.metrics)
+        assert {f"ece.{m}" for m in panel} | {f"brier.{m}" for m in panel} <= set(run.data.metrics)
+        defined = [m for r in results for m, v in r.metrics.items() if 0 < v["n_correct"] < v["n"]]
+        assert defined and {f"auroc.{m}" for m in defined} <= set(run.data.metrics)
         assert all(run.data.metrics[f"parity_max_abs.{m}"] <= 1e-5 for m in panel)
     assert {r.data.params["classifier"] for r in runs} == {"lightgbm", "logistic"}
 
@@ -81,7 +83,8 @@ def test_cli_trains_from_a_ready_table_with_extra_signal(
     table = load_dataset(config, load_panel(PANEL)).table
     table["verifier_score"] = table["answer_logprob"].fillna(-5.0) * 0.5  # a non-logprob signal
     table.to_csv(tmp_path / "features.csv", index=False)
-    (tmp_path / "train.yaml").write_text(f"panel: {PANEL}\nclassifier: logistic\nbootstrap: 20\n")
+    (tmp_path / "train.yaml").write_text(
+        f"panel: {PANEL}\nclassifier: logistic\nbootstrap: 20\nfigures: false\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     args = ["train", "--config", str(tmp_path / "train.yaml"), "--table",
             str(tmp_path / "features.csv"), "--out", str(tmp_path / "models")]

@@ -3,7 +3,7 @@
 llama-cpp-python's own `logprobs` path converts the whole vocabulary to Python per token and is far
 too slow for a 151k vocabulary; here one numpy pass over the (n_seq, n_vocab) logits of a decode
 step gives the chosen token, its logprob and the top-k. Up to `n_parallel` sequences are decoded
-together in one context with a unified KV cache (`n_seq_max`, `kv_unified`), which the high-level
+together in one context (`n_seq_max`, one KV stream per sequence), which the high-level
 `Llama` class does not set up for generation; a finished sequence's slot takes the next prompt.
 """
 
@@ -104,7 +104,9 @@ class LlamaCppBackend(Backend):
         params.n_batch = self.n_batch
         params.n_ubatch = min(512, self.n_batch)
         params.n_seq_max = self.n_parallel
-        params.kv_unified = True
+        # One KV stream per sequence: with a unified cache llama.cpp let one sequence's prompt
+        # change another's logits here (up to ~1 nat at the first token); split is also faster.
+        params.kv_unified = False
         params.n_threads = params.n_threads_batch = threads
         self._ctx = llama_cpp.llama_init_from_model(self._llm.model, params)
         if not self._ctx:
@@ -144,7 +146,10 @@ class LlamaCppBackend(Backend):
 
             buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, True)
-            piece = buf.raw[:n] if n >= 0 else b""
+            if n < 0:  # the piece needs -n bytes
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, True)
+            piece = buf.raw[:n]
             self._pieces[tok] = piece
         return piece
 
@@ -172,11 +177,12 @@ class LlamaCppBackend(Backend):
             while queue and free and len(active) < self.n_parallel:
                 index, messages = queue[-1]
                 ids = self.prompt_tokens(messages)
-                if len(ids) + params.max_tokens > self.n_ctx_per_seq:
+                if len(ids) + params.max_tokens > self.n_ctx_per_seq or len(ids) > self.n_batch:
                     queue.pop()
                     raise BackendError(
                         f"{self.name}: prompt {index} has {len(ids)} tokens; with max_tokens "
-                        f"{params.max_tokens} it exceeds n_ctx_per_seq {self.n_ctx_per_seq}"
+                        f"{params.max_tokens} it exceeds n_ctx_per_seq {self.n_ctx_per_seq} "
+                        f"(or n_batch {self.n_batch})"
                     )
                 if len(ids) > budget and active:
                     break  # prefill it at a later step, when the batch has room

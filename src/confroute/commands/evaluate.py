@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from confroute.commands._common import console, user_errors
+from confroute.commands._common import user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,9 @@ def evaluate(
 
     with user_errors(ManifestError, KeyError):
         report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow)
-    console.print(_summary(report))
+    Console().print(_summary(report))
+    for line in _targets(report["targets"]):
+        typer.echo(line)
     typer.echo(f"{report['n_items']} items ({report['items_source']})")
     typer.echo(f"report: {out / 'report.json'}; figures: {', '.join(report['figures'])}")
 
@@ -50,6 +53,20 @@ def _summary(report: dict[str, Any]) -> Table:
         table.add_row(name, _f(row["apgr"]), _f(row["cost_50"]), _f(row["cost_80"]),
                       f"{min(acc):.3f}-{max(acc):.3f}", f"{min(cost):.3f}-{max(cost):.3f}")
     return table
+
+
+def _targets(t: dict[str, Any]) -> list[str]:
+    """The issue's targets, one line each, with their numbers."""
+    gaps = ", ".join(f"{k} {_f(v['worst_gap'])}" for k, v in t["router_vs_baselines"].items())
+    g, m = t["apgr_beats_fixed_formula"], t["match_best_single"]
+    ci = g["ci95"]
+    return [
+        f"router minus baseline accuracy at matched cost (worst point): {gaps}",
+        f"APGR gain over the fixed formula: {_f(g['gain'])} (95% CI {_f(ci[0])} to {_f(ci[1])})",
+        f"within 1 point of {m['best_single']} ({m['best_accuracy']:.3f}) at "
+        f"{_f(m['router_cost_share'])} of its cost (target <= 0.70; oracle "
+        f"{_f(m['oracle_cost_share'])})",
+    ]
 
 
 def _f(x: float | None) -> str:

@@ -40,8 +40,9 @@ def generate(
     with user_errors(DatasetError, BackendError, ModelStoreError):
         cfg = load_panel(panel)
         names = [m.strip() for m in models.split(",")] if models else cfg.names
-        for name in names:
-            cfg.get(name)
+        unknown = [n for n in names if n not in cfg.names]
+        if unknown:
+            raise ValueError(f"models {unknown} are not in panel {cfg.name!r}; panel: {cfg.names}")
         items = load_items(dataset, limit=limit, question=question, answer=answer, grader=grader)
         bars: dict[str, tqdm] = {}
         stats: dict[str, list[int]] = {}

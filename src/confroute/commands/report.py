@@ -60,8 +60,9 @@ def traces(
 
 def _table(summary: Summary) -> Table:
     """The rich table: one row per model and dataset, the model's total in bold."""
+    title = "Traces (latency: summed over requests; tokens/s: per request)"
     table = Table("model", "dataset", "items", "correct", "accuracy", "mean tokens", "truncated",
-                  "tokens", "latency s", "tokens/s", title="Traces (latency: summed per request)")
+                  "tokens", "latency s", "tokens/s", title=title)
     for r in summary.rows:
         style = "bold" if r.dataset == "all" else None
         table.add_row(r.model, r.dataset, str(r.items), str(r.correct), f"{r.accuracy:.3f}",

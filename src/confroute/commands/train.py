@@ -55,32 +55,35 @@ def train(
 
 def _ci(m: dict[str, Any], key: str) -> str:
     lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
-    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
-    return f"{m[key]:.3f}{ci}"
+    return f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
 
 
 def _metrics_table(results: list[Any]) -> Table:
-    """Held-out metrics per model, with 95% intervals and the best raw signal."""
+    """Held-out metrics per model with 95% bootstrap intervals, the best raw signal, the verdict."""
     r = results[0]
-    table = Table("model", "n (correct)", "AUROC", "best signal AUROC", "ECE", "Brier",
-                  "log loss", "target", title=f"{r.classifier} + {r.calibration}, held-out items")
+    table = Table("model", "metric", "value", "95% interval",
+                  title=f"{r.classifier} + {r.calibration}: held-out items (ECE: 10 equal-mass bins)")
     for model, m in r.metrics.items():
-        table.add_row(model, f"{m['n']} ({m['n_correct']})", _ci(m, "auroc"),
-                      f"{m['best_signal']} {_ci(m, 'best_signal_auroc')}", _ci(m, "ece"),
-                      _ci(m, "brier"), _ci(m, "log_loss"), m["target"])
+        table.add_row(model, "answers (correct)", f"{m['n']} ({m['n_correct']})", "")
+        for key in ("auroc", "ece", "brier", "log_loss", "accuracy"):
+            table.add_row("", key, f"{m[key]:.3f}", _ci(m, key))
+        table.add_row("", "ECE if perfectly calibrated", f"{m['ece_if_calibrated']:.3f}",
+                      f"95th pct {m['ece_if_calibrated_q95']:.3f}")
+        table.add_row("", f"AUROC of {m['best_signal']} alone", f"{m['best_signal_auroc']:.3f}",
+                      _ci(m, "best_signal_auroc"))
+        table.add_row("", "target (ECE<=0.05, AUROC>=signal)", m["target"], "", end_section=True)
     return table
 
 
 def _sweep_table(results: list[Any]) -> Table:
-    """One row per run: AUROC / ECE / log loss per model, and their means."""
-    models = list(results[0].metrics)
-    table = Table("classifier", "calibration", *[f"{m}\nAUROC / ECE / LL" for m in models],
-                  "mean LL", "run", title="sweep (held-out items)")
+    """One row per run and model: held-out AUROC, ECE, Brier, log loss; one section per run."""
+    table = Table("classifier", "calibration", "model", "AUROC", "ECE", "Brier", "log loss", "run",
+                  title="sweep: held-out items (lower ECE / Brier / log loss is better)")
     for r in results:
-        cells = [f"{r.metrics[m]['auroc']:.3f} / {r.metrics[m]['ece']:.3f} / "
-                 f"{r.metrics[m]['log_loss']:.3f}" for m in models]
-        mean_ll = sum(r.metrics[m]["log_loss"] for m in models) / len(models)
-        table.add_row(r.classifier, r.calibration, *cells, f"{mean_ll:.3f}", r.run_id[:8])
+        for i, (model, m) in enumerate(r.metrics.items()):
+            last = i == len(r.metrics) - 1
+            table.add_row(r.classifier, r.calibration, model, *(f"{m[k]:.3f}" for k in
+                          ("auroc", "ece", "brier", "log_loss")), r.run_id[:8], end_section=last)
     return table
 
 

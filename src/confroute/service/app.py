@@ -62,10 +62,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     res = build(app.state.settings, app.state.metrics)
     app.state.resources = res
     res.log.start()
-    with contextlib.suppress(ManifestError, ValueError, OSError):
-        await asyncio.to_thread(res.engine.reload)  # not ready until a version loads
-    if res.engine.version:
-        app.state.metrics.serving(res.engine.version)
+    try:
+        version = await asyncio.to_thread(res.engine.reload)
+        app.state.metrics.serving(version.version)
+    except (ManifestError, ValueError, OSError) as exc:  # up, but not ready until one loads
+        log.warning("no model version loaded (%s); /healthz says 503 until one is", exc)
     watcher = asyncio.create_task(res.engine.watch(
         res.settings.reload_interval_s, lambda v: app.state.metrics.serving(v.version)))
     try:
@@ -84,12 +85,12 @@ async def _close(backends: dict[str, Backend]) -> None:
         await asyncio.to_thread(b.close)
 
 
-def _resources(request: Request) -> Resources:
+async def _resources(request: Request) -> Resources:
     res: Resources = request.app.state.resources
     return res
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     m: Metrics = request.app.state.metrics
     return m
 
@@ -110,37 +111,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics.watch_log(
         lambda: getattr(getattr(app.state, "resources", None), "log", None))
     install_error_handlers(app)
+    fast = {"/v1/route": route.RouteEndpoint(app, batch=False),
+            "/v1/route/batch": route.RouteEndpoint(app, batch=True)}
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
-                       metrics=app.state.metrics, endpoints=ENDPOINTS)
+                       metrics=app.state.metrics, endpoints=ENDPOINTS, fast_posts=fast)
     _routes(app)
     _document_route_schemas(app)
     return app
 
 
 def _routes(app: FastAPI) -> None:
-    single, batch, _ = route_openapi()
-
-    @app.post("/v1/route", dependencies=[KeyIfAll], response_class=Response,
-              openapi_extra=_body(single), responses={200: {"content": {"application/json": {}}}})
-    async def decide(request: Request, res: ResourcesDep, metrics: MetricsDep,
-                     request_id: RequestId = None) -> Response:
-        """Decide on one answer (or a list of them): accept, escalate or skip."""
-        body = await request.body()
-        reqs = route.decode(body, batch=False)
-        out = route.route(res.engine, res.log, metrics, reqs, request_id,
-                          res.settings.log_response_chars, res.settings.max_batch)
-        payload = out if body.lstrip()[:1] == b"[" else out[0]
-        return Response(route.encode(payload), media_type=_JSON)
-
-    @app.post("/v1/route/batch", dependencies=[KeyIfAll], response_class=Response,
-              openapi_extra=_body(batch))
-    async def decide_batch(request: Request, res: ResourcesDep, metrics: MetricsDep) -> Response:
-        """Decide on many answers in one call: {"items": [...]} -> {"results": [...]}."""
-        reqs = route.decode(await request.body(), batch=True)
-        out = route.route(res.engine, res.log, metrics, reqs, None,
-                          res.settings.log_response_chars, res.settings.max_batch)
-        return Response(route.encode({"results": out}), media_type=_JSON)
-
     @app.post("/v1/chat/completions", dependencies=[KeyIfAll])
     async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestId = None,
                    max_escalations: Annotated[int | None, Header(ge=0)] = None,
@@ -197,18 +177,43 @@ def _routes(app: FastAPI) -> None:
         return {"version": v.version, "previous": old, "changed": v.version != old}
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def _route_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAPI paths of the plain-ASGI /v1/route endpoints, and the schemas they use."""
+    single, batch, components = route_openapi()
+    ok = {"$ref": "#/components/schemas/RouteDecision"}
+    errors = {str(code): {"description": text, "content": {"application/json": {}}} for code, text
+              in ((400, "bad input, named"), (401, "API key"), (413, "body over the limit"),
+                  (503, "no model version loaded"))}
+
+    def post(summary: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+        return {"post": {
+            "summary": summary, "security": [{"HTTPBearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+            "responses": {"200": {"description": "decisions",
+                                  "content": {"application/json": {"schema": response}}},
+                          **errors}}}
+
+    paths = {
+        "/v1/route": post("Decide on one answer (or a list): accept, escalate or skip", single,
+                          {"anyOf": [ok, {"type": "array", "items": ok}]}),
+        "/v1/route/batch": post("Decide on many answers: {items: [...]} -> {results: [...]}",
+                                batch, {"$ref": "#/components/schemas/RouteBatchResult"}),
+    }
+    return paths, components
 
 
 def _document_route_schemas(app: FastAPI) -> None:
-    """Add the msgspec schemas of /v1/route to the OpenAPI components."""
+    """Add the msgspec-decoded /v1/route endpoints to the OpenAPI schema."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = base()
-            spec.setdefault("components", {}).setdefault("schemas", {}).update(route_openapi()[2])
+            paths, components = _route_paths()
+            spec["paths"] = paths | spec.get("paths", {})
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            spec["components"].setdefault("securitySchemes", {})["HTTPBearer"] = {
+                "type": "http", "scheme": "bearer"}
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -1,11 +1,12 @@
 """The decision log: every decision and label, written durably without ever blocking a request.
 
-Requests call `submit` (a queue put). One background thread drains the queue in batches into the
-store (SQLite WAL by default, PostgreSQL by URL; schema in decision_store.py). When the store
-fails, the log is marked down (health, metrics), the batch goes to a bounded JSONL spill file on
-disk, and every later record follows it there until a retry (every `retry_s`) replays the spill
-into the store; replay is idempotent (record ids are unique). Records beyond `spill_max_bytes` are
-dropped and counted, never silently. `read(since=, version=)` returns rows with feedback joined.
+Requests call `submit` (a queue put). One background thread wakes every `interval_s` and drains
+the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
+URL (schema in decision_store.py). When the store fails, the log is marked down (health,
+metrics), the batch goes to a bounded JSONL spill file on disk, and every later record follows
+it there until a retry (every `retry_s`) replays the spill into the store; replay is idempotent
+(record ids are unique). Records beyond `spill_max_bytes` are dropped and counted, never
+silently. `read(since=, version=)` returns rows with feedback joined.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class DecisionLog:
     """Queue + background writer + spill buffer in front of a Store."""
 
     def __init__(self, url: str, spill_path: str | Path, *, spill_max_bytes: int = 256 * 2**20,
-                 retry_s: float = 2.0, recent: int = 100_000) -> None:
+                 retry_s: float = 2.0, interval_s: float = 0.05, recent: int = 100_000) -> None:
         self.url = url
         self.store: Store = open_store(url)
         self.spill = Spill(Path(spill_path), spill_max_bytes)
@@ -129,6 +130,9 @@ class DecisionLog:
         self.last_error: str | None = None
         self._next_try = 0.0
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self.interval_s = interval_s
+        self.batch_size = 2000  # records per transaction
 
     # -- request side ------------------------------------------------------------------------
 
@@ -180,6 +184,7 @@ class DecisionLog:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted record is written, spilled or counted dropped."""
         deadline = time.monotonic() + timeout
+        self._wake.set()
         with self._idle:
             while self._processed < self._submitted:
                 left = deadline - time.monotonic()
@@ -191,6 +196,7 @@ class DecisionLog:
         """Write what is queued, then stop the writer and close the store."""
         if self._thread is not None:
             self._queue.put(_STOP)
+            self._wake.set()
             self._thread.join(timeout)
             self._thread = None
         self.store.close()
@@ -204,24 +210,27 @@ class DecisionLog:
         while not stopping:
             batch, stopping = self._drain()
             self._handle(batch)
+            if len(batch) < self.batch_size and not stopping:
+                # sleep rather than block on the queue: a put then never wakes this thread,
+                # so requests do not hand the GIL to the writer once per record
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
         self._next_try = 0.0
         if self.spill.records:
             self._replay()
 
-    def _drain(self, limit: int = 2000) -> tuple[list[Record], bool]:
-        """Up to `limit` queued records (waiting briefly for the first); and whether to stop."""
+    def _drain(self) -> tuple[list[Record], bool]:
+        """Up to batch_size queued records, without waiting; and whether to stop."""
         batch: list[Record] = []
-        try:
-            item = self._queue.get(timeout=0.2)
-            while True:
-                if item is _STOP:
-                    return batch, True
-                batch.append(item)  # type: ignore[arg-type]
-                if len(batch) >= limit:
-                    return batch, False
+        while len(batch) < self.batch_size:
+            try:
                 item = self._queue.get_nowait()
-        except queue.Empty:
-            return batch, False
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, False
 
     def _handle(self, batch: list[Record]) -> None:
         try:

@@ -158,6 +158,7 @@ class SqlStore:
 
     def __init__(self) -> None:
         self._conn: Any = None
+        self._schema_ready = False
 
     def _open(self) -> Any:
         raise NotImplementedError
@@ -169,15 +170,21 @@ class SqlStore:
         return sql.replace("?", self.placeholder)
 
     def connect(self) -> None:
-        if self._conn is not None:
+        if self._conn is None:
+            conn = self._open()
+            self._create_schema(conn)
+            self._conn = conn
+
+    def _create_schema(self, conn: Any) -> None:
+        """Create the tables if missing (once per store: readers may come before the writer)."""
+        if self._schema_ready:
             return
-        conn = self._open()
         with self._transaction(conn):
             cur = conn.cursor()
             for stmt in _SCHEMA.format(**self.schema_types).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
-        self._conn = conn
+        self._schema_ready = True
 
     def write(self, records: Sequence[Record]) -> None:
         """Write records in one transaction; on failure the connection is dropped and re-raised."""
@@ -214,6 +221,7 @@ class SqlStore:
         """Run a read on a fresh connection, so readers never share the writer's."""
         conn = self._open()
         try:
+            self._create_schema(conn)
             cur = conn.cursor()
             cur.execute(self._sql(sql), args)
             return list(cur.fetchall())

@@ -1,9 +1,11 @@
-"""The HTTP edge: body-size limit and request metrics (one ASGI middleware), bearer API keys."""
+"""The HTTP edge: body-size limit, request metrics and the fast POST endpoints (one ASGI
+middleware), and bearer API keys."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,9 +24,10 @@ class EdgeMiddleware:
     """413 for bodies over the limit (declared or streamed); count and time every request."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics,
-                 endpoints: frozenset[str]) -> None:
+                 endpoints: frozenset[str], fast_posts: Mapping[str, ASGIApp]) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.endpoints = endpoints
+        self.fast_posts = fast_posts  # POST endpoints served as plain ASGI (see route.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,9 +41,12 @@ class EdgeMiddleware:
                 status[0] = message["status"]
             await send(message)
 
+        fast = self.fast_posts.get(scope["path"]) if scope["method"] == "POST" else None
         try:
             if self._declared_too_large(scope):
                 await _too_large(send_status, self.max_body_bytes)
+            elif fast is not None:
+                await fast(scope, self._counting(scope, receive), send_status)
             else:
                 await self.app(scope, self._counting(scope, receive), send_status)
         finally:
@@ -82,15 +88,21 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _check_key(settings: Settings, cred: HTTPAuthorizationCredentials | None) -> None:
+def check_key(settings: Settings, token: str | None) -> None:
+    """401 unless `token` is one of the configured keys (any token passes when none are set)."""
     if not settings.api_keys:
         return
-    if cred is None:
+    if token is None:
         raise Unauthorized("this endpoint needs an API key: 'Authorization: Bearer <key>'",
                            {"WWW-Authenticate": "Bearer"})
-    if not any(secrets.compare_digest(cred.credentials.encode(), k.encode())
-               for k in settings.api_keys):
+    if not any(secrets.compare_digest(token.encode(), k.encode()) for k in settings.api_keys):
         raise Unauthorized("invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value."""
+    scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _settings(request: Request) -> Settings:
@@ -98,19 +110,19 @@ def _settings(request: Request) -> Settings:
     return s
 
 
-def require_key(request: Request,
+async def require_key(request: Request,
                 cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Feedback and admin: a valid key whenever keys are configured."""
-    _check_key(_settings(request), cred)
+    check_key(_settings(request), cred.credentials if cred else None)
 
 
-def require_key_if_all(request: Request,
+async def require_key_if_all(request: Request,
                        cred: Annotated[HTTPAuthorizationCredentials | None,
                                        Depends(_bearer)]) -> None:
     """Route and chat: a key only with CONFROUTE_REQUIRE_KEY_FOR_ALL."""
     s = _settings(request)
     if s.require_key_for_all:
-        _check_key(s, cred)
+        check_key(s, cred.credentials if cred else None)
 
 
 KeyRequired = Depends(require_key)

@@ -205,10 +205,13 @@ class Engine:
         """Score many answers (one ONNX call per model) and apply the policy to each."""
         lams = [lam] * len(stages) if isinstance(lam, float | int) else list(lam)
         rows = [self.signals(v, s) for s in stages]
-        p = np.empty(len(stages))
-        for model in {s.model for s in stages}:
-            idx = [i for i, s in enumerate(stages) if s.model == model]
-            p[idx] = v.scorer.predict(model, np.stack([rows[i][0] for i in idx]))
+        if len(stages) == 1:  # the common case, without the grouping below
+            p = v.scorer.predict(stages[0].model, rows[0][0][None])
+        else:
+            p = np.empty(len(stages))
+            for model in {s.model for s in stages}:
+                idx = [i for i, s in enumerate(stages) if s.model == model]
+                p[idx] = v.scorer.predict(model, np.stack([rows[i][0] for i in idx]))
         out = []
         for i, s in enumerate(stages):
             pi = float(p[i])

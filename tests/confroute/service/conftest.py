@@ -35,12 +35,13 @@ PANEL = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # the CPU 
 
 
 def known_policy(models: tuple[str, ...] = PANEL) -> Policy:
-    """Decisions known in advance (see the module docstring)."""
-    a, b, c = models
+    """Decisions known in advance (see the module docstring); two or three models."""
+    a, b, last = models[0], models[1], models[-1]
+    mid = (a, b) if len(models) == 3 else (a,)
     rows = (
-        PolicyRow(0.0, (a, b, c), {a: 1.0, b: 1.0}, accuracy=0.9, cost=1.5),
-        PolicyRow(0.5, (a, b, c), {a: 0.5, b: 0.5}, accuracy=0.8, cost=0.8),
-        PolicyRow(0.75, (a, c), {a: 0.5}, accuracy=0.7, cost=0.5),
+        PolicyRow(0.0, models, dict.fromkeys(mid, 1.0), accuracy=0.9, cost=1.5),
+        PolicyRow(0.5, models, dict.fromkeys(mid, 0.5), accuracy=0.8, cost=0.8),
+        PolicyRow(0.75, (a, last), {a: 0.5}, accuracy=0.7, cost=0.5),
         PolicyRow(1.0, (a,), {}, accuracy=0.3, cost=0.1),
     )
     return Policy(models, rows)
@@ -58,24 +59,24 @@ def synthetic_rows(n: int, seed: int, first: bool) -> tuple[np.ndarray, np.ndarr
     return X, y
 
 
-def build_version(models_dir: Path, *, classifier: str = "logistic", calibration: str = "sigmoid",
-                  params: dict[str, Any] | None = None, switch: bool = True,
-                  policy: Policy | None = None) -> Path:
+def build_version(models_dir: Path, *, models: tuple[str, ...] = PANEL,
+                  classifier: str = "logistic", calibration: str = "sigmoid",
+                  params: dict[str, Any] | None = None, switch: bool = True) -> Path:
     """Fit, export and (by default) switch `models_dir/current` to a new version."""
     from training.export import export_version
     from training.fit import CorrectnessClassifier
 
     fitted, rows = {}, {}
-    for i, name in enumerate(PANEL):
+    for i, name in enumerate(models):
         X, y = synthetic_rows(300, i, first=i == 0)
         clf = CorrectnessClassifier(classifier, calibration, params=params, folds=3, n_jobs=1)
         fitted[name], rows[name] = clf.fit(X, y), X[:50]
     panel = PanelInfo(name="test", models=[PanelModelInfo(name=m, cost={"per_call": float(i + 1)})
-                                           for i, m in enumerate(PANEL)])
+                                           for i, m in enumerate(models)])
     path, _ = export_version(
         models_dir, fitted, rows, panel=panel, feature_names=FEATURE_NAMES,
         feature_config={"group_window": 16, "tail": 16, "bottom_frac": 0.1},
-        policy=(policy or known_policy()).to_dict(), metrics={}, mlflow_run_id=None, switch=switch,
+        policy=known_policy(models).to_dict(), metrics={}, mlflow_run_id=None, switch=switch,
     )
     return path
 
@@ -128,10 +129,10 @@ def stub_panel(path: Path, base_url: str, modes: tuple[str, str, str] = ("ok", "
 
 
 def settings_for(tmp_path: Path, models_dir: Path, panel: Path, **kw: Any) -> Settings:
-    return Settings(models_dir=models_dir, panel=panel,
-                    decision_log=str(tmp_path / "decisions.db"),
-                    spill_path=tmp_path / "spill.jsonl", reload_interval_s=0.2,
-                    log_retry_s=0.2, **kw)
+    base: dict[str, Any] = {"decision_log": str(tmp_path / "decisions.db"),
+                            "spill_path": tmp_path / "spill.jsonl", "reload_interval_s": 0.2,
+                            "log_retry_s": 0.2}
+    return Settings(models_dir=models_dir, panel=panel, **(base | kw))
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from confroute.features import (
 )
 from confroute.grading import NumericGrader
 from confroute.service.hotpath import arrays_from_compact, arrays_from_tokens, fast_signals
-from confroute.traces import LOGPROB_FLOOR, TopLogprob, Token, Trace
+from confroute.traces import LOGPROB_FLOOR, Token, TopLogprob, Trace
 
 
 def _same_arrays(a, b) -> None:  # type: ignore[no-untyped-def]

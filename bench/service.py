@@ -1,0 +1,368 @@
+"""Router service benchmark, side by side in one run, for one 300-token top-5 trace (OpenAI layout).
+
+1. Throughput of three servers, each one uvicorn worker on loopback, driven by the same load
+   generator (wrk with a Lua POST script; an httpx async client if wrk is missing):
+   the floor (a raw ASGI app that reads the body and returns a constant), a naive FastAPI
+   endpoint validating the body into pydantic models, and confroute's /v1/route.
+2. In-process decision latency, decoded arrays -> decision (signals, ONNX, calibration, policy),
+   plus the parts before it (msgspec decode, token arrays, answer extraction).
+3. Proxy overhead: /v1/chat/completions through the router to a stub OpenAI backend on loopback,
+   minus calling that backend directly.
+
+    python bench/service.py [--duration 10] [--connections 8] [--models-dir models] [--out f.json]
+
+Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
+Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PANEL = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+
+
+# -- the trace ---------------------------------------------------------------------------------
+
+
+def trace_body(n_tokens: int = 300) -> dict[str, Any]:
+    """A real answer's tokens (top-5), repeated to n_tokens, as a chat completion response."""
+    from confroute.traces import read_traces
+
+    traces = read_traces(ROOT / "tests/confroute/fixtures/traces_sample.jsonl")
+    t = max(traces, key=lambda x: len(x.tokens))
+    toks = (t.tokens * (n_tokens // len(t.tokens) + 1))[:n_tokens]
+    content = [{"token": x.token, "logprob": x.logprob,
+                "top_logprobs": [{"token": a.token, "logprob": a.logprob}
+                                 for a in x.top_logprobs]} for x in toks]
+    text = "".join(x.token for x in toks)
+    return {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": t.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": {"content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 80, "completion_tokens": n_tokens,
+                      "total_tokens": 80 + n_tokens}}
+
+
+def synthetic_version(models_dir: Path) -> Path:
+    """A version with 200-tree LightGBM classifiers (like the issue's latency figure)."""
+    sys.path.insert(0, str(ROOT / "tests/confroute"))
+    from service.conftest import build_version  # type: ignore[import-not-found]
+
+    build_version(models_dir, classifier="lightgbm", calibration="isotonic",
+                  params={"n_estimators": 200, "num_leaves": 15, "min_child_samples": 5})
+    return models_dir
+
+
+# -- servers (each run as `python bench/service.py --serve KIND`) ------------------------------
+
+
+async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body, answers a constant."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        msg = await receive()
+        more = msg.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"decision":"accept"}'})
+
+
+class NaiveTop(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class NaiveToken(NaiveTop):
+    top_logprobs: list[NaiveTop] = []
+
+
+class NaiveLogprobs(BaseModel):
+    content: list[NaiveToken]
+
+
+class NaiveChoice(BaseModel):
+    logprobs: NaiveLogprobs
+    finish_reason: str | None = None
+
+
+class NaiveBody(BaseModel):
+    """The OpenAI response layout as pydantic models: the naive baseline."""
+
+    model: str
+    choices: list[NaiveChoice]
+
+
+def naive_app() -> Any:
+    """FastAPI validating the body into pydantic models, then answering a constant."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/route")
+    async def route(body: NaiveBody) -> dict[str, str]:
+        return {"decision": "accept", "model": body.model}
+
+    return app
+
+
+def stub_backend(body: bytes) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def serve(kind: str, port: int, models_dir: str, tmp: str) -> None:
+    import uvicorn
+
+    if kind == "floor":
+        app: Any = floor_app
+    elif kind == "naive":
+        app = naive_app()
+    elif kind == "stub":
+        app = stub_backend(json.dumps(trace_body()).encode())
+    else:
+        from confroute.service import create_app
+        from confroute.settings import Settings
+
+        panel = Path(tmp) / "panel.yaml"
+        app = create_app(Settings(models_dir=Path(models_dir), panel=panel,
+                                  decision_log=str(Path(tmp) / f"decisions-{port}.db"),
+                                  spill_path=Path(tmp) / f"spill-{port}.jsonl"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
+
+
+def write_panel(path: Path, stub_url: str) -> None:
+    import yaml
+
+    models = [{"name": m, "backend": "openai", "model": m, "base_url": stub_url, "max_retries": 0,
+               "cost": {"per_call": float(i + 1)}} for i, m in enumerate(PANEL)]
+    path.write_text(yaml.safe_dump({"name": "bench", "models": models}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A bench server in its own process."""
+
+    def __init__(self, kind: str, models_dir: Path, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
+               "--models-dir", str(models_dir), "--tmp", str(tmp)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        ready = "/healthz" if kind == "route" else "/"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + ready, timeout=1).status_code < 500:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{kind} server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def wrk(url: str, body_file: Path, duration: int, connections: int, tmp: Path) -> dict[str, Any]:
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script),
+                          url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"requests_per_s": round(rps, 1), "non_2xx": int(bad.group(1)) if bad else 0}
+
+
+def httpx_load(url: str, body: bytes, duration: int, connections: int) -> dict[str, Any]:
+    async def run() -> tuple[int, int]:
+        ok = bad = 0
+        end = time.monotonic() + duration
+        async with httpx.AsyncClient(timeout=30) as c:
+            async def worker() -> None:
+                nonlocal ok, bad
+                while time.monotonic() < end:
+                    r = await c.post(url, content=body,
+                                     headers={"content-type": "application/json"})
+                    ok, bad = (ok + 1, bad) if r.status_code == 200 else (ok, bad + 1)
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        return ok, bad
+
+    ok, bad = asyncio.run(run())
+    return {"requests_per_s": round((ok + bad) / duration, 1), "non_2xx": bad}
+
+
+def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    body_file = tmp / "body.json"
+    body_file.write_bytes(body)
+    tool = "wrk" if shutil.which("wrk") else "httpx"
+    out: dict[str, Any] = {"load_generator": tool, "duration_s": args.duration,
+                           "connections": args.connections}
+    for kind in ("floor", "naive", "route"):
+        server = Server(kind, models_dir, tmp)
+        try:
+            url = server.url + "/v1/route"
+            httpx.post(url, content=body, headers={"content-type": "application/json"}).raise_for_status()
+            out[kind] = (wrk(url, body_file, args.duration, args.connections, tmp) if tool == "wrk"
+                         else httpx_load(url, body, args.duration, args.connections))
+        finally:
+            server.stop()
+    f, n, r = (out[k]["requests_per_s"] for k in ("floor", "naive", "route"))
+    out["route_vs_floor"], out["route_vs_naive"] = round(r / f, 3), round(r / n, 2)
+    return out
+
+
+# -- in-process latency ------------------------------------------------------------------------
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples) * 1e6
+    return {"p50_us": round(float(np.percentile(a, 50)), 1),
+            "p99_us": round(float(np.percentile(a, 99)), 1)}
+
+
+def timed(fn: Any, n: int) -> dict[str, float]:
+    for _ in range(min(50, n)):
+        fn()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return percentiles(samples)
+
+
+def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
+    from confroute.grading import NumericGrader
+    from confroute.service.engine import Engine, StageInput
+    from confroute.service.hotpath import arrays_from_tokens
+    from confroute.service.route import decode
+
+    engine = Engine(models_dir, None, NumericGrader(), 0.5)
+    v = engine.reload()
+    req = decode(body, batch=False)[0]
+    tokens = req.choices[0].logprobs.content  # type: ignore[index, union-attr]
+    arr = arrays_from_tokens(tokens)
+    stage = StageInput(PANEL[0], arr, None, "stop", 300, ())
+    return {
+        "version": v.version,
+        "decide_from_arrays": timed(lambda: engine.decide(v, stage, 0.5), n),
+        "of_which_onnx_and_calibration": timed(
+            lambda: v.scorer.predict(PANEL[0], engine.signals(v, stage)[0][None]), n),
+        "msgspec_decode": timed(lambda: decode(body, batch=False), n),
+        "token_arrays": timed(lambda: arrays_from_tokens(tokens), n),
+        "answer_extraction": timed(lambda: engine.grader.extract(arr.text), n),
+    }
+
+
+# -- proxy overhead ----------------------------------------------------------------------------
+
+
+def proxy_overhead(models_dir: Path, tmp: Path, n: int) -> dict[str, Any]:
+    stub = Server("stub", models_dir, tmp)
+    write_panel(tmp / "panel.yaml", stub.url + "/v1")
+    router = Server("route", models_dir, tmp)
+    chat = {"messages": [{"role": "user", "content": "What is 3 + 4?"}], "max_tokens": 300}
+    try:
+        with httpx.Client(timeout=30) as c:
+            direct = _sequential(lambda: c.post(stub.url + "/v1/chat/completions",
+                                                json={**chat, "model": PANEL[0], "logprobs": True,
+                                                      "top_logprobs": 5}), n)
+            routed = _sequential(lambda: c.post(router.url + "/v1/chat/completions",
+                                                json={**chat, "model": "confroute:1"}), n)
+    finally:
+        router.stop()
+        stub.stop()
+    return {"backend_direct_p50_ms": direct, "through_router_p50_ms": routed,
+            "overhead_p50_ms": round(routed - direct, 2), "backend_reply_tokens": 300}
+
+
+def _sequential(call: Any, n: int) -> float:
+    for _ in range(10):
+        call().raise_for_status()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call().raise_for_status()
+        samples.append(time.perf_counter() - t0)
+    return round(float(np.median(samples)) * 1e3, 2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--models-dir", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--only", choices=["decision", "throughput", "proxy"], help="run one part")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, str(args.models_dir), args.tmp)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="confroute-bench-"))
+    try:
+        models_dir = args.models_dir or synthetic_version(tmp / "models")
+        body = json.dumps(trace_body()).encode()
+        write_panel(tmp / "panel.yaml", "http://127.0.0.1:9/v1")  # /v1/route needs no backend
+        parts = {"decision": lambda: decision_latency(models_dir, body, args.iterations),
+                 "throughput": lambda: throughput(models_dir, tmp, body, args),
+                 "proxy": lambda: proxy_overhead(models_dir, tmp, 200)}
+        result: dict[str, Any] = {
+            "trace": {"tokens": 300, "top_logprobs": 5, "body_bytes": len(body)},
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+        for name, run in parts.items():
+            if args.only in (None, name):
+                result[name] = run()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

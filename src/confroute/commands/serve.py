@@ -1,0 +1,49 @@
+"""`confroute serve`: the router service (FastAPI under uvicorn, one worker)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from confroute.commands._common import user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default 8000)."),
+    models_dir: Path | None = typer.Option(
+        None, help="Model versions; serves DIR/current, reloaded on change (default models)."),
+    panel: Path | None = typer.Option(
+        None, help="Panel config: the backends of /v1/chat/completions "
+                   "(default configs/panel.cpu.yaml, embedded llama.cpp)."),
+    decision_log: str | None = typer.Option(
+        None, help="SQLite file or postgresql:// URL (default var/decisions.db)."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+) -> None:
+    """Serve /v1/route, /v1/chat/completions, /v1/feedback, /healthz and /metrics.
+
+    Every option can also be set as CONFROUTE_<NAME> in the environment or .env, and so can
+    API keys (CONFROUTE_API_KEYS). Without a model version the service starts, not ready.
+    """
+    import uvicorn
+
+    from confroute.panel import load_panel
+    from confroute.service import create_app
+    from confroute.settings import Settings
+
+    given: dict[str, Any] = {"host": host, "port": port, "models_dir": models_dir, "panel": panel,
+             "decision_log": decision_log, "log_level": log_level}
+    with user_errors():
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        load_panel(settings.panel)  # a bad panel is one clear line before anything starts
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                log_level=settings.log_level, timeout_graceful_shutdown=30)

@@ -1,0 +1,127 @@
+"""The decision log on a real SQLite file and a real PostgreSQL server: write, read back, outages."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from confroute.features import FEATURE_NAMES
+from confroute.service.decision_log import DecisionLog, DecisionRecord, FeedbackRecord
+from confroute.service.decision_store import open_store
+
+from .conftest import free_port
+from .pg import PgServer, remove, start_postgres
+
+
+def rec(request_id: str, stage: int = 0, version: str = "v1", created: float | None = None,
+        prediction: str | None = "18") -> DecisionRecord:
+    signals: list[float | None] = [0.5] * len(FEATURE_NAMES)
+    signals[-1] = None  # agree_prev undefined for the first model
+    return DecisionRecord(f"{request_id}-{stage}-{time.monotonic_ns()}", request_id, stage,
+                          "smollm2-135m", signals, 0.7, 0.5, "accept", "confident", 0.5, version,
+                          0.001, created or time.time(), prediction, "The answer is: 18", "route")
+
+
+def wait_for(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _roundtrip(url: str, spill: Path) -> None:
+    log = DecisionLog(url, spill, retry_s=0.1)
+    log.start()
+    t0 = time.time()
+    log.submit(rec("old", created=t0 - 100, version="v0"))
+    for i in range(20):
+        log.submit(rec(f"r{i}", stage=i % 2))
+    log.submit(FeedbackRecord("r3", 1, True, time.time(), gold="18"))
+    log.submit(FeedbackRecord("r3", 1, False, time.time()))  # the latest label wins
+    assert log.flush(10)
+    rows = log.read(since=t0 - 1)
+    assert [r.request_id for r in rows] == [f"r{i}" for i in range(20)]
+    assert math.isnan(rows[0].signals[-1]) and rows[0].signals[0] == 0.5
+    labeled = [r for r in rows if r.correct is not None]
+    assert [(r.request_id, r.stage, r.correct) for r in labeled] == [("r3", 1, False)]
+    assert [r.request_id for r in log.read(version="v0")] == ["old"]
+    assert [s.stage for s in open_store(url).stages("r5")] == [1]
+    assert log.health().up and log.health().written == 23
+    log.close()
+
+
+def test_sqlite_roundtrip(tmp_path: Path) -> None:
+    _roundtrip(str(tmp_path / "log" / "decisions.db"), tmp_path / "spill.jsonl")
+
+
+def test_sqlite_outage_spills_then_replays(tmp_path: Path) -> None:
+    blocker = tmp_path / "db"
+    blocker.write_text("a file where the database directory should be")
+    log = DecisionLog(str(blocker / "decisions.db"), tmp_path / "spill.jsonl", retry_s=0.1)
+    log.start()
+    for i in range(30):
+        log.submit(rec(f"r{i}"))
+    assert log.flush(10)
+    h = log.health()
+    assert (h.up, h.spilled, h.written) == (False, 30, 0) and h.last_error
+    blocker.unlink()  # the disk is back
+    log.submit(rec("after"))
+    wait_for(lambda: log.health().up and log.health().spilled == 0)
+    assert log.flush(10)
+    assert len(log.read()) == 31 and not (tmp_path / "spill.jsonl").exists()
+    log.close()
+
+
+def test_spill_is_bounded_and_survives_restart(tmp_path: Path) -> None:
+    blocker = tmp_path / "db"
+    blocker.write_text("x")
+    url, spill = str(blocker / "decisions.db"), tmp_path / "spill.jsonl"
+    log = DecisionLog(url, spill, spill_max_bytes=3000, retry_s=60)
+    log.start()
+    for i in range(20):
+        log.submit(rec(f"r{i}"))
+    assert log.flush(10)
+    h = log.health()
+    assert h.dropped > 0 and h.spilled + h.dropped == 20 and h.spill_bytes <= 3000
+    log.close()
+    blocker.unlink()
+    again = DecisionLog(url, spill)  # a restarted service replays what the last one kept
+    again.start()
+    wait_for(lambda: again.health().spilled == 0)
+    assert len(again.read()) == h.spilled
+    again.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PgServer]:
+    server = start_postgres(free_port())
+    yield server
+    remove(server)
+
+
+def test_postgres_roundtrip(postgres: PgServer, tmp_path: Path) -> None:
+    _roundtrip(postgres.url, tmp_path / "spill.jsonl")
+
+
+def test_postgres_outage_spills_then_replays(postgres: PgServer, tmp_path: Path) -> None:
+    log = DecisionLog(postgres.url, tmp_path / "spill.jsonl", retry_s=0.2)
+    log.start()
+    log.submit(rec("before"))
+    assert log.flush(10) and log.health().up
+    postgres.stop()
+    try:
+        for i in range(10):
+            log.submit(rec(f"during{i}"))
+        assert log.flush(20)
+        h = log.health()
+        assert (h.up, h.spilled) == (False, 10), h
+    finally:
+        postgres.start()
+    wait_for(lambda: log.health().up and log.health().spilled == 0, timeout=30)
+    ids = {r.request_id for r in log.read()}
+    assert {"before", *(f"during{i}" for i in range(10))} <= ids
+    log.close()

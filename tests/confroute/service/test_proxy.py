@@ -1,0 +1,177 @@
+"""POST /v1/chat/completions over scripted backends: escalation, limits, failures, streaming.
+
+Stands in for real servers only where a healthy llama.cpp server cannot play the part (slow,
+erroring, logprob-less answers; see stub_backend.py). A down backend is a closed loopback port.
+The real-model cascade is in test_llama.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from confroute.service import create_app
+from confroute.service.decision_log import DecisionLog
+
+from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
+from .stub_backend import StubBackend
+
+QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
+SMALL, MEDIUM, LARGE = PANEL
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[str]:
+    with serve_app(StubBackend(), ready_path="/v1/models") as url:
+        yield url + "/v1"
+
+
+@pytest.fixture()
+def make_client(tmp_path: Path, models_dir: Path, stub: str) -> Iterator[Any]:
+    """make_client(modes, **per_model) -> a TestClient over a panel of scripted backends."""
+    clients: list[TestClient] = []
+
+    def make(modes: tuple[str, str, str], **per_model: Any) -> TestClient:
+        panel = stub_panel(tmp_path / f"panel{len(clients)}.yaml", stub, modes, **per_model)
+        client = TestClient(create_app(settings_for(tmp_path, models_dir, panel)))
+        clients.append(client.__enter__())
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def chat(client: TestClient, **body: Any) -> Any:
+    return client.post("/v1/chat/completions", json={"model": "confroute", "messages": QUESTION,
+                                                     **body})
+
+
+def tried(r: Any) -> list[tuple[str, str]]:
+    return [(t["model"], t["decision"]) for t in r.json()["router"]["tried"]]
+
+
+def test_escalates_until_confident(make_client: Any) -> None:
+    r = chat(make_client(("unsure", "ok:7", "ok:9")))
+    assert r.status_code == 200, r.text
+    assert tried(r) == [(SMALL, "escalate"), (MEDIUM, "accept")]
+    body = r.json()
+    assert body["choices"][0]["message"]["content"].endswith("The answer is : 7")
+    assert body["router"]["stopped"] == "accepted" and body["router"]["cost"] == 3.0
+    assert r.headers["x-confroute-model"] == MEDIUM
+    assert r.headers["x-confroute-tried"] == f"{SMALL},{MEDIUM}"
+
+
+def test_lambda_from_model_name_and_body(make_client: Any) -> None:
+    client = make_client(("unsure", "ok:7", "ok:9"))
+    assert [m for m, _ in tried(chat(client, model="confroute:0"))] == list(PANEL)
+    assert tried(chat(client, model="confroute:1")) == [(SMALL, "accept")]
+    assert tried(chat(client, model="confroute:1", cost_quality_tradeoff=0.75)) == [
+        (SMALL, "escalate"), (LARGE, "accept")]  # the body wins; at 0.75 the middle is skipped
+
+
+def test_no_logprobs_escalates_and_the_last_model_answers(make_client: Any) -> None:
+    for on_error in ("skip", "fail"):  # no logprobs is not an error: on_error does not apply
+        client = make_client(("nologprobs", "unsure", "nologprobs"),
+                             **{m: {"on_error": on_error} for m in PANEL})
+        r = chat(client)
+        assert tried(r) == [(SMALL, "escalate"), (MEDIUM, "escalate"), (LARGE, "accept")]
+        first = r.json()["router"]["tried"][0]
+        assert (first["reason"], first["p_correct"]) == ("no_logprobs", None)
+
+
+@pytest.mark.parametrize("failure", ["down", "slow", "error"])
+def test_failing_backend_skip_or_fail(make_client: Any, failure: str) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    broken = {"timeout_s": 0.5} | ({"base_url": closed} if failure == "down" else {})
+    mode = {"down": "ok", "slow": "slow", "error": "error"}[failure]
+    skip = make_client((mode, "ok:7", "ok:9"), **{SMALL: broken})
+    r = chat(skip)
+    assert r.status_code == 200 and tried(r) == [(SMALL, "error"), (MEDIUM, "accept")]
+    fail = make_client((mode, "ok:7", "ok:9"), **{SMALL: {**broken, "on_error": "fail"}})
+    r = chat(fail)
+    assert r.status_code == 502 and SMALL in r.json()["error"]["message"], r.text
+
+
+def test_every_backend_failing_is_a_502(make_client: Any) -> None:
+    r = chat(make_client(("error", "error", "error")), model="confroute:0")
+    assert r.status_code == 502 and "no panel model answered" in r.json()["error"]["message"]
+
+
+def test_last_model_failing_serves_the_latest_answer(make_client: Any) -> None:
+    r = chat(make_client(("unsure", "unsure", "error")), model="confroute:0")
+    assert tried(r)[-1] == (LARGE, "error") and r.json()["router"]["stopped"] == "fallback"
+    assert r.headers["x-confroute-model"] == MEDIUM
+
+
+def test_max_escalations_from_body_and_header(make_client: Any) -> None:
+    client = make_client(("unsure", "unsure", "ok"))
+    r = chat(client, model="confroute:0", router={"max_escalations": 1})
+    assert [m for m, _ in tried(r)] == [SMALL, MEDIUM]
+    assert r.json()["router"]["stopped"] == "max_escalations"
+    r = client.post("/v1/chat/completions", headers={"max-escalations": "0"},
+                    json={"model": "confroute:0", "messages": QUESTION})
+    assert [m for m, _ in tried(r)] == [SMALL]
+
+
+def test_deadline(make_client: Any) -> None:
+    late = make_client(("unsure", "slow", "ok"))
+    r = chat(late, model="confroute:0", router={"deadline_s": 1.0})
+    assert r.status_code == 200 and r.json()["router"]["stopped"] == "deadline"
+    assert r.headers["x-confroute-model"] == SMALL
+    never = make_client(("slow", "ok", "ok"))
+    r = chat(never, router={"deadline_s": 0.5})
+    assert r.status_code == 504 and "deadline" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"model": "gpt-4o"}, 400, "unknown model 'gpt-4o'"),
+    ({"model": "confroute:abc"}, 400, "not a number"),
+    ({"model": "confroute:1.5"}, 400, "cost_quality_tradeoff must be in [0, 1]"),
+    ({"cost_quality_tradeoff": -0.1}, 422, "cost_quality_tradeoff"),
+    ({"n": 2}, 422, "n:"),
+    ({"messages": []}, 422, "messages"),
+    ({"router": {"max_escalations": -1}}, 422, "max_escalations"),
+    ({"router": {"deadline": 3}}, 422, "router.deadline"),
+])
+def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
+                           words: str) -> None:
+    r = chat(make_client(("ok", "ok", "ok")), **body)
+    assert r.status_code == status and words in r.json()["error"]["message"], r.text
+
+
+def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir: Path,
+                                                      stub: str) -> None:
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "ok:7", "ok:9"))
+    settings = settings_for(tmp_path, models_dir, panel)
+    with running_service(settings) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused")
+        raw = client.chat.completions.with_raw_response.create(
+            model="confroute", messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+        resp = raw.parse()
+        assert raw.headers["x-confroute-model"] == MEDIUM and resp.model == MEDIUM
+        router = resp.model_extra["router"]  # type: ignore[index]
+        chunks = list(client.chat.completions.create(
+            model="confroute", messages=QUESTION, stream=True))  # type: ignore[arg-type]
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == resp.choices[0].message.content
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert chunks[-1].model_extra["router"]["model"] == MEDIUM  # type: ignore[index]
+        import httpx
+
+        fb = httpx.post(url + "/v1/feedback", json={"request_id": router["request_id"],
+                                                   "gold": "7"}).json()
+        assert [(x["model"], x["correct"]) for x in fb["labels"]] == [(SMALL, False),
+                                                                       (MEDIUM, True)]
+        assert httpx.post(url + "/v1/feedback", json={"request_id": "nope",
+                                                      "correct": True}).status_code == 404
+    rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
+    mine = [r for r in rows if r.request_id == router["request_id"]]
+    assert [(r.stage, r.model, r.decision, r.correct, r.endpoint) for r in mine] == [
+        (0, SMALL, "escalate", False, "chat"), (1, MEDIUM, "accept", True, "chat")]
+    assert mine[1].prediction == "7" and mine[0].signals[0] == 1.0

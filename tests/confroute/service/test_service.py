@@ -1,0 +1,146 @@
+"""The running service: hot reload, API keys, health and metrics, 200 concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from fastapi.testclient import TestClient
+
+from confroute.manifest import MANIFEST, switch_current
+from confroute.service import create_app
+from confroute.service.decision_log import DecisionLog
+from confroute.traces import Trace
+
+from .conftest import PANEL, running_service, settings_for, write_panel
+from .test_decision_log import wait_for
+
+
+def clone_version(src: Path, models_dir: Path, name: str) -> Path:
+    """A copy of a version under a new name (a valid, distinct version)."""
+    dst = models_dir / name
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    (dst / MANIFEST).write_text(json.dumps({**manifest, "version": name}))
+    return dst
+
+
+def _client(tmp_path: Path, models_dir: Path, **kw: Any) -> TestClient:
+    panel = write_panel(tmp_path / "panel.yaml", [{"name": m} for m in PANEL])
+    return TestClient(create_app(settings_for(tmp_path, models_dir, panel, **kw)))
+
+
+def _route(client: TestClient, t: Trace, **headers: str) -> httpx.Response:
+    return client.post("/v1/route", content=msgspec.json.encode(t), headers=headers)
+
+
+def test_hot_reload_swaps_good_versions_and_refuses_bad_ones(
+    tmp_path: Path, models_dir: Path, traces: list[Trace]
+) -> None:
+    first = (models_dir / "current").resolve()
+    with _client(tmp_path, models_dir) as client:
+        assert client.get("/healthz").json()["version"] == first.name
+        stop, failures = threading.Event(), []
+
+        def hammer() -> None:  # requests keep flowing during every swap
+            while not stop.is_set():
+                r = _route(client, traces[0])
+                if r.status_code != 200:
+                    failures.append(r.text)
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            clone_version(first, models_dir, "v-second")
+            switch_current(models_dir, "v-second")
+            wait_for(lambda: client.get("/healthz").json()["version"] == "v-second")
+            bad = clone_version(first, models_dir, "v-tampered")
+            onnx = next(bad.glob("*.onnx"))
+            onnx.write_bytes(onnx.read_bytes()[:-8] + b"tampered")
+            switch_current(models_dir, "v-tampered")
+            wait_for(lambda: client.get("/healthz").json()["reload_error"] is not None)
+        finally:
+            stop.set()
+            worker.join()
+        health = client.get("/healthz").json()
+        assert health["version"] == "v-second" and health["ready"]
+        assert "was modified" in health["reload_error"]
+        r = client.post("/admin/reload")
+        assert r.status_code == 409 and "still serving v-second" in r.json()["error"]["message"]
+        assert _route(client, traces[0]).json()["version"] == "v-second"
+        switch_current(models_dir, first.name)
+        assert client.post("/admin/reload").json() == {
+            "version": first.name, "previous": "v-second", "changed": True}
+        assert 'confroute_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
+    assert not failures, failures[:3]
+
+
+def test_api_keys(tmp_path: Path, models_dir: Path, traces: list[Trace]) -> None:
+    with _client(tmp_path, models_dir, api_keys="k1, k2") as client:
+        fb = {"request_id": "nope", "correct": True}
+        assert client.post("/v1/feedback", json=fb).status_code == 401
+        bad = {"Authorization": "Bearer k3"}
+        assert client.post("/v1/feedback", json=fb, headers=bad).status_code == 401
+        assert client.post("/v1/feedback", json=fb,
+                           headers={"Authorization": "Bearer k2"}).status_code == 404
+        assert client.post("/admin/reload").status_code == 401
+        assert _route(client, traces[0]).status_code == 200  # route is open by default
+        assert client.get("/healthz").status_code == 200
+    with _client(tmp_path, models_dir, api_keys="k1", require_key_for_all=True) as client:
+        assert _route(client, traces[0]).status_code == 401
+        assert _route(client, traces[0], Authorization="Bearer k1").status_code == 200
+
+
+def test_health_and_metrics_report_a_down_log(tmp_path: Path, models_dir: Path,
+                                              traces: list[Trace]) -> None:
+    blocker = tmp_path / "nodir"
+    blocker.write_text("not a directory")
+    with _client(tmp_path, models_dir, decision_log=str(blocker / "d.db")) as client:
+        assert _route(client, traces[0]).status_code == 200  # the request does not fail
+        wait_for(lambda: client.get("/healthz").json()["decision_log"]["spilled"] == 1)
+        log = client.get("/healthz").json()["decision_log"]
+        assert log["up"] is False and log["last_error"]
+        text = client.get("/metrics").text
+        assert "confroute_decision_log_up 0.0" in text
+        assert "confroute_decision_log_buffered 1.0" in text
+        assert 'confroute_decisions_total{decision="accept",model="smollm2-135m"}' in text
+
+
+def test_200_concurrent_requests_are_all_logged(tmp_path: Path, models_dir: Path,
+                                                traces: list[Trace]) -> None:
+    panel = write_panel(tmp_path / "panel.yaml", [{"name": m} for m in PANEL])
+    settings = settings_for(tmp_path, models_dir, panel)
+    bodies = [msgspec.json.encode(traces[i % len(traces)]) for i in range(200)]
+
+    async def burst(url: str) -> list[int]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
+            rs = await asyncio.gather(*(c.post("/v1/route", content=b, headers={
+                "x-request-id": f"burst-{i}"}) for i, b in enumerate(bodies)))
+        return [r.status_code for r in rs]
+
+    with running_service(settings) as url:
+        statuses = asyncio.run(burst(url))
+    assert statuses == [200] * 200
+    rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
+    assert sorted(r.request_id for r in rows) == sorted(f"burst-{i}" for i in range(200))
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/healthz", "/openapi.json"])
+def test_discovery_endpoints(tmp_path: Path, models_dir: Path, path: str) -> None:
+    with _client(tmp_path, models_dir) as client:
+        r = client.get(path)
+        assert r.status_code == 200
+        if path == "/v1/models":
+            assert r.json()["data"][0]["id"] == "confroute"
+        if path == "/openapi.json":
+            spec = r.json()
+            assert "RouteRequest" in spec["components"]["schemas"]
+            assert "Token" in spec["components"]["schemas"]

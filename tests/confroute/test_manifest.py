@@ -1,0 +1,126 @@
+"""Manifest verification on a real exported version: a mismatch is refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from confroute.cli import app
+from confroute.features import FEATURE_NAMES
+from confroute.manifest import (
+    CURRENT,
+    Manifest,
+    ManifestError,
+    resolve_current,
+    resolve_version,
+    switch_current,
+    verify,
+)
+from confroute.panel import load_panel
+from training.config import TrainConfig
+from training.train import build_version, load_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
+PANEL = ROOT / "configs/panel.cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A version trained on a slice of the reference traces (logistic + sigmoid: quick)."""
+    config = TrainConfig(panel=PANEL, traces=[REFERENCE / "multiarith_test.jsonl.gz"],
+                         max_items=60, bootstrap=0, classifier="logistic", calibration="sigmoid",
+                         models_dir=tmp_path_factory.mktemp("models"))
+    panel = load_panel(PANEL)
+    return build_version(config, load_dataset(config, panel), panel).version_dir
+
+
+@pytest.fixture
+def copy(version: Path, tmp_path: Path) -> Path:
+    """A private copy of the version, free to tamper with."""
+    return Path(shutil.copytree(version, tmp_path / version.name))
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    raw = json.loads((path / "manifest.json").read_text())
+    raw.update(changes)
+    (path / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_a_good_version_verifies(version: Path) -> None:
+    m = verify(version)
+    assert m.version == version.name and m.panel.names == load_panel(PANEL).names
+    assert m.feature_names == list(FEATURE_NAMES)
+    assert Manifest.load(version) == m
+
+
+def test_wrong_feature_order_is_refused(copy: Path) -> None:
+    names = list(FEATURE_NAMES)
+    names[1], names[2] = names[2], names[1]
+    _edit_manifest(copy, feature_names=names)
+    with pytest.raises(ManifestError, match=r"feature order differs .* position 1"):
+        verify(copy)
+
+
+def test_edited_model_file_is_refused(copy: Path) -> None:
+    onnx = next(copy.glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    with pytest.raises(ManifestError, match=f"{onnx.name} was modified"):
+        verify(copy)
+
+
+def test_missing_model_file_is_refused(copy: Path) -> None:
+    onnx = next(copy.glob("*.onnx"))
+    onnx.unlink()
+    with pytest.raises(ManifestError, match=f"{onnx.name} is missing"):
+        verify(copy)
+
+
+def test_panel_model_without_classifier_is_refused(copy: Path) -> None:
+    raw = json.loads((copy / "manifest.json").read_text())
+    first = raw["panel"]["models"][0]["name"]
+    del raw["models"][first]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=f"no classifier for panel model '{first}'"):
+        verify(copy)
+
+
+def test_malformed_manifest_names_the_field(copy: Path) -> None:
+    _edit_manifest(copy, format=2)
+    with pytest.raises(ManifestError, match="invalid manifest at format"):
+        verify(copy)
+    with pytest.raises(ManifestError, match="does not exist"):
+        verify(copy.parent / "nowhere")
+
+
+def test_current_switches_atomically(version: Path, copy: Path) -> None:
+    models = copy.parent
+    switch_current(models, copy.name)
+    assert resolve_current(models) == copy.resolve()
+    second = Path(shutil.copytree(copy, models / "v-second"))
+    switch_current(models, second.name)
+    assert resolve_current(models) == second.resolve()
+    assert os.readlink(models / CURRENT) == "v-second"  # relative: the folder can move
+    assert [p.name for p in models.iterdir() if p.name.startswith(".")] == []
+    assert resolve_version(models, None) == second.resolve()
+    assert resolve_version(models, copy.name) == copy
+    with pytest.raises(ManifestError, match="no model version 'v-none'"):
+        resolve_version(models, "v-none")
+    with pytest.raises(ManifestError, match="not a model version directory"):
+        switch_current(models, "v-none")
+
+
+def test_cli_verify(copy: Path) -> None:
+    runner = CliRunner()
+    switch_current(copy.parent, copy.name)
+    ok = runner.invoke(app, ["models", "verify", "--models-dir", str(copy.parent)])
+    assert ok.exit_code == 0 and f"ok {copy.name}" in ok.output
+    onnx = next(copy.glob("*.onnx"))
+    onnx.write_bytes(b"tampered")
+    bad = runner.invoke(app, ["models", "verify", copy.name, "--models-dir", str(copy.parent)])
+    assert bad.exit_code == 2 and "was modified" in bad.output and "Traceback" not in bad.output
