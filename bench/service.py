@@ -64,7 +64,7 @@ def trace_body(n_tokens: int = 300) -> dict[str, Any]:
 def synthetic_version(models_dir: Path) -> Path:
     """A version with 200-tree LightGBM classifiers (like the issue's latency figure)."""
     sys.path.insert(0, str(ROOT / "tests/confroute"))
-    from service.conftest import build_version  # type: ignore[import-not-found]
+    from service.conftest import build_version
 
     build_version(models_dir, classifier="lightgbm", calibration="isotonic",
                   params={"n_estimators": 200, "num_leaves": 15, "min_child_samples": 5})
@@ -202,7 +202,7 @@ class Server:
 
 
 def wrk(url: str, body_file: Path, duration: int, connections: int, tmp: Path) -> dict[str, Any]:
-    script = tmp / "post.lua"
+    script = tmp / f"{body_file.stem}.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
@@ -231,23 +231,40 @@ def httpx_load(url: str, body: bytes, duration: int, connections: int) -> dict[s
     return {"requests_per_s": round((ok + bad) / duration, 1), "non_2xx": bad}
 
 
+def compact_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The same answer in the compact numeric form."""
+    content = body["choices"][0]["logprobs"]["content"]
+    return {"model": body["model"], "response": body["choices"][0]["message"]["content"],
+            "compact": {"logprob": [t["logprob"] for t in content],
+                        "top_logprobs": [[a["logprob"] for a in t["top_logprobs"]]
+                                         for t in content],
+                        "tokens": [t["token"] for t in content]}}
+
+
 def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    body_file = tmp / "body.json"
-    body_file.write_bytes(body)
     tool = "wrk" if shutil.which("wrk") else "httpx"
     out: dict[str, Any] = {"load_generator": tool, "duration_s": args.duration,
                            "connections": args.connections}
-    for kind in ("floor", "naive", "route"):
+    compact = json.dumps(compact_body(json.loads(body))).encode()
+    runs = (("floor", "floor", body), ("naive", "naive", body), ("route", "route", body),
+            ("route_compact", "route", compact))
+    for name, kind, payload in runs:
+        body_file = tmp / f"{name}.json"
+        body_file.write_bytes(payload)
         server = Server(kind, models_dir, tmp)
         try:
             url = server.url + "/v1/route"
-            httpx.post(url, content=body, headers={"content-type": "application/json"}).raise_for_status()
-            out[kind] = (wrk(url, body_file, args.duration, args.connections, tmp) if tool == "wrk"
-                         else httpx_load(url, body, args.duration, args.connections))
+            httpx.post(url, content=payload, headers={"content-type": "application/json"}
+                       ).raise_for_status()
+            out[name] = (wrk(url, body_file, args.duration, args.connections, tmp)
+                         if tool == "wrk" else
+                         httpx_load(url, payload, args.duration, args.connections))
+            out[name]["body_bytes"] = len(payload)
         finally:
             server.stop()
-    f, n, r = (out[k]["requests_per_s"] for k in ("floor", "naive", "route"))
+    f, n, r, c = (out[k]["requests_per_s"] for k in ("floor", "naive", "route", "route_compact"))
     out["route_vs_floor"], out["route_vs_naive"] = round(r / f, 3), round(r / n, 2)
+    out["route_compact_vs_floor"] = round(c / f, 3)
     return out
 
 
@@ -280,14 +297,17 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     engine = Engine(models_dir, None, NumericGrader(), 0.5)
     v = engine.reload()
     req = decode(body, batch=False)[0]
-    tokens = req.choices[0].logprobs.content  # type: ignore[index, union-attr]
+    assert req.choices and req.choices[0].logprobs and req.choices[0].logprobs.content
+    tokens = req.choices[0].logprobs.content
     arr = arrays_from_tokens(tokens)
     stage = StageInput(PANEL[0], arr, None, "stop", 300, ())
+    x = engine.signals(v, stage)[0][None]
     return {
         "version": v.version,
         "decide_from_arrays": timed(lambda: engine.decide(v, stage, 0.5), n),
-        "of_which_onnx_and_calibration": timed(
-            lambda: v.scorer.predict(PANEL[0], engine.signals(v, stage)[0][None]), n),
+        "of_which_signals_with_answer_extraction": timed(lambda: engine.signals(v, stage), n),
+        "of_which_onnx_and_calibration": timed(lambda: v.scorer.predict(PANEL[0], x), n),
+        "of_which_policy": timed(lambda: v.policy.decide(PANEL[0], 0.7, 0.5), n),
         "msgspec_decode": timed(lambda: decode(body, batch=False), n),
         "token_arrays": timed(lambda: arrays_from_tokens(tokens), n),
         "answer_extraction": timed(lambda: engine.grader.extract(arr.text), n),

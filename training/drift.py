@@ -2,20 +2,36 @@
 
 For every panel model and every signal (and p_correct), the population stability index (PSI, over
 10 bins at the reference's deciles) and the two-sample Kolmogorov-Smirnov statistic with its
-p-value. A signal is flagged when PSI >= 0.2 (the usual "significant shift" rule of thumb) or the
-KS p-value < 0.01 with at least 30 recent rows. On the labeled part of recent traffic, calibration
-is checked too (ECE over 10 equal-mass bins, mean p_correct vs observed accuracy).
+p-value. A signal is flagged, given at least 30 rows on each side, when the KS p-value < 0.01, or
+when PSI >= 0.2 (the usual "significant shift" rule of thumb) and PSI is beyond its own sampling
+noise: on finite samples PSI is biased upward, by about (bins - 1) * (1/n_reference + 1/n_recent)
+(0.26 for 70 rows a side, with nothing moved), and n_eff * PSI is about chi-square with bins - 1
+degrees of freedom when nothing moved (n_eff = n_reference * n_recent / (n_reference + n_recent)),
+so its p-value must be < 0.01 too. On the labeled part of recent traffic, calibration is checked
+too (ECE over 10 equal-mass bins, mean p_correct vs observed accuracy).
+
+`log_drift` is what `confroute drift` runs: recent traffic from the decision log (the signals
+logged at decision time, feedback labels where there are any) against the training data (traces
+through the shared feature code, or a ready feature table). p_correct on both sides comes from the
+served version (`models/current`), so a moved p_correct means moved inputs, not a new version.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from confroute.features import FEATURE_NAMES
+from confroute.features import FEATURE_NAMES, FeatureConfig
+from confroute.panel import Panel
+from confroute.scoring import Scorer
+from confroute.traces import read_traces
 
 PSI_FLAG = 0.2
 KS_ALPHA = 0.01
@@ -31,6 +47,7 @@ class SignalDrift:
     psi: float
     ks: float
     ks_pvalue: float
+    psi_pvalue: float  # chance of a PSI this large with nothing moved (chi-square approximation)
     reference_mean: float
     recent_mean: float
     flagged: bool
@@ -38,17 +55,29 @@ class SignalDrift:
 
 def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
     """Population stability index of `recent` against `reference`, bins at reference quantiles."""
-    ref, cur = _finite(reference), _finite(recent)
+    return _psi(_finite(reference), _finite(recent), bins)[0]
+
+
+def _psi(ref: np.ndarray, cur: np.ndarray, bins: int) -> tuple[float, int]:
+    """PSI and the number of bins it used (tied quantiles merge bins)."""
     if ref.size == 0 or cur.size == 0:
-        return float("nan")
+        return float("nan"), 0
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
     if edges.size < 2:  # a constant reference: shift is all-or-nothing
-        return 0.0 if np.allclose(cur, ref[0]) else float("inf")
+        return (0.0 if np.allclose(cur, ref[0]) else float("inf")), 1
     edges[0], edges[-1] = -np.inf, np.inf
     p = np.histogram(ref, edges)[0] / ref.size
     q = np.histogram(cur, edges)[0] / cur.size
     p, q = np.clip(p, 1e-4, None), np.clip(q, 1e-4, None)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return float(np.sum((q - p) * np.log(q / p))), int(edges.size - 1)
+
+
+def psi_pvalue(value: float, n_reference: int, n_recent: int, n_bins: int) -> float:
+    """P(PSI >= value) with nothing moved: n_eff * PSI ~ chi-square(n_bins - 1), approximately."""
+    if not np.isfinite(value) or n_bins < 2:
+        return 0.0 if value == float("inf") else float("nan") if np.isnan(value) else 1.0
+    n_eff = n_reference * n_recent / (n_reference + n_recent)
+    return float(stats.chi2.sf(value * n_eff, n_bins - 1))
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
@@ -64,11 +93,12 @@ def signal_drift(model: str, signal: str, reference: np.ndarray, recent: np.ndar
         ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
     else:
         ks_stat, ks_p = float("nan"), float("nan")
-    value = psi(ref, cur)
+    value, n_bins = _psi(ref, cur, 10)
+    psi_p = psi_pvalue(value, ref.size, cur.size, n_bins)
     enough = cur.size >= MIN_ROWS and ref.size >= MIN_ROWS
-    flagged = enough and (value >= PSI_FLAG or ks_p < KS_ALPHA)
+    flagged = enough and ((value >= PSI_FLAG and psi_p < KS_ALPHA) or ks_p < KS_ALPHA)
     return SignalDrift(
-        model, signal, int(ref.size), int(cur.size), value, ks_stat, ks_p,
+        model, signal, int(ref.size), int(cur.size), value, ks_stat, ks_p, psi_p,
         float(ref.mean()) if ref.size else float("nan"),
         float(cur.mean()) if cur.size else float("nan"),
         bool(flagged),
@@ -117,3 +147,63 @@ def drift_report(reference: pd.DataFrame, recent: pd.DataFrame) -> dict:
             "calibration": calibration(p, labels) if labels.size and p.size else None,
         }
     return {"psi_flag": PSI_FLAG, "ks_alpha": KS_ALPHA, "min_rows": MIN_ROWS, "models": out}
+
+
+def with_p_correct(frame: pd.DataFrame, scorer: Scorer | None) -> pd.DataFrame:
+    """The frame with `p_correct` from the scorer per model (unchanged without a scorer)."""
+    if scorer is None or frame.empty:
+        return frame
+    p = np.full(len(frame), np.nan)
+    for model in set(frame["model"]) & set(scorer.models):
+        idx = (frame["model"] == model).to_numpy()
+        p[idx] = scorer.predict(str(model), frame.loc[idx, list(FEATURE_NAMES)].to_numpy(float))
+    return frame.assign(p_correct=p)
+
+
+def reference_frame(path: Path, panel: Panel, config: FeatureConfig) -> pd.DataFrame:
+    """The training data's feature rows: a CSV/Parquet table, or traces through build_table."""
+    from training.table import build_table
+    from training.train import read_feature_table
+
+    if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
+        return read_feature_table(path)[0]
+    if not path.exists():
+        raise FileNotFoundError(f"reference {path} does not exist (traces or a feature table)")
+    table = build_table(read_traces(path), panel, config)
+    if table.empty:
+        raise ValueError(f"reference {path}: no traces of the panel's models {panel.names}")
+    return table
+
+
+def log_drift(
+    url: str, since: float | None, reference: Path, scorer: Scorer | None, panel: Panel
+) -> dict[str, Any]:
+    """Drift of the logged traffic since `since` against the reference, per model."""
+    from training.inrows import LogError, log_rows, read_log, redact
+
+    recent = log_rows(read_log(url, since), panel)
+    if recent.empty:
+        raise LogError(f"no logged decisions in {redact(url)}"
+                       + (" in the --since window" if since is not None else ""))
+    recent["correct"] = [math.nan if c is None else float(c) for c in recent["correct"]]
+    config = FeatureConfig(**scorer.manifest.feature_config) if scorer else FeatureConfig()  # type: ignore[arg-type]
+    ref = with_p_correct(reference_frame(reference, panel, config), scorer)
+    report = drift_report(ref, with_p_correct(recent, scorer))
+    report.update(version=scorer.version if scorer else None, reference=str(reference),
+                  log=redact(url), since=since, n_recent=len(recent),
+                  n_labeled=int(np.isfinite(recent["correct"].to_numpy(float)).sum()))
+    return report
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """Strict JSON: NaN and inf become null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float | np.floating) and not math.isfinite(v):
+            return None
+        return v.item() if isinstance(v, np.generic) else v
+
+    return json.dumps(clean(report), indent=2) + "\n"

@@ -62,6 +62,7 @@ def generate(
     models: Sequence[str] | None = None,
     backend_factory: Callable[[str, dict], Backend] = make_backend,
     on_progress: Callable[[str, Trace, float], None] | None = None,
+    on_start: Callable[[str, int, int], None] | None = None,
 ) -> list[ModelSummary]:
     """Generate a trace for every (model, item) not yet in `out`; return per-model summaries."""
     names = list(models) if models else panel.names
@@ -70,6 +71,8 @@ def generate(
     for name in names:
         done = done_keys(out)
         todo = [it for it in items if (name, it.item_id) not in done]
+        if on_start:
+            on_start(name, len(items) - len(todo), len(items))
         if not todo:
             continue
         backend = backend_factory(name, panel.get(name).spec())

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_batch: Annotated[int, Field(ge=1)] = 1000  # items per /v1/route batch
     # routing defaults
     default_cost_quality_tradeoff: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # share of accepted chat answers also run on the next model and logged as "explore"
+    explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     grader: str = "numeric"  # answer extraction for agree_prev and feedback with a gold answer
     log_level: str = "info"
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Generate the shipped reference traces (issue 3): every panel model on every set, resumable.
-# Working files go to var/traces/ (ignored); each finished set is compacted into data/reference-traces/.
-# Re-running skips what is already generated, so it can be stopped and restarted at any time.
+# Working files go to var/traces/<set>.<model>.jsonl (ignored); a set whose three models are all
+# done is compacted into data/reference-traces/<set>.jsonl.gz. Re-running skips what is already
+# generated, so it can be stopped and restarted at any time. MODELS picks which models this
+# process runs (two processes, one per core, can share the work: see the card).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PANEL=${PANEL:-configs/panel.cpu.yaml}
+ALL="smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
+MODELS=${MODELS:-$ALL}
+SETS=${SETS:-"multiarith:test:150 gsm8k:test:200 svamp:test:150 gsm8k:train:150"}
 mkdir -p var/traces data/reference-traces
-for spec in multiarith:test:150 gsm8k:test:200 svamp:test:150 gsm8k:train:150; do
+for spec in $SETS; do
   IFS=: read -r name split limit <<<"$spec"
-  work="var/traces/${name}_${split}.jsonl"
-  for model in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+  for model in $MODELS; do
     echo "== $(date -Is) $model on $name:$split (first $limit)"
-    confroute generate --panel "$PANEL" --models "$model" --dataset "$name:$split" --limit "$limit" --out "$work"
+    confroute generate --panel "$PANEL" --models "$model" --dataset "$name:$split" --limit "$limit" \
+      --out "var/traces/${name}_${split}.${model}.jsonl"
+    echo "== $(date -Is) done $model on $name:$split"
   done
-  python -m training.compact "$work" "data/reference-traces/${name}_${split}.jsonl.gz"
+  works=()
+  for model in $ALL; do works+=("var/traces/${name}_${split}.${model}.jsonl"); done
+  python -m training.compact --expect "$limit" "data/reference-traces/${name}_${split}.jsonl.gz" "${works[@]}" \
+    || echo "== $name:$split not complete for every model yet; not compacted"
 done
 echo "== $(date -Is) all done"

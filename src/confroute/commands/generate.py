@@ -47,18 +47,19 @@ def generate(
         bars: dict[str, tqdm] = {}
         stats: dict[str, list[int]] = {}
 
+        def start(model: str, done: int, total: int) -> None:
+            bars[model] = tqdm(total=total, initial=done, desc=model, unit="item")
+            stats[model] = [0, 0, 0]
+
         def progress(model: str, trace: Trace, elapsed: float) -> None:
-            bar = bars.get(model)
-            if bar is None:
-                bar = bars[model] = tqdm(total=len(items), desc=model, unit="item")
-                stats[model] = [0, 0]
-            s = stats[model]
+            bar, s = bars[model], stats[model]
+            s[2] += 1
             s[0] += trace.usage.completion_tokens
             s[1] += bool(trace.correct)
             bar.update(1)
-            bar.set_postfix(tok_s=f"{s[0] / max(elapsed, 1e-9):.1f}", acc=f"{s[1] / bar.n:.2f}")
+            bar.set_postfix(tok_s=f"{s[0] / max(elapsed, 1e-9):.1f}", acc=f"{s[1] / s[2]:.2f}")
 
-        summaries = run(cfg, items, out, models=names, on_progress=progress)
+        summaries = run(cfg, items, out, models=names, on_progress=progress, on_start=start)
         for bar in bars.values():
             bar.close()
     cols = ("model", "dataset", "items", "accuracy", "completion tokens", "truncated", "latency s")

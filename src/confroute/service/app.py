@@ -53,7 +53,8 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
     engine = Engine(settings.models_dir, panel, get_grader(settings.grader),
                     settings.default_cost_quality_tradeoff)
-    proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars)
+    proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars,
+                  settings.explore_rate)
     return Resources(settings, panel, engine, dlog, backends, proxy)
 
 
@@ -73,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         watcher.cancel()
+        await res.proxy.drain()
         await _close(res.backends)
         await asyncio.to_thread(res.log.close)
 
@@ -98,6 +100,8 @@ async def _metrics(request: Request) -> Metrics:
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 RequestId = Annotated[str | None, Header(alias="x-request-id", max_length=200)]
+MaxEscalations = Annotated[int | None, Header(alias="x-confroute-max-escalations", ge=0)]
+Deadline = Annotated[float | None, Header(alias="x-confroute-deadline-s", gt=0, le=3600)]
 _JSON = "application/json"
 
 
@@ -123,8 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", dependencies=[KeyIfAll])
     async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestId = None,
-                   max_escalations: Annotated[int | None, Header(ge=0)] = None,
-                   deadline_s: Annotated[float | None, Header(gt=0, le=3600)] = None) -> Any:
+                   max_escalations: MaxEscalations = None, deadline_s: Deadline = None) -> Any:
         """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy."""
         limits = Limits(max_escalations, deadline_s)
         if body.router is not None:
@@ -134,8 +137,8 @@ def _routes(app: FastAPI) -> None:
         if body.stream:
             events = chat_format.sse(out, res.panel)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return JSONResponse(chat_format.completion_body(out, res.panel, body.logprobs),
-                            headers=headers)
+        reply = chat_format.completion_body(out, res.panel, body.logprobs)
+        return Response(route.encode(reply), media_type=_JSON, headers=headers)
 
     @app.post("/v1/feedback", dependencies=[KeyRequired])
     async def feedback(body: Feedback, res: ResourcesDep) -> dict[str, Any]:

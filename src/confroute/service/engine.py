@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,17 +135,18 @@ class Engine:
         key = current_key(self.models_dir)
         return key is not None and key != self._key and key != self._failed_key
 
-    async def watch(self, interval_s: float, on_reload: object = None) -> None:
+    async def watch(self, interval_s: float,
+                    on_reload: Callable[[RouterVersion], None] | None = None) -> None:
         """Poll for a new version every `interval_s` and load it off the event loop."""
         while True:
             await asyncio.sleep(interval_s)
             if self.changed():
                 try:
-                    await asyncio.to_thread(self.reload)
+                    new = await asyncio.to_thread(self.reload)
                 except (ManifestError, ValueError, OSError):
-                    continue
-                if callable(on_reload):
-                    on_reload(self.current)
+                    continue  # refused and logged; the old version keeps serving
+                if on_reload is not None:
+                    on_reload(new)
 
     @property
     def version(self) -> str | None:

@@ -9,6 +9,7 @@ non-finite alternatives) falls back to confroute.features, which defines the sig
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Protocol, cast
 
 import numpy as np
@@ -39,26 +40,33 @@ class TokenLike(Protocol):
     def top_logprobs(self) -> Sequence[AltLike]: ...
 
 
+_alts = attrgetter("top_logprobs")
+
+
 def arrays_from_tokens(tokens: Sequence[TokenLike]) -> TokenArrays:
     """features.token_arrays, vectorised when every token has the same number of alternatives."""
     n = len(tokens)
-    ks = [len(t.top_logprobs) for t in tokens]
+    alts = list(map(_alts, tokens))
+    ks = list(map(len, alts))
     k = ks[0] if n else 0
     if n == 0 or min(ks) != max(ks):
         return token_arrays(cast(Sequence[Token], tokens))  # reads the same three attributes
-    lp = np.array([t.logprob for t in tokens], dtype=np.float64)
-    top = np.array([a.logprob for t in tokens for a in t.top_logprobs], dtype=np.float64)
-    top = np.sort(top.reshape(n, k), axis=1)[:, ::-1]
+    lp = np.fromiter([t.logprob for t in tokens], dtype=np.float64, count=n)
+    flat = [a.logprob for row in alts for a in row]
+    top = np.fromiter(flat, dtype=np.float64, count=n * k).reshape(n, k)
+    if k > 1 and not (top[:, :-1] >= top[:, 1:]).all():  # servers send them sorted already
+        top = np.sort(top, axis=1)[:, ::-1]
     top[~(np.isfinite(top) & (top > LOGPROB_FLOOR))] = np.nan  # masked alternatives
     strs = [t.token for t in tokens]
+    text = "".join(strs)
     keep = np.isfinite(lp) & (lp > LOGPROB_FLOOR)
-    for i, s in enumerate(strs):
-        if s[:1] == "<" and is_special(s):
-            keep[i] = False
+    if "<" in text:  # only then can there be special tokens
+        keep &= np.array([not is_special(s) for s in strs], dtype=bool)
     if not keep.all():
         lp, top = lp[keep], top[keep] if keep.any() else np.empty((0, 0))
         strs = [s for s, ok in zip(strs, keep, strict=True) if ok]
-    return _arrays(lp, np.ascontiguousarray(top), strs)
+        text = "".join(strs)
+    return _arrays(lp, np.ascontiguousarray(top), strs, text)
 
 
 def arrays_from_compact(
@@ -81,11 +89,12 @@ def arrays_from_compact(
     return _arrays(lp[keep], np.ascontiguousarray(kept), strs)
 
 
-def _arrays(lp: np.ndarray, top: np.ndarray, strs: list[str]) -> TokenArrays:
+def _arrays(lp: np.ndarray, top: np.ndarray, strs: list[str], text: str | None = None
+            ) -> TokenArrays:
     lengths = np.fromiter(map(len, strs), dtype=np.int64, count=len(strs))
     offsets = np.zeros(len(strs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return TokenArrays(lp, top, offsets, "".join(strs))
+    return TokenArrays(lp, top, offsets, "".join(strs) if text is None else text)
 
 
 def fast_signals(

@@ -6,16 +6,21 @@ the first accepted answer, at the route's last model, after `max_escalations`, o
 deadline (then the latest answer is served). A failing backend is skipped (`on_error: skip`,
 the next model is tried, and if none is left the latest answer is served) or fails the request
 with 502 naming it (`on_error: fail`). An answer without logprobs has p_correct NaN and escalates.
+With `explore_rate` ε > 0, a share ε of accepted answers also goes to the next route model in the
+background; that stage is logged with decision "explore" and never changes the served answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confroute.backends import Backend, BackendError, Completion, GenParams
+import msgspec
+
+from confroute.backends import Backend, Completion, GenParams
 from confroute.panel import Panel
 from confroute.service.decision_log import DecisionLog
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
@@ -74,9 +79,16 @@ class Proxy:
     """Runs cascades over the panel's backends."""
 
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
-                 log: DecisionLog, metrics: Metrics, max_chars: int) -> None:
+                 log: DecisionLog, metrics: Metrics, max_chars: int,
+                 explore_rate: float = 0.0) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
+        self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Let background explorations finish (at shutdown)."""
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def params(self, req: ChatRequest) -> GenParams:
         d = self.panel.decoding
@@ -97,19 +109,34 @@ class Proxy:
         deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
         route = v.policy.route(lam)
         for i, model in enumerate(route):
-            stage = await self._call(model, messages, params, deadline, out)
+            stage = await self._call(model, messages, params, deadline)
             if stage is None:
                 out.stopped = "deadline"
                 break
             self._score(out, stage, i)
-            stop = self._stop(out, stage, i, len(route), limits, deadline)
+            stop = self._stop(stage, i, len(route), limits, deadline)
             if stop:
                 out.stopped = stop
+                if stop == "accepted" and random.random() < self.explore_rate:
+                    self._explore(out, route[i + 1], i + 1, messages, params)
                 break
         return self._finish(out)
 
+    def _explore(self, out: Cascade, model: str, index: int, messages: list[Message],
+                 params: GenParams) -> None:
+        """Also run the next model on an accepted answer, in the background, and log it as
+        decision "explore" (labels on both sides of the threshold for retraining)."""
+        async def run() -> None:
+            stage = await self._call(model, messages, params, None)
+            if stage is not None and stage.completion is not None:
+                self._score(out, stage, index, explore=True)
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _call(self, model: str, messages: list[Message], params: GenParams,
-                    deadline: float | None, out: Cascade) -> Stage | None:
+                    deadline: float | None) -> Stage | None:
         """Call one backend; None when the deadline passed before or while it answered."""
         spec = self.panel.get(model)
         left = deadline - time.monotonic() if deadline is not None else None
@@ -118,42 +145,45 @@ class Proxy:
         timeout = spec.timeout_s if left is None else min(spec.timeout_s, left)
         t0 = time.perf_counter()
         try:
-            c = await asyncio.wait_for(self.backends[model].acomplete(messages, params), timeout)
-        except (BackendError, TimeoutError, OSError) as exc:
+            async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
+                c = await self.backends[model].acomplete(messages, params)
+        except Exception as exc:  # any backend failure (BackendError, timeout, a crash) counts
             if isinstance(exc, TimeoutError) and left is not None and left < spec.timeout_s:
                 return None
-            return self._failed(model, spec.on_error, exc, time.perf_counter() - t0, out)
+            return self._failed(model, spec.on_error, exc, time.perf_counter() - t0)
         dt = time.perf_counter() - t0
         self.metrics.backend_latency.labels(model).observe(dt)
         return Stage(model, dt, completion=c)
 
-    def _failed(self, model: str, on_error: str, exc: BaseException, dt: float,
-                out: Cascade) -> Stage:
+    def _failed(self, model: str, on_error: str, exc: BaseException, dt: float) -> Stage:
+        """Count the failure; 502 for on_error=fail, else a stage that records the error."""
         kind = "timeout" if isinstance(exc, TimeoutError) else "error"
-        message = str(exc) or f"timed out after {dt:.1f} s"
+        message = str(exc) or f"{type(exc).__name__} after {dt:.1f} s"
         self.metrics.backend_errors.labels(model, kind).inc()
         if on_error == "fail":
             raise BackendFailed(f"backend {model!r} failed: {message}")
         return Stage(model, dt, error=message)
 
-    def _score(self, out: Cascade, stage: Stage, index: int) -> None:
+    def _score(self, out: Cascade, stage: Stage, index: int, explore: bool = False) -> None:
         """Decide on the stage's answer (agree_prev from earlier answers) and log it."""
-        out.stages.append(stage)
+        previous = [s.scored.prediction for s in out.stages if s.scored is not None]
+        if not explore:
+            out.stages.append(stage)
         c = stage.completion
         if c is None:
             return
-        previous = [s.scored.prediction for s in out.stages[:-1] if s.scored is not None]
         arr = arrays_from_tokens(c.tokens)
         length = c.usage.completion_tokens or None
         st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous)
         stage.scored = s = self.engine.decide(out.version, st, out.lam)
-        self.metrics.decision(s.model, s.decision.decision, s.p_correct)
-        self.log.submit(record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
-                               "chat", self.max_chars))
+        decision = "explore" if explore else s.decision.decision
+        self.metrics.decision(s.model, decision, s.p_correct)
+        rec = record(s, out.request_id, index, out.lam, stage.latency_s, c.response, "chat",
+                     self.max_chars)
+        self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
 
     @staticmethod
-    def _stop(out: Cascade, stage: Stage, index: int, n: int, limits: Limits,
-              deadline: float | None) -> str:
+    def _stop(stage: Stage, index: int, n: int, limits: Limits, deadline: float | None) -> str:
         """Why the cascade stops after this stage ('' to go on)."""
         s = stage.scored
         if s is not None and s.decision.decision == "accept":

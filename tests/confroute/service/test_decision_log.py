@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ def rec(request_id: str, stage: int = 0, version: str = "v1", created: float | N
                           0.001, created or time.time(), prediction, "The answer is: 18", "route")
 
 
-def wait_for(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from confroute.features import (
     FeatureConfig,
+    TokenArrays,
     answer_token_slice,
     extract_signals,
     signals_from_arrays,
@@ -17,19 +20,19 @@ from confroute.service.hotpath import arrays_from_compact, arrays_from_tokens, f
 from confroute.traces import LOGPROB_FLOOR, Token, TopLogprob, Trace
 
 
-def _same_arrays(a, b) -> None:  # type: ignore[no-untyped-def]
+def _same_arrays(a: TokenArrays, b: TokenArrays) -> None:
     np.testing.assert_array_equal(a.logprob, b.logprob)
     np.testing.assert_array_equal(a.top, b.top)
     np.testing.assert_array_equal(a.offsets, b.offsets)
     assert a.text == b.text
 
 
-def _signals(arr, config: FeatureConfig, fast: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _signals(arr: TokenArrays, config: FeatureConfig, fast: bool) -> np.ndarray:
     ext = NumericGrader().extract(arr.text)
     span = (ext.start, ext.end) if ext else None
-    kw = dict(answer=answer_token_slice(arr, span), answer_found=ext is not None, truncated=False,
-              length=None, agree_prev=0.5, config=config)
-    return fast_signals(arr, **kw) if fast else signals_from_arrays(arr, **kw)  # type: ignore[arg-type]
+    kw: Any = {"answer": answer_token_slice(arr, span), "answer_found": ext is not None,
+               "truncated": False, "length": None, "agree_prev": 0.5, "config": config}
+    return fast_signals(arr, **kw) if fast else signals_from_arrays(arr, **kw)
 
 
 def test_real_traces_match_features(traces: list[Trace]) -> None:
@@ -84,11 +87,11 @@ def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
 
     engine = Engine.__new__(Engine)
     engine.grader = NumericGrader()
-    version = type("V", (), {"config": FeatureConfig()})()
+    version: Any = type("V", (), {"config": FeatureConfig()})()
     for t in traces:
         st = StageInput(t.model, arrays_from_tokens(t.tokens), t.response, t.finish_reason,
                         t.usage.completion_tokens, previous=["12"])
-        got, prediction = engine.signals(version, st)  # type: ignore[arg-type]
+        got, prediction = engine.signals(version, st)
         want = extract_signals(t, previous=["12"])
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         assert prediction == t.prediction

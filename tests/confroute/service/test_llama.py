@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from .conftest import build_version, free_port, running_service, settings_for, w
 
 pytestmark = pytest.mark.slow
 SMALL, MEDIUM = "smollm2-135m", "qwen2.5-coder-0.5b"
-QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples? "
+QUESTION: Any = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples? "
                                         "End with 'The answer is: N'."}]
 
 
@@ -77,7 +78,7 @@ def test_escalates_across_real_llama_cpp_servers(tmp_path: Path, two_model_versi
         with running_service(settings) as url:
             client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300)
             raw = client.chat.completions.with_raw_response.create(
-                model="confroute:0", messages=QUESTION, max_tokens=6)  # type: ignore[arg-type]
+                model="confroute:0", messages=QUESTION, max_tokens=6)
             resp = raw.parse()
     router = resp.model_extra["router"]  # type: ignore[index]
     assert [(t["model"], t["decision"]) for t in router["tried"]] == [
@@ -95,7 +96,7 @@ def test_embedded_llama_cpp_backend_streams(tmp_path: Path, two_model_version: P
     with running_service(settings_for(tmp_path, two_model_version, panel)) as url:
         client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300)
         chunks = list(client.chat.completions.create(
-            model="confroute:0", messages=QUESTION, max_tokens=8, stream=True))  # type: ignore[arg-type]
+            model="confroute:0", messages=QUESTION, max_tokens=8, stream=True))
     router = chunks[-1].model_extra["router"]  # type: ignore[index]
     assert [t["model"] for t in router["tried"]] == [SMALL, MEDIUM] and router["model"] == MEDIUM
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
@@ -119,7 +120,7 @@ def test_confroute_serve_starts_on_its_defaults(tmp_path: Path, version_template
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", timeout=60)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=300)
-        resp = client.chat.completions.create(model="confroute:1", messages=QUESTION,  # type: ignore[arg-type]
+        resp = client.chat.completions.create(model="confroute:1", messages=QUESTION,
                                               max_tokens=4)
         assert resp.model == SMALL and resp.choices[0].message.content
     finally:

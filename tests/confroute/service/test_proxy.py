@@ -21,7 +21,7 @@ from confroute.service.decision_log import DecisionLog
 from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
 from .stub_backend import StubBackend
 
-QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
+QUESTION: Any = [{"role": "user", "content": "What is 3 + 4?"}]
 SMALL, MEDIUM, LARGE = PANEL
 
 
@@ -114,7 +114,7 @@ def test_max_escalations_from_body_and_header(make_client: Any) -> None:
     r = chat(client, model="confroute:0", router={"max_escalations": 1})
     assert [m for m, _ in tried(r)] == [SMALL, MEDIUM]
     assert r.json()["router"]["stopped"] == "max_escalations"
-    r = client.post("/v1/chat/completions", headers={"max-escalations": "0"},
+    r = client.post("/v1/chat/completions", headers={"x-confroute-max-escalations": "0"},
                     json={"model": "confroute:0", "messages": QUESTION})
     assert [m for m, _ in tried(r)] == [SMALL]
 
@@ -152,12 +152,12 @@ def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir
     with running_service(settings) as url:
         client = OpenAI(base_url=url + "/v1", api_key="unused")
         raw = client.chat.completions.with_raw_response.create(
-            model="confroute", messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+            model="confroute", messages=QUESTION, max_tokens=16)
         resp = raw.parse()
         assert raw.headers["x-confroute-model"] == MEDIUM and resp.model == MEDIUM
         router = resp.model_extra["router"]  # type: ignore[index]
         chunks = list(client.chat.completions.create(
-            model="confroute", messages=QUESTION, stream=True))  # type: ignore[arg-type]
+            model="confroute", messages=QUESTION, stream=True))
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == resp.choices[0].message.content
         assert chunks[-1].choices[0].finish_reason == "stop"

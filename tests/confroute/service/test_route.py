@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -158,4 +157,3 @@ def test_not_ready_without_a_version(tmp_path: Path, traces: list[Trace]) -> Non
         assert c.get("/healthz").status_code == 503
         r = c.post("/v1/route", json=_trace_body(traces[0]))
         assert r.status_code == 503 and "no verified model version" in r.json()["error"]["message"]
-        assert np.isfinite(0)  # the service is up; it only says it is not ready

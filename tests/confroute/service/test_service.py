@@ -37,7 +37,7 @@ def _client(tmp_path: Path, models_dir: Path, **kw: Any) -> TestClient:
     return TestClient(create_app(settings_for(tmp_path, models_dir, panel, **kw)))
 
 
-def _route(client: TestClient, t: Trace, **headers: str) -> httpx.Response:
+def _route(client: TestClient, t: Trace, **headers: str) -> Any:
     return client.post("/v1/route", content=msgspec.json.encode(t), headers=headers)
 
 

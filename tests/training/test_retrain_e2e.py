@@ -1,0 +1,281 @@
+"""End to end: a served version, real traffic and feedback, `confroute retrain`, hot reload.
+
+The first version is trained by the pipeline on the first items of the real reference traces;
+the other items are sent to a real uvicorn server as /v1/route requests (their real tokens),
+cascading as the decisions say, and every request gets its gold answer as feedback. Then
+`confroute retrain` runs on the service's own decision log while a thread keeps routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+import yaml
+from typer.testing import CliRunner
+
+from confroute.cli import app as cli
+from confroute.features import FEATURE_NAMES
+from confroute.manifest import resolve_current
+from confroute.panel import load_panel
+from confroute.service import create_app
+from confroute.settings import Settings
+from confroute.traces import Trace, read_traces, write_traces
+from training.config import TrainConfig
+from training.inrows import labeled_table, log_rows, read_log
+from training.table import build_table
+from training.train import Dataset, split_items, train
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
+FIRST_ITEMS = 20  # the first version's training items; the rest are traffic
+MIN_ITEMS = 80  # a panel model needs traces for this many items to take part
+LAMBDAS = (0.0, 0.0, 0.5)  # clients' cost_quality_tradeoff, alternating (0: mostly full cascades)
+# small data: logistic + Platt (stable on a few dozen rows, and fast)
+TRAIN: dict[str, Any] = {"classifier": "logistic", "calibration": "sigmoid", "folds": 3,
+                         "bootstrap": 0, "figures": False}
+
+
+def reference_traces() -> list[Trace]:
+    """The finished reference traces, else the ones being generated (var/traces)."""
+    for source in (REFERENCE, ROOT / "var/traces"):
+        traces = read_traces(source) if source.exists() else []
+        if traces:
+            return traces
+    return []
+
+
+@dataclass
+class Traffic:
+    url: str
+    log: Path
+    models_dir: Path
+    config: Path
+    first: str  # the version served first
+    snapshot: Path  # log and models folder copied before any retrain
+    models: list[str]
+
+
+def _panel(path: Path, models: list[str]) -> Path:
+    """The CPU panel's names and prices, limited to the models that have enough traces."""
+    cpu = load_panel(ROOT / "configs/panel.cpu.yaml")
+    body = {"name": "retrain-e2e", "router_model": "confroute",
+            "models": [{"name": m, "cost": cpu.get(m).cost.model_dump()} for m in models]}
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def _config(path: Path, panel: Path, tmp: Path, reference: Path, **gate: Any) -> Path:
+    body = {"train": {"panel": str(panel), "traces": [str(reference)], **TRAIN,
+                      "tracking": {"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"}},
+            "gate": {"min_labeled_rows": 20, "min_eval_rows": 10, **gate}}
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    return path
+
+
+def _by_item(traces: list[Trace], models: list[str]) -> dict[str, dict[str, Trace]]:
+    per: dict[str, dict[str, Trace]] = defaultdict(dict)
+    for t in traces:
+        per[t.item_id][t.model] = t
+    return {i: per[i] for i in sorted(per) if all(m in per[i] for m in models)}
+
+
+def _first_version(items: dict[str, dict[str, Trace]], panel: Path, models_dir: Path,
+                   tmp: Path) -> tuple[str, Path]:
+    """The pipeline's version on the first FIRST_ITEMS items (models/current), and those traces."""
+    config = TrainConfig(panel=panel, models_dir=models_dir, **TRAIN,
+                         tracking={"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"})
+    first = [t for i in list(items)[:FIRST_ITEMS] for t in items[i].values()]
+    reference = tmp / "reference" / "first.jsonl"
+    write_traces(reference, first)
+    table = build_table(first, load_panel(panel))
+    data = Dataset(table, list(FEATURE_NAMES), split_items(table["item_id"], 0.3, 0))
+    return train(config, data).version_dir.name, reference
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """The service under a real uvicorn server on loopback, in a thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started or httpx.get(url + "/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "service did not start"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def route_body(t: Trace, previous: list[Trace], rid: str, lam: float) -> dict[str, Any]:
+    """A /v1/route request with the trace's real tokens, as a client would send it."""
+    return {"model": t.model, "tokens": msgspec.to_builtins(t.tokens), "response": t.response,
+            "finish_reason": t.finish_reason, "usage": msgspec.to_builtins(t.usage),
+            "previous": [p.response for p in previous], "request_id": rid,
+            "cost_quality_tradeoff": lam}
+
+
+def cascade(client: httpx.Client, per_model: dict[str, Trace], models: list[str], lam: float,
+            gold: str) -> Counter[str]:
+    """One request through the cascade (call the next model while told to), then its feedback."""
+    rid, called, decisions = uuid.uuid4().hex, [], Counter[str]()
+    for model in models:
+        t = per_model[model]
+        r = client.post("/v1/route", json=route_body(t, called, rid, lam))
+        assert r.status_code == 200, r.text
+        called.append(t)
+        decisions[r.json()["decision"]] += 1
+        if r.json()["decision"] == "accept":
+            break
+    assert client.post("/v1/feedback", json={"request_id": rid, "gold": gold}).status_code == 200
+    return decisions
+
+
+def wait_labeled(log: Path, n_requests: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = read_log(str(log)) if log.exists() else []
+        if len({d.request_id for d in rows if d.correct is not None}) >= n_requests:
+            return
+        assert time.monotonic() < deadline, "the decision log did not take every label"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    traces = reference_traces()
+    counts = Counter(t.model for t in traces)
+    cpu = load_panel(ROOT / "configs/panel.cpu.yaml")
+    models = [m for m in cpu.names if counts[m] >= MIN_ITEMS]
+    if not models:
+        pytest.skip(f"no reference traces with >= {MIN_ITEMS} items in {REFERENCE} or var/traces")
+    tmp = tmp_path_factory.mktemp("retrain-e2e")
+    panel, models_dir, log = _panel(tmp / "panel.yaml", models), tmp / "models", tmp / "decisions.db"
+    items = _by_item(traces, models)
+    first, reference = _first_version(items, panel, models_dir, tmp)
+    settings = Settings(models_dir=models_dir, panel=panel, decision_log=str(log),
+                        spill_path=tmp / "spill.jsonl", reload_interval_s=0.2)
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        traffic_items = list(items)[FIRST_ITEMS:]
+        for k, item in enumerate(traffic_items):
+            per = items[item]
+            cascade(client, per, models, LAMBDAS[k % len(LAMBDAS)], str(per[models[0]].gold))
+        wait_labeled(log, len(traffic_items))
+        snapshot = tmp / "snapshot"
+        snapshot.mkdir()
+        with sqlite3.connect(log) as src, sqlite3.connect(snapshot / "decisions.db") as dst:
+            src.backup(dst)
+        shutil.copytree(models_dir, snapshot / "models", symlinks=True)
+        yield Traffic(url, log, models_dir, _config(tmp / "retrain.yaml", panel, tmp, reference), first,
+                      snapshot, models)
+
+
+class Hammer:
+    """Keeps sending /v1/route from a thread; counts failures and the versions that answered."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        self.url, self.body = url, body
+        self.failures: list[str] = []
+        self.versions: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                r = client.post("/v1/route", json=self.body)
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    self.versions[r.json()["version"]] += 1
+                time.sleep(0.02)
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def run_retrain(log: Path, config: Path, models_dir: Path, *extra: str) -> Any:
+    args = ["retrain", "--log", str(log), "--config", str(config), "--models-dir", str(models_dir)]
+    return CliRunner().invoke(cli, [*args, *extra], env={"COLUMNS": "160"})
+
+
+def test_retrain_promotes_and_the_running_service_serves_it(traffic: Traffic) -> None:
+    traces = reference_traces()
+    probe = next(t for t in traces if t.model == traffic.models[0])
+    body = route_body(probe, [], "probe", 0.5)
+    with Hammer(traffic.url, body) as hammer:
+        dry = run_retrain(traffic.log, traffic.config, traffic.models_dir, "--dry-run",
+                          "--mix-reference")
+        assert dry.exit_code == 0, dry.output
+        assert "nothing written" in dry.output
+        assert sorted(p.name for p in traffic.models_dir.iterdir()) == ["current", traffic.first]
+        result = run_retrain(traffic.log, traffic.config, traffic.models_dir, "--mix-reference")
+        print(result.output)
+        assert result.exit_code == 0, result.output
+        new = resolve_current(traffic.models_dir).name
+        assert new != traffic.first and f"promoted {new}" in result.output
+        deadline = time.monotonic() + 20
+        while httpx.get(traffic.url + "/v1/models").json()["data"][0]["version"] != new:
+            assert time.monotonic() < deadline, "the service did not reload the new version"
+            time.sleep(0.1)
+        time.sleep(0.3)  # a few requests on the new version
+    assert hammer.failures == []
+    assert hammer.versions[traffic.first] > 0 and hammer.versions[new] > 0
+    routed = httpx.post(traffic.url + "/v1/route", json=body).json()
+    assert routed["version"] == new
+
+
+def _flip_training_labels(log: Path, config: Path) -> None:
+    """A broken labeler: every training-side label inverted, the held-out slice left true."""
+    from training.retrain import load_retrain_config
+
+    cfg = load_retrain_config(config).train
+    rows = labeled_table(log_rows(read_log(str(log)), load_panel(cfg.panel)))
+    test = split_items(rows["item_id"], cfg.test_size, cfg.seed)
+    train_ids = sorted(set(rows.loc[~test, "item_id"]))
+    with sqlite3.connect(log) as db:
+        db.executemany("UPDATE feedback SET correct = 1 - correct WHERE request_id = ?",
+                       [(i,) for i in train_ids])
+
+
+def test_gate_refuses_a_worse_candidate_and_current_stays(traffic: Traffic, tmp_path: Path) -> None:
+    log, models_dir = tmp_path / "decisions.db", tmp_path / "models"
+    shutil.copy(traffic.snapshot / "decisions.db", log)
+    shutil.copytree(traffic.snapshot / "models", models_dir, symlinks=True)
+    _flip_training_labels(log, traffic.config)
+    result = run_retrain(log, traffic.config, models_dir)
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    assert f"models/current stays {traffic.first}" in result.output
+    assert "worse" in result.output
+    assert resolve_current(models_dir).name == traffic.first
+    assert sorted(p.name for p in models_dir.iterdir()) == ["current", traffic.first]

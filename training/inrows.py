@@ -1,0 +1,147 @@
+"""The service's decision log -> in-domain feature rows, labeled by feedback where there is any.
+
+Each logged decision carries the signals the service computed at decision time (FEATURE_NAMES
+order), so a row needs no trace and no recomputation: what was served is what is learned from.
+One row per (request, model); when a request logged a model twice, the last decision counts.
+Decisions with `decision == "error"` (a backend that failed) have no answer and are left out.
+A row is labeled only when feedback joined it (`correct` true/false); unlabeled rows are counted,
+never guessed. Cost: the panel's per-call price plus its completion-token price times the logged
+`length` signal; the log has no prompt-token count, so prompt-token prices are left out.
+
+Selection bias is the reason for `label_counts`' per-decision columns: see training/retrain.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from confroute.features import FEATURE_NAMES
+from confroute.panel import Panel
+from confroute.service.decision_store import LoggedDecision, open_store
+from training.table import META_COLUMNS
+from training.train import Dataset, split_items
+
+LOG_SOURCE = "log"
+REFERENCE_PREFIX = "reference:"  # reference item ids, kept apart from request ids
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class LogError(ValueError):
+    """A decision log that cannot be read as asked (missing file, unknown version, bad --since)."""
+
+
+def parse_since(spec: str | None, now: float | None = None) -> float | None:
+    """Unix seconds from `24h` / `7d` (ago), unix seconds, or an ISO 8601 time (naive = UTC)."""
+    if spec is None or not spec.strip():
+        return None
+    now = time.time() if now is None else now
+    if m := _DURATION.match(spec):
+        return now - float(m.group(1)) * _SECONDS[m.group(2)]
+    try:
+        return float(spec)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(spec.strip())
+    except ValueError:
+        raise LogError(f"--since {spec!r}: give an ISO time (2026-11-23T04:00), unix seconds, "
+                       f"or a duration such as 24h or 7d") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def redact(url: str) -> str:
+    """A database URL without its password (for messages and MLflow params)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def read_log(url: str, since: float | None = None, version: str | None = None) -> list[LoggedDecision]:
+    """Logged decisions (feedback joined), oldest first; LogError if a SQLite log file is absent."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise LogError(f"decision log {path} does not exist (the service's "
+                           f"CONFROUTE_DECISION_LOG, default var/decisions.db)")
+    store = open_store(url)
+    try:
+        return store.read(since, version)
+    finally:
+        store.close()
+
+
+def since_version(url: str, version: str) -> float:
+    """When `version` made its first logged decision (what `--since-version` starts from)."""
+    first = read_log(url, None, version)
+    if not first:
+        raise LogError(f"version {version!r} made no logged decision in {redact(url)}")
+    return min(d.created for d in first)
+
+
+def log_rows(decisions: Sequence[LoggedDecision], panel: Panel) -> pd.DataFrame:
+    """One row per (request, panel model): META_COLUMNS, FEATURE_NAMES and the decision's context."""
+    latest: dict[tuple[str, str], LoggedDecision] = {}
+    for d in decisions:
+        if d.decision != "error" and d.model in panel.names:
+            latest[(d.request_id, d.model)] = d  # oldest first: the last one wins
+    width = len(FEATURE_NAMES)
+    kept = [d for d in latest.values() if len(d.signals) == width]
+    if len(kept) < len(latest):
+        raise LogError(f"{len(latest) - len(kept)} logged decisions have signals of another "
+                       f"width than this build's {width} features; read them with that build")
+    order = {m: i for i, m in enumerate(panel.names)}
+    meta = pd.DataFrame([_meta(d, panel, order[d.model]) for d in kept],
+                        columns=[*META_COLUMNS, "decision", "version", "lam", "created",
+                                 "p_logged", "labeled"])
+    signals = np.array([d.signals for d in kept], dtype=float).reshape(len(kept), width)
+    return pd.concat([meta, pd.DataFrame(signals, columns=list(FEATURE_NAMES))], axis=1)
+
+
+def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:
+    length = d.signals[FEATURE_NAMES.index("length")]
+    tokens = 0 if length is None or math.isnan(length) else int(length)
+    cost = panel.get(d.model).cost.of(0, tokens)
+    return (d.request_id, LOG_SOURCE, d.model, stage, d.correct, d.prediction, 0, tokens, cost,
+            d.decision, d.version, d.lam, d.created, d.p_correct, d.correct is not None)
+
+
+def label_counts(rows: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
+    """Per model: decisions, labeled, unlabeled, and labeled rows per decision kind."""
+    out = []
+    for model in models:
+        r = rows[rows["model"] == model]
+        lab = r[r["labeled"].astype(bool)]
+        by = lab["decision"].value_counts()
+        out.append({"model": model, "decisions": len(r), "labeled": len(lab),
+                    "unlabeled": len(r) - len(lab), "labeled_correct": int(lab["correct"].sum()),
+                    **{f"labeled_{k}": int(by.get(k, 0))
+                       for k in ("accept", "escalate", "skip", "explore")}})
+    return pd.DataFrame(out).set_index("model")
+
+
+def labeled_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The labeled rows as the pipeline's feature table (META_COLUMNS + FEATURE_NAMES)."""
+    lab = rows[rows["labeled"].astype(bool)]
+    table = lab[[*META_COLUMNS, *FEATURE_NAMES]].reset_index(drop=True)
+    table["correct"] = table["correct"].astype(bool)
+    return table
+
+
+def in_domain_dataset(
+    labeled: pd.DataFrame, reference: pd.DataFrame | None, test_size: float, seed: int
+) -> Dataset:
+    """Log rows split by request id (held-out: in-domain only) plus reference rows for training."""
+    test = split_items(labeled["item_id"], test_size, seed)
+    if reference is None or reference.empty:
+        return Dataset(labeled, list(FEATURE_NAMES), test)
+    ref = reference[[*META_COLUMNS, *FEATURE_NAMES]].copy()
+    ref["item_id"] = REFERENCE_PREFIX + ref["item_id"].astype(str)
+    table = pd.concat([labeled, ref], ignore_index=True)
+    return Dataset(table, list(FEATURE_NAMES), np.concatenate([test, np.zeros(len(ref), bool)]))
