@@ -9,7 +9,8 @@
 3. Proxy overhead: /v1/chat/completions through the router to a stub OpenAI backend on loopback,
    minus calling that backend directly.
 
-    python bench/service.py [--duration 10] [--connections 8] [--models-dir models] [--out f.json]
+    python bench/service.py [--duration 5] [--rounds 3] [--connections 8] [--models-dir models]
+                            [--out f.json] [--only decision|throughput|proxy]
 
 Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
 Prints JSON.
@@ -242,27 +243,35 @@ def compact_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """All servers up at once, measured in interleaved rounds (median): the machine's background
+    load drifts, and interleaving exposes every server to the same drift."""
     tool = "wrk" if shutil.which("wrk") else "httpx"
-    out: dict[str, Any] = {"load_generator": tool, "duration_s": args.duration,
-                           "connections": args.connections}
     compact = json.dumps(compact_body(json.loads(body))).encode()
-    runs = (("floor", "floor", body), ("naive", "naive", body), ("route", "route", body),
-            ("route_compact", "route", compact))
-    for name, kind, payload in runs:
-        body_file = tmp / f"{name}.json"
-        body_file.write_bytes(payload)
-        server = Server(kind, models_dir, tmp)
-        try:
-            url = server.url + "/v1/route"
-            httpx.post(url, content=payload, headers={"content-type": "application/json"}
-                       ).raise_for_status()
-            out[name] = (wrk(url, body_file, args.duration, args.connections, tmp)
-                         if tool == "wrk" else
-                         httpx_load(url, payload, args.duration, args.connections))
-            out[name]["body_bytes"] = len(payload)
-        finally:
+    runs = {"floor": ("floor", body), "naive": ("naive", body), "route": ("route", body),
+            "route_compact": ("route", compact)}
+    servers = {name: Server(kind, models_dir, tmp) for name, (kind, _) in runs.items()}
+    rps: dict[str, list[float]] = {name: [] for name in runs}
+    try:
+        for _ in range(args.rounds):
+            for name, (_, payload) in runs.items():
+                body_file = tmp / f"{name}.json"
+                body_file.write_bytes(payload)
+                url = servers[name].url + "/v1/route"
+                httpx.post(url, content=payload, headers={"content-type": "application/json"}
+                           ).raise_for_status()
+                got = (wrk(url, body_file, args.duration, args.connections, tmp) if tool == "wrk"
+                       else httpx_load(url, payload, args.duration, args.connections))
+                assert got["non_2xx"] == 0, (name, got)
+                rps[name].append(got["requests_per_s"])
+    finally:
+        for server in servers.values():
             server.stop()
-    f, n, r, c = (out[k]["requests_per_s"] for k in ("floor", "naive", "route", "route_compact"))
+    out: dict[str, Any] = {"load_generator": tool, "duration_s": args.duration,
+                           "rounds": args.rounds, "connections": args.connections}
+    for name, values in rps.items():
+        out[name] = {"requests_per_s": round(float(np.median(values)), 1), "rounds": values,
+                     "body_bytes": len(runs[name][1])}
+    f, n, r, c = (out[k]["requests_per_s"] for k in runs)
     out["route_vs_floor"], out["route_vs_naive"] = round(r / f, 3), round(r / n, 2)
     out["route_compact_vs_floor"] = round(c / f, 3)
     return out
@@ -349,7 +358,8 @@ def _sequential(call: Any, n: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--duration", type=int, default=5, help="seconds per server and round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--models-dir", type=Path)

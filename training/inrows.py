@@ -113,14 +113,17 @@ def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:
 
 
 def label_counts(rows: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
-    """Per model: decisions, labeled, unlabeled, and labeled rows per decision kind."""
+    """Per model: decisions, labeled, unlabeled (and of those, not accepted), labeled per kind."""
     out = []
     for model in models:
         r = rows[rows["model"] == model]
-        lab = r[r["labeled"].astype(bool)]
+        labeled = r["labeled"].astype(bool)
+        lab = r[labeled]
         by = lab["decision"].value_counts()
         out.append({"model": model, "decisions": len(r), "labeled": len(lab),
-                    "unlabeled": len(r) - len(lab), "labeled_correct": int(lab["correct"].sum()),
+                    "unlabeled": len(r) - len(lab),
+                    "unlabeled_not_accepted": int((~labeled & (r["decision"] != "accept")).sum()),
+                    "labeled_correct": int(lab["correct"].sum()),
                     **{f"labeled_{k}": int(by.get(k, 0))
                        for k in ("accept", "escalate", "skip", "explore")}})
     return pd.DataFrame(out).set_index("model")

@@ -47,7 +47,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import pandas as pd
 from pydantic import Field
@@ -187,13 +187,13 @@ def _check_training_rows(data: Dataset, minimum: int, counts: pd.DataFrame) -> N
 
 
 def bias_warnings(counts: pd.DataFrame) -> list[str]:
-    """Models whose labels come only from accepted answers while others went unlabeled."""
+    """Models whose labels come only from accepted answers while escalated ones went unlabeled."""
     out = []
     for model, c in counts.iterrows():
-        others = c["labeled"] - c["labeled_accept"]
-        if c["labeled"] and others == 0 and c["unlabeled"]:
-            out.append(f"{model}: labels only on accepted answers ({c['unlabeled']} escalated or "
-                       f"skipped unlabeled): selection bias; post gold answers or enable exploration")
+        if c["labeled"] and c["labeled"] == c["labeled_accept"] and c["unlabeled_not_accepted"]:
+            out.append(f"{model}: labels only on accepted answers ({c['unlabeled_not_accepted']} "
+                       f"escalated or skipped ones unlabeled): selection bias; post gold answers "
+                       f"or enable exploration (CONFROUTE_EXPLORE_RATE)")
     return out
 
 
@@ -293,10 +293,3 @@ def log_runs(
     run.log_artifacts(version_dir, "model")
     return runs
 
-
-def summary(result: RetrainResult) -> dict[str, Any]:
-    """The outcome in a few JSON-safe fields (for scripts and logs)."""
-    return {"candidate": result.candidate, "current": result.current,
-            "promoted": result.promoted, "dry_run": result.dry_run,
-            "gate": "passed" if result.verdict.promote else "refused",
-            "reasons": result.verdict.reasons, "runs": result.runs, "notes": result.notes}

@@ -9,13 +9,13 @@ cascading as the decisions say, and every request gets its gold answer as feedba
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,25 +31,26 @@ import yaml
 from typer.testing import CliRunner
 
 from confroute.cli import app as cli
-from confroute.features import FEATURE_NAMES
-from confroute.manifest import resolve_current
+from confroute.manifest import Manifest, resolve_current
 from confroute.panel import load_panel
 from confroute.service import create_app
 from confroute.settings import Settings
 from confroute.traces import Trace, read_traces, write_traces
 from training.config import TrainConfig
 from training.inrows import labeled_table, log_rows, read_log
-from training.table import build_table
-from training.train import Dataset, split_items, train
+from training.train import split_items, train
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
-FIRST_ITEMS = 20  # the first version's training items; the rest are traffic
+FIRST_ITEMS = 12  # the first version's training items (a router deployed on little data)
 MIN_ITEMS = 80  # a panel model needs traces for this many items to take part
 LAMBDAS = (0.0, 0.0, 0.5)  # clients' cost_quality_tradeoff, alternating (0: mostly full cascades)
 # small data: logistic + Platt (stable on a few dozen rows, and fast)
 TRAIN: dict[str, Any] = {"classifier": "logistic", "calibration": "sigmoid", "folds": 3,
                          "bootstrap": 0, "figures": False}
+# a held-out slice of a few dozen rows per model: half the requests, margins sized to its noise
+GATE: dict[str, Any] = {"min_labeled_rows": 20, "min_eval_rows": 10, "max_auroc_drop": 0.05,
+                        "max_brier_increase": 0.02, "max_utility_drop": 0.05}
 
 
 def reference_traces() -> list[Trace]:
@@ -70,6 +71,7 @@ class Traffic:
     first: str  # the version served first
     snapshot: Path  # log and models folder copied before any retrain
     models: list[str]
+    reference: Path  # the first version's training traces
 
 
 def _panel(path: Path, models: list[str]) -> Path:
@@ -81,10 +83,9 @@ def _panel(path: Path, models: list[str]) -> Path:
     return path
 
 
-def _config(path: Path, panel: Path, tmp: Path, reference: Path, **gate: Any) -> Path:
-    body = {"train": {"panel": str(panel), "traces": [str(reference)], **TRAIN,
-                      "tracking": {"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"}},
-            "gate": {"min_labeled_rows": 20, "min_eval_rows": 10, **gate}}
+def _config(path: Path, panel: Path, tmp: Path, reference: Path) -> Path:
+    body = {"train": {"panel": str(panel), "traces": [str(reference)], **TRAIN, "test_size": 0.5,
+                      "tracking": {"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"}}, "gate": GATE}
     path.write_text(yaml.safe_dump(body), encoding="utf-8")
     return path
 
@@ -99,14 +100,11 @@ def _by_item(traces: list[Trace], models: list[str]) -> dict[str, dict[str, Trac
 def _first_version(items: dict[str, dict[str, Trace]], panel: Path, models_dir: Path,
                    tmp: Path) -> tuple[str, Path]:
     """The pipeline's version on the first FIRST_ITEMS items (models/current), and those traces."""
-    config = TrainConfig(panel=panel, models_dir=models_dir, **TRAIN,
-                         tracking={"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"})
-    first = [t for i in list(items)[:FIRST_ITEMS] for t in items[i].values()]
     reference = tmp / "reference" / "first.jsonl"
-    write_traces(reference, first)
-    table = build_table(first, load_panel(panel))
-    data = Dataset(table, list(FEATURE_NAMES), split_items(table["item_id"], 0.3, 0))
-    return train(config, data).version_dir.name, reference
+    write_traces(reference, [t for i in list(items)[:FIRST_ITEMS] for t in items[i].values()])
+    config = TrainConfig(panel=panel, traces=[reference], models_dir=models_dir, **TRAIN,
+                         tracking={"uri": f"sqlite:///{tmp}/mlruns/mlflow.db"})
+    return train(config).version_dir.name, reference
 
 
 @contextmanager
@@ -139,20 +137,17 @@ def route_body(t: Trace, previous: list[Trace], rid: str, lam: float) -> dict[st
             "cost_quality_tradeoff": lam}
 
 
-def cascade(client: httpx.Client, per_model: dict[str, Trace], models: list[str], lam: float,
-            gold: str) -> Counter[str]:
+def cascade(client: httpx.Client, rid: str, per_model: dict[str, Trace], models: list[str],
+            lam: float, gold: str) -> None:
     """One request through the cascade (call the next model while told to), then its feedback."""
-    rid, called, decisions = uuid.uuid4().hex, [], Counter[str]()
+    called: list[Trace] = []
     for model in models:
-        t = per_model[model]
-        r = client.post("/v1/route", json=route_body(t, called, rid, lam))
+        r = client.post("/v1/route", json=route_body(per_model[model], called, rid, lam))
         assert r.status_code == 200, r.text
-        called.append(t)
-        decisions[r.json()["decision"]] += 1
+        called.append(per_model[model])
         if r.json()["decision"] == "accept":
             break
     assert client.post("/v1/feedback", json={"request_id": rid, "gold": gold}).status_code == 200
-    return decisions
 
 
 def wait_labeled(log: Path, n_requests: int, timeout: float = 30.0) -> None:
@@ -183,15 +178,16 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
         traffic_items = list(items)[FIRST_ITEMS:]
         for k, item in enumerate(traffic_items):
             per = items[item]
-            cascade(client, per, models, LAMBDAS[k % len(LAMBDAS)], str(per[models[0]].gold))
+            cascade(client, f"req-{k:04d}", per, models, LAMBDAS[k % len(LAMBDAS)],
+                    str(per[models[0]].gold))
         wait_labeled(log, len(traffic_items))
         snapshot = tmp / "snapshot"
         snapshot.mkdir()
         with sqlite3.connect(log) as src, sqlite3.connect(snapshot / "decisions.db") as dst:
             src.backup(dst)
         shutil.copytree(models_dir, snapshot / "models", symlinks=True)
-        yield Traffic(url, log, models_dir, _config(tmp / "retrain.yaml", panel, tmp, reference), first,
-                      snapshot, models)
+        yield Traffic(url, log, models_dir, _config(tmp / "retrain.yaml", panel, tmp, reference),
+                      first, snapshot, models, reference)
 
 
 class Hammer:
@@ -252,6 +248,40 @@ def test_retrain_promotes_and_the_running_service_serves_it(traffic: Traffic) ->
     assert hammer.versions[traffic.first] > 0 and hammer.versions[new] > 0
     routed = httpx.post(traffic.url + "/v1/route", json=body).json()
     assert routed["version"] == new
+    _check_runs(traffic, new)
+
+
+def _check_runs(traffic: Traffic, new: str) -> None:
+    """One candidate and one current run in the retrain experiment; the manifest names its run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{traffic.log.parent}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("confroute-retrain")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.gate = 'passed'")
+    assert len(runs) == 1 and runs[0].data.tags["role"] == "candidate"
+    cand = runs[0].data
+    assert cand.tags["version"] == new and cand.tags["promoted"] == "True"
+    assert Manifest.load(traffic.models_dir / new).mlflow_run_id == runs[0].info.run_id
+    cur = client.get_run(cand.tags["compared_with"]).data
+    assert cur.tags == cur.tags | {"role": "current", "version": traffic.first}
+    assert {k for k in cand.metrics if k.startswith("brier.")} == \
+        {k for k in cur.metrics if k.startswith("brier.")} == {f"brier.{m}" for m in traffic.models}
+
+
+def test_drift_on_the_service_log(traffic: Traffic, tmp_path: Path) -> None:
+    """The served version's p_correct and calibration on the logged traffic vs its training data."""
+    out = tmp_path / "drift.json"
+    args = ["drift", "--log", str(traffic.snapshot / "decisions.db"), "--reference",
+            str(traffic.reference), "--out", str(out), "--models-dir",
+            str(traffic.snapshot / "models")]
+    result = CliRunner().invoke(cli, args, env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["version"] == traffic.first and set(report["models"]) == set(traffic.models)
+    for m in report["models"].values():
+        assert any(r["signal"] == "p_correct" and r["n_recent"] for r in m["signals"])
+        assert m["calibration"]["n_labeled"] == m["n_recent"]  # gold feedback on every request
 
 
 def _flip_training_labels(log: Path, config: Path) -> None:
@@ -273,7 +303,6 @@ def test_gate_refuses_a_worse_candidate_and_current_stays(traffic: Traffic, tmp_
     shutil.copytree(traffic.snapshot / "models", models_dir, symlinks=True)
     _flip_training_labels(log, traffic.config)
     result = run_retrain(log, traffic.config, models_dir)
-    print(result.output)
     assert result.exit_code == 1, result.output
     assert f"models/current stays {traffic.first}" in result.output
     assert "worse" in result.output

@@ -121,11 +121,11 @@ class Engine:
             raise ManifestError(self.last_error + ": train one (confroute train)")
         try:
             new = load_version(Path(key[0]), self.panel)
-        except (ManifestError, ValueError, OSError) as exc:
+        except Exception as exc:  # whatever breaks loading (onnxruntime too) refuses the version
             self._failed_key = key
             self.last_error = f"refused version at {key[0]}: {exc}"
             log.error("%s; still serving %s", self.last_error, self.version or "nothing")
-            raise
+            raise ManifestError(self.last_error) from exc
         self.current, self._key, self.last_error = new, key, None
         log.info("serving model version %s from %s", new.version, new.path)
         return new

@@ -13,6 +13,7 @@ background; that stage is logged with decision "explore" and never changes the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -127,9 +128,10 @@ class Proxy:
         """Also run the next model on an accepted answer, in the background, and log it as
         decision "explore" (labels on both sides of the threshold for retraining)."""
         async def run() -> None:
-            stage = await self._call(model, messages, params, None)
-            if stage is not None and stage.completion is not None:
-                self._score(out, stage, index, explore=True)
+            with contextlib.suppress(BackendFailed):  # counted in metrics; nothing to serve
+                stage = await self._call(model, messages, params, None)
+                if stage is not None and stage.completion is not None:
+                    self._score(out, stage, index, explore=True)
 
         task = asyncio.create_task(run())
         self._background.add(task)

@@ -20,6 +20,7 @@ from confroute.service.decision_log import DecisionLog
 
 from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
 from .stub_backend import StubBackend
+from .test_decision_log import wait_for
 
 QUESTION: Any = [{"role": "user", "content": "What is 3 + 4?"}]
 SMALL, MEDIUM, LARGE = PANEL
@@ -36,9 +37,11 @@ def make_client(tmp_path: Path, models_dir: Path, stub: str) -> Iterator[Any]:
     """make_client(modes, **per_model) -> a TestClient over a panel of scripted backends."""
     clients: list[TestClient] = []
 
-    def make(modes: tuple[str, str, str], **per_model: Any) -> TestClient:
+    def make(modes: tuple[str, str, str], settings: dict[str, Any] | None = None,
+             **per_model: Any) -> TestClient:
         panel = stub_panel(tmp_path / f"panel{len(clients)}.yaml", stub, modes, **per_model)
-        client = TestClient(create_app(settings_for(tmp_path, models_dir, panel)))
+        client = TestClient(create_app(settings_for(tmp_path, models_dir, panel,
+                                                    **(settings or {}))))
         clients.append(client.__enter__())
         return client
 
@@ -73,6 +76,22 @@ def test_lambda_from_model_name_and_body(make_client: Any) -> None:
     assert tried(chat(client, model="confroute:1")) == [(SMALL, "accept")]
     assert tried(chat(client, model="confroute:1", cost_quality_tradeoff=0.75)) == [
         (SMALL, "escalate"), (LARGE, "accept")]  # the body wins; at 0.75 the middle is skipped
+
+
+def test_exploration_runs_the_next_model_without_changing_the_answer(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = make_client(("ok:7", "ok:9", "ok"), settings={"explore_rate": 1.0})
+    r = chat(client)
+    assert tried(r) == [(SMALL, "accept")] and r.headers["x-confroute-model"] == SMALL
+    rid = r.json()["router"]["request_id"]
+    log = DecisionLog(str(tmp_path / "decisions.db"), tmp_path / "unused.jsonl")
+    wait_for(lambda: len([d for d in log.read() if d.request_id == rid]) == 2)
+    rows = [(d.stage, d.model, d.decision, d.prediction) for d in log.read()
+            if d.request_id == rid]
+    assert rows == [(0, SMALL, "accept", "7"), (1, MEDIUM, "explore", "9")]
+    fb = client.post("/v1/feedback", json={"request_id": rid, "gold": "9"}).json()
+    assert [x["correct"] for x in fb["labels"]] == [False, True]
 
 
 def test_no_logprobs_escalates_and_the_last_model_answers(make_client: Any) -> None:

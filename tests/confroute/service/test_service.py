@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import threading
@@ -30,6 +31,14 @@ def clone_version(src: Path, models_dir: Path, name: str) -> Path:
     manifest = json.loads((dst / MANIFEST).read_text())
     (dst / MANIFEST).write_text(json.dumps({**manifest, "version": name}))
     return dst
+
+
+def _replace_file(version: Path, name: str, data: bytes) -> None:
+    """Rewrite a version file and its manifest hash (a consistent but broken version)."""
+    (version / name).write_bytes(data)
+    manifest = json.loads((version / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (version / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _client(tmp_path: Path, models_dir: Path, **kw: Any) -> TestClient:
@@ -75,9 +84,14 @@ def test_hot_reload_swaps_good_versions_and_refuses_bad_ones(
         r = client.post("/admin/reload")
         assert r.status_code == 409 and "still serving v-second" in r.json()["error"]["message"]
         assert _route(client, traces[0]).json()["version"] == "v-second"
-        switch_current(models_dir, first.name)
+        garbage = clone_version(first, models_dir, "v-garbage")  # hashes match, ONNX does not
+        _replace_file(garbage, next(garbage.glob("*.onnx")).name, b"not an onnx graph")
+        switch_current(models_dir, "v-garbage")
+        wait_for(lambda: "v-garbage" in (client.get("/healthz").json()["reload_error"] or ""))
+        switch_current(models_dir, first.name)  # the watcher survived the bad version
+        wait_for(lambda: client.get("/healthz").json()["version"] == first.name)
         assert client.post("/admin/reload").json() == {
-            "version": first.name, "previous": "v-second", "changed": True}
+            "version": first.name, "previous": first.name, "changed": False}
         assert 'confroute_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
     assert not failures, failures[:3]
 
