@@ -7,7 +7,7 @@ when PSI >= 0.2 (the usual "significant shift" rule of thumb) and PSI is beyond 
 noise: on small samples PSI is large with nothing moved (mean about 1.1 at 30 rows a side, 0.3 at
 70, from sparse bins), so its permutation p-value (200 shuffles of the pooled rows, computed when
 PSI >= 0.2) must be < 0.01 too. On the labeled part of recent traffic, calibration is checked too
-(ECE over 10 equal-mass bins, mean p_correct vs observed accuracy).
+(ECE over 10 equal-mass bins against its noise floor, mean p_correct vs observed accuracy).
 
 `log_drift` is what `confroute drift` runs: recent traffic from the decision log (the signals
 logged at decision time, feedback labels where there are any) against the training data (traces
@@ -104,21 +104,31 @@ def signal_drift(model: str, signal: str, reference: np.ndarray, recent: np.ndar
     )
 
 
-def calibration(p: np.ndarray, label: np.ndarray, bins: int = 10) -> dict[str, float]:
-    """ECE over equal-mass bins, mean predicted vs observed accuracy, on labeled rows."""
+def calibration(p: np.ndarray, label: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """ECE over equal-mass bins, mean predicted vs observed accuracy, on labeled rows.
+
+    Flagged when ECE exceeds the 95th percentile of the ECE that exactly calibrated p would
+    show on these rows (labels drawn from p; 200 draws), given at least MIN_ROWS labels.
+    """
     ok = np.isfinite(p) & np.isfinite(label)
     p, y = p[ok], label[ok]
     if p.size == 0:
         nan = float("nan")
-        return {"n_labeled": 0, "ece": nan, "mean_p": nan, "accuracy": nan}
-    order = np.argsort(p)
-    ece = sum(
-        abs(p[idx].mean() - y[idx].mean()) * idx.size / p.size
-        for idx in np.array_split(order, min(bins, p.size))
-        if idx.size
-    )
-    return {"n_labeled": int(p.size), "ece": float(ece), "mean_p": float(p.mean()),
-            "accuracy": float(y.mean())}
+        return {"n_labeled": 0, "ece": nan, "ece_if_calibrated_q95": nan, "mean_p": nan,
+                "accuracy": nan, "flagged": False}
+    ece = _ece(p, y, bins)
+    rng = np.random.default_rng(0)
+    floor = float(np.percentile([_ece(p, (rng.random(p.size) < p).astype(float), bins)
+                                 for _ in range(200)], 95))
+    return {"n_labeled": int(p.size), "ece": ece, "ece_if_calibrated_q95": floor,
+            "mean_p": float(p.mean()), "accuracy": float(y.mean()),
+            "flagged": bool(p.size >= MIN_ROWS and ece > floor)}
+
+
+def _ece(p: np.ndarray, y: np.ndarray, bins: int) -> float:
+    order = np.argsort(p, kind="stable")
+    return float(sum(abs(p[idx].mean() - y[idx].mean()) * idx.size / p.size
+                     for idx in np.array_split(order, min(bins, p.size)) if idx.size))
 
 
 def drift_report(reference: pd.DataFrame, recent: pd.DataFrame) -> dict:

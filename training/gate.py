@@ -11,8 +11,9 @@ cheaper model.
 
 The gate passes when, for every model with at least `min_eval_rows` held-out rows, the candidate
 is not worse than current by more than the margins (AUROC drop, ECE and Brier increase; a metric
-undefined on either side, such as AUROC with one class, is not compared; ECE only from
-`min_ece_rows` rows, below which it is mostly binning noise), nor in utility.
+undefined on either side is not compared; AUROC only with `min_class_rows` rows of each class,
+ECE only from `min_ece_rows` rows: below those they are mostly noise), nor in utility (from
+`min_utility_items` full cascades).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class Gate(_Strict):
     # rows ECE needs to be gated: over 10 equal-mass bins it is mostly noise below ~100 rows
     # (about 0.1 at 20 rows even when p is exact); Brier, a proper score, covers calibration there
     min_ece_rows: Annotated[int, Field(ge=1)] = 100
+    # rows of each class AUROC needs to be gated: its noise is set by the rarer class (with 3
+    # wrong answers among 28 it swings by +-0.3)
+    min_class_rows: Annotated[int, Field(ge=1)] = 10
+    # full-cascade requests the utility needs to be gated (accuracy over 20 requests: +-0.2)
+    min_utility_items: Annotated[int, Field(ge=1)] = 50
 
     def margin(self, metric: str) -> float:
         return float(getattr(self, {"auroc": "max_auroc_drop", "ece": "max_ece_increase",
@@ -151,17 +157,17 @@ def utilities(
             continue
         p = np.column_stack([s.predict(m, w[list(FEATURE_NAMES)].to_numpy(float))
                              for m, w in zip(models, wide, strict=True)])
-        out[role] = replay_utility(Policy.from_dict(s.manifest.policy), p, correct, cost, lam)
+        out[role] = replay_utility(Policy.from_dict(s.manifest.policy), models, p, correct, cost,
+                                   lam)
     basis = f"{len(items)} held-out requests with a labeled answer from every panel model, λ={lam:g}"
     return out, basis
 
 
-def replay_utility(policy: Policy, p: np.ndarray, correct: np.ndarray, cost: np.ndarray,
-                   lam: float) -> dict[str, float]:
-    """Accuracy, relative cost and utility of the policy's cascade at λ on (n, M) arrays."""
+def replay_utility(policy: Policy, models: list[str], p: np.ndarray, correct: np.ndarray,
+                   cost: np.ndarray, lam: float) -> dict[str, float]:
+    """Accuracy, relative cost and utility of the policy's cascade at λ; columns: `models`."""
     row = policy.row(lam)
-    names = list(policy.models)
-    route = [names.index(m) for m in row.route]
+    route = [models.index(m) for m in row.route]
     taus = [row.thresholds[m] for m in row.route[:-1]]
     out = replay(p, correct, cost, route, taus)
     base = float(cost[:, -1].mean())
@@ -185,14 +191,18 @@ def judge(c: Comparison, gate: Gate) -> Verdict:
             not_judged.append(f"{model}: the current version has no classifier for it")
         else:
             assert cand is not None
-            keys = ("auroc", "ece", "brier") if n >= gate.min_ece_rows else ("auroc", "brier")
+            keys, skipped = _gated_metrics(cand, gate)
             checks += [_check(model, k, cur, cand, gate) for k in keys
                        if math.isfinite(cur.get(k, math.nan)) and math.isfinite(cand.get(k, math.nan))]
-            if n < gate.min_ece_rows:
-                not_judged.append(f"{model}: ECE not gated ({n} rows < gate.min_ece_rows="
-                                  f"{gate.min_ece_rows})")
+            not_judged += [f"{model}: {why}" for why in skipped]
     if {"current", "candidate"} <= c.utility.keys():
-        checks.append(_check("all", "utility", c.utility["current"], c.utility["candidate"], gate))
+        n = int(c.utility["candidate"]["n_items"])
+        if n >= gate.min_utility_items:
+            checks.append(_check("all", "utility", c.utility["current"], c.utility["candidate"],
+                                 gate))
+        else:
+            not_judged.append(f"utility not gated ({n} full cascades < gate.min_utility_items="
+                              f"{gate.min_utility_items})")
     if not checks:
         return Verdict(False, [], ["nothing to judge: no model has enough held-out labeled rows "
                                    "with a defined metric; collect more feedback"], not_judged)
@@ -200,6 +210,22 @@ def judge(c: Comparison, gate: Gate) -> Verdict:
               f"(allowed {'-' if HIGHER_IS_BETTER[k.metric] else '+'}{k.margin:g})"
               for k in checks if not k.ok]
     return Verdict(not failed, checks, failed, not_judged)
+
+
+def _gated_metrics(m: Mapping[str, float], gate: Gate) -> tuple[list[str], list[str]]:
+    """The metrics these rows can judge, and why the others are left out."""
+    n, rare = int(m["n"]), int(min(m["n_correct"], m["n"] - m["n_correct"]))
+    keys, skipped = ["brier"], []
+    if rare >= gate.min_class_rows:
+        keys.append("auroc")
+    else:
+        skipped.append(f"AUROC not gated ({rare} rows of the rarer class < gate.min_class_rows="
+                       f"{gate.min_class_rows})")
+    if n >= gate.min_ece_rows:
+        keys.append("ece")
+    else:
+        skipped.append(f"ECE not gated ({n} rows < gate.min_ece_rows={gate.min_ece_rows})")
+    return keys, skipped
 
 
 def _check(model: str, metric: str, cur: Mapping[str, float], cand: Mapping[str, float],

@@ -4,9 +4,12 @@ Each logged decision carries the signals the service computed at decision time (
 order), so a row needs no trace and no recomputation: what was served is what is learned from.
 One row per (request, model); when a request logged a model twice, the last decision counts.
 Decisions with `decision == "error"` (a backend that failed) have no answer and are left out.
-A row is labeled only when feedback joined it (`correct` true/false); unlabeled rows are counted,
-never guessed. Cost: the panel's per-call price plus its completion-token price times the logged
-`length` signal; the log has no prompt-token count, so prompt-token prices are left out.
+A row is labeled only when feedback joined it (`correct` true/false), or when another stage of
+its request got a gold answer and the row was logged after that feedback (an exploration stage
+that finished late): it is then graded with that gold answer, as the service grades every stage.
+Unlabeled rows are counted, never guessed. Cost: the panel's per-call price plus its
+completion-token price times the logged `length` signal; the log has no prompt-token count, so
+prompt-token prices are left out.
 
 Selection bias is the reason for `label_counts`' per-decision columns: see training/retrain.py.
 """
@@ -20,10 +23,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 
 from confroute.features import FEATURE_NAMES
+from confroute.grading import Grader
 from confroute.panel import Panel
 from confroute.service.decision_store import LoggedDecision, open_store
 from training.table import META_COLUMNS
@@ -85,12 +90,19 @@ def since_version(url: str, version: str) -> float:
     return min(d.created for d in first)
 
 
-def log_rows(decisions: Sequence[LoggedDecision], panel: Panel) -> pd.DataFrame:
+def log_rows(
+    decisions: Sequence[LoggedDecision], panel: Panel, grader: Grader | None = None
+) -> pd.DataFrame:
     """One row per (request, panel model): META_COLUMNS, FEATURE_NAMES and the decision's context."""
     latest: dict[tuple[str, str], LoggedDecision] = {}
+    gold: dict[str, str] = {}
     for d in decisions:
         if d.decision != "error" and d.model in panel.names:
             latest[(d.request_id, d.model)] = d  # oldest first: the last one wins
+        if d.gold is not None:
+            gold[d.request_id] = d.gold
+    if grader is not None:
+        latest = {k: _graded(d, gold.get(d.request_id), grader) for k, d in latest.items()}
     width = len(FEATURE_NAMES)
     kept = [d for d in latest.values() if len(d.signals) == width]
     if len(kept) < len(latest):
@@ -102,6 +114,13 @@ def log_rows(decisions: Sequence[LoggedDecision], panel: Panel) -> pd.DataFrame:
                                  "p_logged", "labeled"])
     signals = np.array([d.signals for d in kept], dtype=float).reshape(len(kept), width)
     return pd.concat([meta, pd.DataFrame(signals, columns=list(FEATURE_NAMES))], axis=1)
+
+
+def _graded(d: LoggedDecision, gold: str | None, grader: Grader) -> LoggedDecision:
+    """An unlabeled stage of a request whose other stages got a gold answer, graded with it."""
+    if d.correct is not None or gold is None:
+        return d
+    return msgspec.structs.replace(d, correct=grader.is_correct(d.prediction, gold), gold=gold)
 
 
 def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:

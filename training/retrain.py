@@ -30,9 +30,11 @@ exactly where the threshold matters, and the held-out comparison is biased the s
 Remedies, best first:
 - feedback with the gold answer (`POST /v1/feedback {"gold": ...}`) grades every stage the
   request called, including the escalated answers of the cheaper models;
-- exploration: with a small rate ε the service also runs the next model on an accepted answer and
-  logs that stage with decision "explore" (served answer unchanged); with gold feedback this gives
-  labels on both sides of every threshold, and full cascades for the utility replay;
+- exploration (CONFROUTE_EXPLORE_RATE=ε, chat endpoint): the service also runs the next model on
+  a share ε of accepted answers and logs that stage with decision "explore" (served answer
+  unchanged); with gold feedback this labels both sides of every threshold and gives full
+  cascades for the utility replay (a /v1/route client explores by also sending the next model's
+  answer now and then);
 - mixing in the reference training data (`--mix-reference`), whose every answer is graded.
 `label_counts` shows labeled rows per decision kind; a model labeled only on "accept" rows is
 warned about.
@@ -52,6 +54,7 @@ from typing import Annotated
 import pandas as pd
 from pydantic import Field
 
+from confroute.grading import get_grader
 from confroute.manifest import ManifestError, resolve_current, switch_current
 from confroute.panel import Panel, _Strict, load_panel, load_yaml_model
 from confroute.scoring import Scorer
@@ -96,6 +99,7 @@ class RetrainConfig(_Strict):
 
     train: TrainConfig = TrainConfig(figures=False, bootstrap=200)
     lam: Annotated[float, Field(ge=0, le=1)] = 0.5  # λ of the utility comparison
+    grader: str = "numeric"  # grades stages logged after their request's gold feedback
     experiment: str = "confroute-retrain"  # MLflow experiment of candidate and current runs
     gate: Gate = Gate()
 
@@ -161,7 +165,7 @@ def retrain(config: RetrainConfig, opts: Options) -> RetrainResult:
 def collect(config: RetrainConfig, opts: Options, panel: Panel) -> tuple[Dataset, pd.DataFrame, list[str]]:
     """Labeled in-domain rows (+ reference), per-model counts, and warnings; NotEnoughLabels."""
     since = since_version(opts.log, opts.since_version) if opts.since_version else opts.since
-    rows = log_rows(read_log(opts.log, since), panel)
+    rows = log_rows(read_log(opts.log, since), panel, get_grader(config.grader))
     counts = label_counts(rows, panel.names)
     if counts["labeled"].sum() == 0:
         raise NotEnoughLabels(
@@ -269,17 +273,18 @@ def log_runs(
     comparison: Comparison, verdict: Verdict, version_dir: Path,
 ) -> dict[str, str]:
     """Candidate run (open): params, metrics, verdict, the version; a current run beside it."""
-    params = run_params(config.train, data) | {
-        "log": redact(opts.log), "since": opts.since, "since_version": opts.since_version,
-        "mix_reference": opts.mix_reference, "lam": config.lam,
-        **{f"gate.{k}": v for k, v in config.gate.model_dump().items()}}
-    run.log_params(params)
+    slice_ = {"log": redact(opts.log), "since": opts.since, "since_version": opts.since_version,
+              "lam": config.lam, "held_out_rows": int(data.test.sum())}
+    run.log_params(run_params(config.train, data) | slice_ | {
+        "mix_reference": opts.mix_reference,
+        **{f"gate.{k}": v for k, v in config.gate.model_dump().items()}})
     run.log_metrics(comparison.flat("candidate") | {
-        f"{k}.{m}": float(v) for m, c in counts.iterrows() for k, v in c.items()})
+        f"log.{k}.{m}": float(v) for m, c in counts.iterrows() for k, v in c.items()})
     runs = {"candidate": run.run_id}
     if comparison.versions.get("current"):
         with _run(config, opts, "current") as cur:
             assert cur is not None
+            cur.log_params(slice_)
             cur.log_metrics(comparison.flat("current"))
             cur.set_tags({"version": comparison.versions["current"] or "",
                           "compared_with": run.run_id})

@@ -61,9 +61,12 @@ def test_calibration_of_a_calibrated_and_a_miscalibrated_predictor() -> None:
     rng = np.random.default_rng(3)
     p = rng.uniform(0, 1, 20000)
     y = (rng.uniform(0, 1, p.size) < p).astype(float)
-    assert calibration(p, y)["ece"] < 0.02
-    assert calibration(np.full_like(p, 0.9), y)["ece"] == pytest.approx(0.4, abs=0.02)
+    assert calibration(p, y)["ece"] < 0.02 and not calibration(p, y)["flagged"]
+    off = calibration(np.full_like(p, 0.9), y)
+    assert off["ece"] == pytest.approx(0.4, abs=0.02) and off["flagged"]
     assert calibration(p, np.full_like(p, np.nan))["n_labeled"] == 0
+    few = calibration(p[:40], y[:40])  # ECE on 40 rows is far above 0 even when p is exact
+    assert few["ece"] > 0.05 and not few["flagged"]
 
 
 # -- on a real decision log -----------------------------------------------------------------------

@@ -160,13 +160,17 @@ def test_a_missing_log_is_a_one_line_error(tmp_path: Path) -> None:
 def _comparison(cur: dict[str, float] | None, cand: dict[str, float],
                 utility: tuple[float, float] | None = None) -> Comparison:
     util = {} if utility is None else {
-        "current": {"utility": utility[0]}, "candidate": {"utility": utility[1]}}
+        "current": {"utility": utility[0], "n_items": 60}, "candidate": {"utility": utility[1],
+                                                                         "n_items": 60}}
     return Comparison({"current": "v1" if cur is not None else None, "candidate": "v2"},
                       {"current": {"m": cur}, "candidate": {"m": cand}}, util, "test", 0.5)
 
 
-def _m(n: int, auroc: float, ece: float, brier: float) -> dict[str, float]:
-    return {"n": n, "auroc": auroc, "ece": ece, "brier": brier, "log_loss": 0.5}
+def _m(n: int, auroc: float, ece: float, brier: float, n_correct: int | None = None
+       ) -> dict[str, float]:
+    n_correct = n // 2 if n_correct is None else n_correct
+    return {"n": n, "n_correct": n_correct, "auroc": auroc, "ece": ece, "brier": brier,
+            "log_loss": 0.5}
 
 
 def test_gate_margins() -> None:
@@ -177,8 +181,12 @@ def test_gate_margins() -> None:
     ece = _comparison(_m(50, 0.8, 0.05, 0.2), _m(50, 0.8, 0.30, 0.2))
     assert judge(ece, gate).promote  # ECE on 50 rows is not gated (min_ece_rows=100)
     assert not judge(ece, gate.model_copy(update={"min_ece_rows": 50})).promote
+    rare = judge(_comparison(_m(200, 0.8, 0.05, 0.2, 195), _m(200, 0.1, 0.05, 0.2, 195)), gate)
+    assert rare.promote and "AUROC not gated (5 rows of the rarer class" in rare.not_judged[0]
     util = _comparison(_m(200, 0.8, 0.05, 0.2), _m(200, 0.8, 0.05, 0.2), utility=(0.30, 0.25))
     assert [k.metric for k in judge(util, gate).checks if not k.ok] == ["utility"]
+    few = judge(util, gate.model_copy(update={"min_utility_items": 100}))
+    assert few.promote and "utility not gated (60 full cascades" in few.not_judged[-1]
 
 
 def test_gate_without_current_or_without_enough_rows() -> None:
@@ -186,3 +194,36 @@ def test_gate_without_current_or_without_enough_rows() -> None:
     few = judge(_comparison(_m(5, 0.8, 0.05, 0.2), _m(5, 0.9, 0.01, 0.1)), Gate())
     assert not few.promote and "nothing to judge" in few.reasons[0]
     assert "5 held-out rows" in few.not_judged[0]
+
+
+def test_a_stage_logged_after_gold_feedback_is_graded_with_that_gold(tmp_path: Path) -> None:
+    """Exploration runs in the background: its stage may land after the request's gold answer."""
+    from confroute.grading import get_grader
+
+    recs = _records(1000.0)
+    first = next(r for r in recs if r.stage == 0)
+    second = next(r for r in recs if r.stage == 1)
+    late = DecisionRecord(**{**_as_dict(second), "request_id": first.request_id,
+                             "decision": "explore", "prediction": "42"})
+    gold = FeedbackRecord(first.request_id, 0, False, 2000.0, gold="42")
+    url = _log(tmp_path / "log.db", [first, gold, late])
+    panel = load_panel(PANEL)
+    assert log_rows(read_log(url), panel)["labeled"].sum() == 1  # no grader: stays unlabeled
+    graded = log_rows(read_log(url), panel, get_grader("numeric")).set_index("model")["correct"]
+    assert graded.to_dict() == {first.model: False, second.model: True}
+
+
+def test_replay_utility_follows_the_policy() -> None:
+    import numpy as np
+
+    from confroute.policy import Policy, PolicyRow
+    from training.gate import replay_utility
+
+    policy = Policy(("a", "b"), (PolicyRow(0.5, ("a", "b"), {"a": 0.5}, 0.0, 0.0),))
+    p = np.array([[0.9, np.nan], [0.2, np.nan], [np.nan, np.nan]])  # accept, escalate, escalate
+    correct = np.array([[True, True], [True, False], [False, True]])
+    cost = np.array([[1.0, 3.0]] * 3)
+    got = replay_utility(policy, ["a", "b"], p, correct, cost, 0.5)
+    assert got["accuracy"] == pytest.approx(2 / 3)
+    assert got["cost"] == pytest.approx((1 + 4 + 4) / 3 / 3)
+    assert got["utility"] == pytest.approx(0.5 * 2 / 3 - 0.5 * 1.0)

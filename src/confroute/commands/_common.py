@@ -17,8 +17,11 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     from confroute.panel import ConfigError
     from confroute.traces import TraceFormatError
 
+    expected: tuple[type[BaseException], ...] = (
+        ConfigError, TraceFormatError, FileNotFoundError, ValueError, *kinds
+    )
     try:
         yield
-    except (ConfigError, TraceFormatError, FileNotFoundError, ValueError, *kinds) as exc:
+    except expected as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

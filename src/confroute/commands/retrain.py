@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from confroute.commands._common import console, user_errors
+
+if TYPE_CHECKING:  # the pipeline is imported inside the commands (heavy)
+    import pandas as pd
+
+    from training.gate import Check, Comparison, Verdict
+    from training.retrain import RetrainResult
 
 EXIT_CODES = "exit 0: promoted (dry run: would be); 1: refused by the gate; 2: bad input; " \
              "3: no or too few labels (nothing fitted or written)"
@@ -57,7 +63,7 @@ def retrain(
     raise typer.Exit(result.exit_code)
 
 
-def report(result: Any) -> None:
+def report(result: RetrainResult) -> None:
     """Label counts, the comparison table, notes and the verdict line."""
     out = Console()
     out.print(counts_table(result.counts))
@@ -73,7 +79,7 @@ def report(result: Any) -> None:
     out.print(verdict_line(result))
 
 
-def verdict_line(r: Any) -> str:
+def verdict_line(r: RetrainResult) -> str:
     current = r.current or "none"
     if r.dry_run:
         what = "would promote" if r.verdict.promote else "would refuse"
@@ -84,7 +90,7 @@ def verdict_line(r: Any) -> str:
     return f"refused {r.candidate}: {'; '.join(r.verdict.reasons)}; models/current stays {current}"
 
 
-def counts_table(counts: Any) -> Table:
+def counts_table(counts: pd.DataFrame) -> Table:
     table = Table("model", "decisions", "labeled", "unlabeled", "correct", "accept", "escalate",
                   "skip", "explore", title="logged answers (labeled per decision kind)")
     for model, c in counts.iterrows():
@@ -94,7 +100,7 @@ def counts_table(counts: Any) -> Table:
     return table
 
 
-def comparison_table(c: Any, verdict: Any) -> Table:
+def comparison_table(c: Comparison, verdict: Verdict) -> Table:
     """Per model and metric: current, candidate, difference, and the gate's mark."""
     gated = {(k.model, k.metric): k for k in verdict.checks}
     table = Table("model", "metric", "current", "candidate", "Δ", "gate",
@@ -114,7 +120,7 @@ def comparison_table(c: Any, verdict: Any) -> Table:
     return table
 
 
-def _mark(check: Any) -> str:
+def _mark(check: Check | None) -> str:
     if check is None:
         return ""
     return "[green]ok[/green]" if check.ok else "[red]worse[/red]"
@@ -123,7 +129,7 @@ def _mark(check: Any) -> str:
 def _f(v: float) -> str:
     if not isinstance(v, int | float) or math.isnan(v):
         return "-"
-    return f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4f}"
+    return f"{v:.0f}" if float(v).is_integer() and (abs(v) >= 1 or v == 0) else f"{v:.4f}"
 
 
 def drift(
@@ -158,8 +164,9 @@ def drift(
 def drift_table(report: dict[str, Any]) -> Table:
     """Flagged signals per model (PSI, KS, means) and calibration on the labeled rows."""
     table = Table("model", "signal", "PSI", "KS", "KS p", "reference mean", "recent mean",
-                  title=f"drift vs {report['reference']} (flag: PSI >= {report['psi_flag']} or "
-                        f"KS p < {report['ks_alpha']}, >= {report['min_rows']} rows)")
+                  title=f"drift vs {report['reference']} (flag: KS p < {report['ks_alpha']}, or "
+                        f"PSI >= {report['psi_flag']} beyond its noise; >= {report['min_rows']} "
+                        f"rows a side)")
     for model, m in report["models"].items():
         rows = [r for r in m["signals"] if r["flagged"]]
         cal = m["calibration"]
@@ -170,8 +177,9 @@ def drift_table(report: dict[str, Any]) -> Table:
             table.add_row(label if i == 0 else "", r["signal"], _f(r["psi"]), _f(r["ks"]),
                           f"{r['ks_pvalue']:.1e}", _f(r["reference_mean"]), _f(r["recent_mean"]))
         if cal and cal["n_labeled"]:
-            table.add_row("", "calibration (labeled)", f"ECE {cal['ece']:.3f}",
-                          f"n {cal['n_labeled']}", "", f"mean p {cal['mean_p']:.3f}",
-                          f"accuracy {cal['accuracy']:.3f}")
+            mark = "[red]miscalibrated[/red]" if cal["flagged"] else "calibration"
+            table.add_row("", f"{mark} ({cal['n_labeled']} labeled)", f"ECE {cal['ece']:.3f}",
+                          f"floor {cal['ece_if_calibrated_q95']:.3f}", "",
+                          f"mean p {cal['mean_p']:.3f}", f"accuracy {cal['accuracy']:.3f}")
         table.add_section()
     return table
