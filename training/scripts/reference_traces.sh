@@ -11,6 +11,13 @@ ALL="smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
 MODELS=${MODELS:-$ALL}
 SETS=${SETS:-"multiarith:test:150 gsm8k:test:200 svamp:test:150 gsm8k:train:150"}
 mkdir -p var/traces data/reference-traces
+# Work from an earlier session is committed compressed under data/reference-traces/partial/:
+# start from it when this checkout has no working file of its own.
+for part in data/reference-traces/partial/*.jsonl.gz; do
+  [ -e "$part" ] || continue
+  work="var/traces/$(basename "$part" .gz)"
+  [ -e "$work" ] || gzip -dc "$part" > "$work"
+done
 for spec in $SETS; do
   IFS=: read -r name split limit <<<"$spec"
   for model in $MODELS; do
