@@ -40,12 +40,13 @@ from training.cost_curves import (
     router_vs_baselines,
 )
 from training.eval_plots import plot_report
+from training.export import HELDOUT_ITEMS
 from training.fit_policy import Outcome, replay
 from training.table import build_table, complete_items
 
 COST_SOURCE = "panel config per-token prices x measured tokens"
 HYBRID_WEIGHTS = {"logprob_weight": 0.5, "margin_weight": 0.5}
-HELDOUT_ITEMS = "heldout_items.json"  # written into the version dir by training: never fitted on
+
 BASELINES = ("single_models", "random_mixing", "raw_avg_logprob_threshold", "fixed_formula",
              "fixed_formula_any_route")
 DESCRIPTIONS = {

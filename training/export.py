@@ -11,6 +11,7 @@ behind. The version directory is written under a temporary name and renamed into
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -30,6 +31,9 @@ from training.fit import CorrectnessClassifier
 PARITY_TOL = 1e-5
 OUTPUT = "p_correct"
 LIBRARIES = ("numpy", "scikit-learn", "lightgbm", "onnx", "onnxruntime", "onnxmltools", "skl2onnx")
+
+
+HELDOUT_ITEMS = "heldout_items.json"  # test-split item ids, read by training.evaluate
 
 
 class ExportError(RuntimeError):
@@ -117,6 +121,7 @@ def export_version(
     metrics: dict[str, dict[str, Any]],
     mlflow_run_id: str | None,
     switch: bool = True,
+    heldout_items: Sequence[str] = (),
 ) -> tuple[Path, dict[str, float]]:
     """Write, verify and parity-check a version; return its directory and max |diff| per model."""
     models_dir = Path(models_dir)
@@ -126,12 +131,15 @@ def export_version(
     try:
         entries = {name: _write_model(tmp, name, clf, metrics.get(name, {}))
                    for name, clf in fitted.items()}
+        extra = [HELDOUT_ITEMS] if heldout_items else []
+        if heldout_items:  # the items no classifier or policy was fitted on: what evaluate replays
+            (tmp / HELDOUT_ITEMS).write_text(json.dumps(sorted(heldout_items), indent=0) + "\n")
         Manifest(
             version=version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             panel=panel, feature_names=list(feature_names), feature_config=feature_config,
             models=entries, policy=policy, metrics=_jsonable(_overall(metrics)),
             mlflow_run_id=mlflow_run_id, libraries=libraries(),
-            files=file_hashes(tmp, [e.file for e in entries.values()]),
+            files=file_hashes(tmp, [e.file for e in entries.values()] + extra),
         ).write(tmp)
         diffs = parity(tmp, fitted, parity_rows, feature_names)
         final = models_dir / version

@@ -237,7 +237,8 @@ def build_version(
     version_dir, diffs = export_version(
         config.models_dir, fitted, held_out, panel=panel_info(panel),
         feature_names=data.features, feature_config=config.features.model_dump(), policy=policy,
-        metrics=metrics, mlflow_run_id=run_id, switch=config.switch_current)
+        metrics=metrics, mlflow_run_id=run_id, switch=config.switch_current,
+        heldout_items=data.table.loc[data.test, "item_id"].unique().tolist())
     return Built(fitted, metrics, version_dir, diffs)
 
 
