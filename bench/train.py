@@ -62,8 +62,8 @@ def percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
             "p99_us": float(np.percentile(times, 99) / 1e3)}
 
 
-def hot_path(scorer: Scorer, policy: Policy, traces_path: list[Path], n: int) -> dict[str, float]:
-    """Token arrays -> signals -> calibrated p -> decision, one trace at a time."""
+def hot_path(scorer: Scorer, policy: Policy, traces_path: list[Path], n: int) -> dict[str, Any]:
+    """Token arrays -> signals -> calibrated p -> decision, one trace at a time (and signals alone)."""
     model = scorer.models[0]
     grader = NumericGrader()
     cases = []
@@ -75,12 +75,15 @@ def hot_path(scorer: Scorer, policy: Policy, traces_path: list[Path], n: int) ->
         if len(cases) == 200:
             break
 
-    def one(i: int) -> object:
+    def signals(i: int) -> np.ndarray:
         arr, span, found, truncated = cases[i % len(cases)]
-        x = signals_from_arrays(arr, answer=span, answer_found=found, truncated=truncated)
-        return policy.decide(model, float(scorer.predict(model, x)[0]), 0.5)
+        return signals_from_arrays(arr, answer=span, answer_found=found, truncated=truncated)
 
-    return percentiles(one, n)
+    def one(i: int) -> object:
+        return policy.decide(model, float(scorer.predict(model, signals(i))[0]), 0.5)
+
+    return {**percentiles(one, n), "signals_from_arrays_alone": percentiles(signals, n),
+            "mean_tokens": float(np.mean([c[0].logprob.size for c in cases]))}
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ def export_version(
         Manifest(
             version=version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             panel=panel, feature_names=list(feature_names), feature_config=feature_config,
-            models=entries, policy=policy, metrics=_jsonable(_overall(metrics)),
+            models=entries, policy=policy, metrics=jsonable(_overall(metrics)),
             mlflow_run_id=mlflow_run_id, libraries=libraries(),
             files=file_hashes(tmp, [e.file for e in entries.values()] + extra),
         ).write(tmp)
@@ -160,7 +160,7 @@ def _write_model(
     (version_dir / file).write_bytes(to_onnx(clf).SerializeToString())
     return ModelEntry(file=file, classifier=clf.kind_,
                       calibration=clf.calibrator_.to_manifest(), output=OUTPUT,
-                      metrics=_jsonable(metrics))
+                      metrics=jsonable(metrics))
 
 
 def parity(
@@ -188,12 +188,12 @@ def _overall(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"{k}.{name}": m[k] for name, m in metrics.items() for k in keys if k in m}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Metrics as strict JSON: NaN/inf become null, numpy scalars become floats."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

@@ -33,6 +33,7 @@ from confroute.panel import _Strict
 from confroute.policy import Policy
 from confroute.scoring import Scorer
 from training import metrics as M
+from training.export import jsonable
 from training.fit_policy import replay
 
 METRICS = ("auroc", "ece", "brier", "log_loss")
@@ -86,7 +87,7 @@ class Comparison:
         body: dict[str, Any] = asdict(self)
         if verdict is not None:
             body["verdict"] = asdict(verdict)
-        return json.dumps(_jsonable(body), indent=2) + "\n"
+        return json.dumps(jsonable(body), indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -233,16 +234,3 @@ def _check(model: str, metric: str, cur: Mapping[str, float], cand: Mapping[str,
     a, b, margin = float(cur[metric]), float(cand[metric]), gate.margin(metric)
     ok = b >= a - margin - 1e-12 if HIGHER_IS_BETTER[metric] else b <= a + margin + 1e-12
     return Check(model, metric, a, b, margin, ok)
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN/inf become null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
