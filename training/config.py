@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from confroute.features import FeatureConfig
-from confroute.panel import _Strict, load_yaml_model
+from confroute.panel import StrictModel, load_yaml_model
 
 ClassifierKind = Literal["lightgbm", "logistic"]
 CalibrationKind = Literal["isotonic", "sigmoid", "none"]
@@ -19,7 +19,7 @@ CLASSIFIERS: tuple[ClassifierKind, ...] = ("lightgbm", "logistic")
 CALIBRATIONS: tuple[CalibrationKind, ...] = ("isotonic", "sigmoid", "none")
 
 
-class LightGBMParams(_Strict):
+class LightGBMParams(StrictModel):
     """Small trees: a few hundred answers per model, so shallow leaves and many small steps."""
 
     n_estimators: Annotated[int, Field(ge=1)] = 200
@@ -29,14 +29,14 @@ class LightGBMParams(_Strict):
     colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
-class LogisticParams(_Strict):
+class LogisticParams(StrictModel):
     """Imputer (median) + StandardScaler + L2 logistic regression."""
 
     C: Annotated[float, Field(gt=0)] = 1.0
     max_iter: Annotated[int, Field(ge=10)] = 1000
 
 
-class Features(_Strict):
+class Features(StrictModel):
     """Windowed-signal sizes passed to the shared feature code (and stored in the manifest)."""
 
     group_window: Annotated[int, Field(ge=1)] = 16
@@ -47,21 +47,21 @@ class Features(_Strict):
         return FeatureConfig(self.group_window, self.tail, self.bottom_frac)
 
 
-class Tracking(_Strict):
+class Tracking(StrictModel):
     """MLflow: `uri` beats env MLFLOW_TRACKING_URI, which beats sqlite:///mlruns/mlflow.db."""
 
     uri: str | None = None
     experiment: str = "confroute"
 
 
-class Sweep(_Strict):
+class Sweep(StrictModel):
     """`confroute train --sweep`: one run per classifier x calibration."""
 
     classifiers: list[ClassifierKind] = Field(default_factory=lambda: list(CLASSIFIERS))
     calibrations: list[CalibrationKind] = Field(default_factory=lambda: list(CALIBRATIONS))
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Everything one training run needs; `confroute train --config` reads it."""
 
     panel: Path = Path("configs/panel.cpu.yaml")

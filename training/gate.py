@@ -29,7 +29,7 @@ import pandas as pd
 from pydantic import Field
 
 from confroute.features import FEATURE_NAMES
-from confroute.panel import _Strict
+from confroute.panel import StrictModel
 from confroute.policy import Policy
 from confroute.scoring import Scorer
 from training import metrics as M
@@ -40,7 +40,7 @@ METRICS = ("auroc", "ece", "brier", "log_loss")
 HIGHER_IS_BETTER = {"auroc": True, "ece": False, "brier": False, "utility": True}
 
 
-class Gate(_Strict):
+class Gate(StrictModel):
     """Promotion margins: how much worse than current the candidate may be (held-out, same rows)."""
 
     max_auroc_drop: Annotated[float, Field(ge=0)] = 0.0

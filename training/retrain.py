@@ -56,7 +56,7 @@ from pydantic import Field
 
 from confroute.grading import get_grader
 from confroute.manifest import ManifestError, resolve_current, switch_current
-from confroute.panel import Panel, _Strict, load_panel, load_yaml_model
+from confroute.panel import Panel, StrictModel, load_panel, load_yaml_model
 from confroute.scoring import Scorer
 from training import tracking
 from training.config import TrainConfig
@@ -94,7 +94,7 @@ class NotEnoughLabels(TrainError):
         self.counts = counts  # per model, as label_counts gives them
 
 
-class RetrainConfig(_Strict):
+class RetrainConfig(StrictModel):
     """configs/retrain.yaml: how the candidate is fitted (`train`), judged (`lam`, `gate`), logged."""
 
     train: TrainConfig = TrainConfig(figures=False, bootstrap=200)

@@ -13,11 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Cost(_Strict):
+class Cost(StrictModel):
     """Price of one call: per call plus per 1k prompt and completion tokens (any currency)."""
 
     per_call: float = Field(0.0, ge=0)
@@ -32,7 +32,7 @@ class Cost(_Strict):
         )
 
 
-class PanelModel(_Strict):
+class PanelModel(StrictModel):
     """One panel model and how to reach it."""
 
     name: str
@@ -59,7 +59,7 @@ class PanelModel(_Strict):
         return self.model_dump(exclude_none=True)
 
 
-class Prompt(_Strict):
+class Prompt(StrictModel):
     """The prompt every model gets: the question placed into `template`."""
 
     system: str | None = None
@@ -70,13 +70,13 @@ class Prompt(_Strict):
         return [*msgs, {"role": "user", "content": self.template.format(question=question)}]
 
 
-class Decoding(_Strict):
+class Decoding(StrictModel):
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_logprobs: int = Field(5, ge=0, le=20)
 
 
-class Panel(_Strict):
+class Panel(StrictModel):
     """A panel: ordered cheapest first; the last model always answers."""
 
     name: str
@@ -109,7 +109,7 @@ class ConfigError(ValueError):
     """A config file that does not parse or validate; the message names the file and key."""
 
 
-def load_yaml_model(path: str | Path, cls: type[_Strict]) -> Any:
+def load_yaml_model(path: str | Path, cls: type[StrictModel]) -> Any:
     """Read YAML into a strict pydantic model; errors name the file and the offending keys."""
     path = Path(path)
     try:
