@@ -300,15 +300,15 @@ def timed(fn: Any, n: int) -> dict[str, float]:
 def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     from confroute.grading import NumericGrader
     from confroute.service.engine import Engine, StageInput
-    from confroute.service.hotpath import arrays_from_tokens
     from confroute.service.route import decode
+    from confroute.tokens import token_arrays
 
     engine = Engine(models_dir, None, NumericGrader(), 0.5)
     v = engine.reload()
     req = decode(body, batch=False)[0]
     assert req.choices and req.choices[0].logprobs and req.choices[0].logprobs.content
     tokens = req.choices[0].logprobs.content
-    arr = arrays_from_tokens(tokens)
+    arr = token_arrays(tokens)
     stage = StageInput(PANEL[0], arr, None, "stop", 300, ())
     x = engine.signals(v, stage)[0][None]
     return {
@@ -318,7 +318,7 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
         "of_which_onnx_and_calibration": timed(lambda: v.scorer.predict(PANEL[0], x), n),
         "of_which_policy": timed(lambda: v.policy.decide(PANEL[0], 0.7, 0.5), n),
         "msgspec_decode": timed(lambda: decode(body, batch=False), n),
-        "token_arrays": timed(lambda: arrays_from_tokens(tokens), n),
+        "token_arrays": timed(lambda: token_arrays(tokens), n),
         "answer_extraction": timed(lambda: engine.grader.extract(arr.text), n),
     }
 

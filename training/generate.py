@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from confroute.backends import Backend, Completion, GenParams, make_backend
@@ -13,21 +12,7 @@ from confroute.grading import get_grader
 from confroute.panel import Panel
 from confroute.traces import Generator, Message, Trace, append_traces, done_keys, iter_traces
 from training.datasets import Item
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    model: str
-    dataset: str
-    items: int
-    correct: int
-    completion_tokens: int
-    truncated: int
-    latency_s: float
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.items if self.items else float("nan")
+from training.report import Row
 
 
 def make_trace(
@@ -63,7 +48,7 @@ def generate(
     backend_factory: Callable[[str, dict], Backend] = make_backend,
     on_progress: Callable[[str, Trace, float], None] | None = None,
     on_start: Callable[[str, int, int], None] | None = None,
-) -> list[ModelSummary]:
+) -> list[Row]:
     """Generate a trace for every (model, item) not yet in `out`; return per-model summaries."""
     names = list(models) if models else panel.names
     dec = panel.decoding
@@ -97,7 +82,7 @@ def generate(
 
 def summarize(
     path: Path, models: Sequence[str], item_ids: set[str] | None = None
-) -> list[ModelSummary]:
+) -> list[Row]:
     """Per model and dataset: accuracy, completion tokens, truncations, summed latency."""
     acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
     if not path.exists():
@@ -112,6 +97,6 @@ def summarize(
         a[3] += t.finish_reason == "length"
         a[4] += t.latency_s
     return [
-        ModelSummary(m, d, int(a[0]), int(a[1]), int(a[2]), int(a[3]), round(a[4], 1))
+        Row(m, d, int(a[0]), int(a[1]), int(a[2]), int(a[3]), round(a[4], 1))
         for (m, d), a in sorted(acc.items(), key=lambda kv: (models.index(kv[0][0]), kv[0][1]))
     ]

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from confroute.features import FeatureConfig, TokenArrays, agreement, answer_token_slice
+from confroute.features import FeatureConfig, TokenArrays, agreement, answer_token_slice, signals_from_arrays
 from confroute.grading import Grader
 from confroute.manifest import MANIFEST, ManifestError
 from confroute.panel import Panel
 from confroute.policy import Decision, Policy, check_lambda
 from confroute.scoring import Scorer
 from confroute.service.errors import BadRequest, NotReady
-from confroute.service.hotpath import fast_signals
 
 log = logging.getLogger("confroute.service")
 
@@ -190,7 +189,7 @@ class Engine:
         ext = self.grader.extract(arr.text or s.text or "")
         span = (ext.start, ext.end) if ext is not None and arr.text else None
         prediction = ext.value if ext else None
-        x = fast_signals(
+        x = signals_from_arrays(
             arr, answer=answer_token_slice(arr, span), answer_found=ext is not None,
             truncated=s.finish_reason == "length", length=s.length,
             agree_prev=agreement(prediction, s.previous, self.grader), config=v.config,

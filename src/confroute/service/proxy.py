@@ -26,10 +26,10 @@ from confroute.panel import Panel
 from confroute.service.decision_log import DecisionLog
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.service.errors import BackendFailed, BadRequest, DeadlineExceeded
-from confroute.service.hotpath import arrays_from_tokens
 from confroute.service.metrics import Metrics
 from confroute.service.route import record
 from confroute.service.schemas import ChatRequest
+from confroute.tokens import token_arrays
 from confroute.traces import Message
 
 
@@ -174,7 +174,7 @@ class Proxy:
         c = stage.completion
         if c is None:
             return
-        arr = arrays_from_tokens(c.tokens)
+        arr = token_arrays(c.tokens)
         length = c.usage.completion_tokens or None
         st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous)
         stage.scored = s = self.engine.decide(out.version, st, out.lam)

@@ -18,7 +18,6 @@ from confroute.service.decision_log import DecisionLog, DecisionRecord, new_reco
 from confroute.service.edge import bearer_token, check_key
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.service.errors import BadRequest, ServiceError, bad_body, error_body
-from confroute.service.hotpath import arrays_from_compact, arrays_from_tokens
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
     RouteBatch,
@@ -27,6 +26,7 @@ from confroute.service.schemas import (
     RouteRequest,
     WireToken,
 )
+from confroute.tokens import compact_arrays, token_arrays
 
 Request = RouteRequest[WireToken]
 _decode_one = msgspec.json.Decoder(Request | list[Request]).decode
@@ -80,7 +80,7 @@ def stage_input(req: Request, model: str, previous: Sequence[str | None]) -> Sta
         tokens, text, finish = _tokens(req)
         if not tokens:
             raise BadRequest("the token list is empty: nothing to judge")
-        arr = arrays_from_tokens(tokens)
+        arr = token_arrays(tokens)
     _check_values(arr)
     length = req.usage.completion_tokens if req.usage and req.usage.completion_tokens else None
     return StageInput(model, arr, text, finish, length, previous)
@@ -96,7 +96,7 @@ def _compact(req: Request) -> TokenArrays:
         raise BadRequest(f"compact.top_logprobs has {len(c.top_logprobs)} rows for {n} tokens")
     if c.tokens is not None and len(c.tokens) != n:
         raise BadRequest(f"compact.tokens has {len(c.tokens)} entries for {n} logprobs")
-    return arrays_from_compact(c.logprob, c.top_logprobs or [[]] * n, c.tokens)
+    return compact_arrays(c.logprob, c.top_logprobs or [[]] * n, c.tokens)
 
 
 def _check_values(arr: TokenArrays) -> None:

@@ -1,4 +1,4 @@
-"""The vectorised hot path gives exactly what confroute.features defines."""
+"""The vectorised token arrays and signals give exactly what the reference definitions give."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from confroute.features import (
     TokenArrays,
     answer_token_slice,
     extract_signals,
+    reference_signals,
     signals_from_arrays,
-    token_arrays,
 )
 from confroute.grading import NumericGrader
-from confroute.service.hotpath import arrays_from_compact, arrays_from_tokens, fast_signals
+from confroute.tokens import compact_arrays, reference_token_arrays, token_arrays
 from confroute.traces import LOGPROB_FLOOR, Token, TopLogprob, Trace
 
 
@@ -32,12 +32,12 @@ def _signals(arr: TokenArrays, config: FeatureConfig, fast: bool) -> np.ndarray:
     span = (ext.start, ext.end) if ext else None
     kw: Any = {"answer": answer_token_slice(arr, span), "answer_found": ext is not None,
                "truncated": False, "length": None, "agree_prev": 0.5, "config": config}
-    return fast_signals(arr, **kw) if fast else signals_from_arrays(arr, **kw)
+    return signals_from_arrays(arr, **kw) if fast else reference_signals(arr, **kw)
 
 
 def test_real_traces_match_features(traces: list[Trace]) -> None:
     for t in traces:
-        fast, ref = arrays_from_tokens(t.tokens), token_arrays(t.tokens)
+        fast, ref = token_arrays(t.tokens), reference_token_arrays(t.tokens)
         _same_arrays(fast, ref)
         for config in (FeatureConfig(), FeatureConfig(group_window=4, tail=3, bottom_frac=0.3)):
             np.testing.assert_allclose(_signals(fast, config, True), _signals(ref, config, False),
@@ -61,7 +61,7 @@ def _noisy_tokens(rng: np.random.Generator, n: int, k: int) -> list[Token]:
 def test_specials_masks_and_shapes_match_features(n: int, k: int) -> None:
     rng = np.random.default_rng(n * 10 + k)
     toks = _noisy_tokens(rng, n, k)
-    fast, ref = arrays_from_tokens(toks), token_arrays(toks)
+    fast, ref = token_arrays(toks), reference_token_arrays(toks)
     _same_arrays(fast, ref)
     np.testing.assert_allclose(_signals(fast, FeatureConfig(), True),
                                _signals(ref, FeatureConfig(), False), rtol=1e-12, atol=1e-12)
@@ -70,15 +70,15 @@ def test_specials_masks_and_shapes_match_features(n: int, k: int) -> None:
 def test_ragged_topk_falls_back_to_features() -> None:
     toks = [Token(" 1", -0.1, [TopLogprob(" 1", -0.1), TopLogprob(" 2", -3.0)]),
             Token(" 2", -0.2, [TopLogprob(" 2", -0.2)]), Token(" 3", -0.3, [])]
-    _same_arrays(arrays_from_tokens(toks), token_arrays(toks))
+    _same_arrays(token_arrays(toks), reference_token_arrays(toks))
 
 
 def test_compact_form_matches_objects(traces: list[Trace]) -> None:
     t = traces[1]
     lp = [x.logprob for x in t.tokens]
     top = [[a.logprob for a in x.top_logprobs] for x in t.tokens]
-    arr = arrays_from_compact(lp, top, [x.token for x in t.tokens])
-    _same_arrays(arr, token_arrays(t.tokens))
+    arr = compact_arrays(lp, top, [x.token for x in t.tokens])
+    _same_arrays(arr, reference_token_arrays(t.tokens))
 
 
 def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
@@ -89,7 +89,7 @@ def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
     engine.grader = NumericGrader()
     version: Any = type("V", (), {"config": FeatureConfig()})()
     for t in traces:
-        st = StageInput(t.model, arrays_from_tokens(t.tokens), t.response, t.finish_reason,
+        st = StageInput(t.model, token_arrays(t.tokens), t.response, t.finish_reason,
                         t.usage.completion_tokens, previous=["12"])
         got, prediction = engine.signals(version, st)
         want = extract_signals(t, previous=["12"])
