@@ -16,6 +16,7 @@ import io
 import math
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import IO
 
@@ -189,9 +190,9 @@ def write_traces(path: str | Path, traces: Iterable[Trace]) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
     try:
-        with _open_text(tmp, "wt", gz=path.suffix == ".gz") as fh:
+        with tmp.open("wb") as raw, _gzip_writer(raw, path.suffix == ".gz") as fh:
             for t in traces:
-                fh.write(encode_trace(t).decode() + "\n")
+                fh.write(encode_trace(t) + b"\n")
                 n += 1
         os.replace(tmp, path)
     finally:
@@ -227,3 +228,9 @@ def done_keys(path: str | Path) -> set[tuple[str, str]]:
 class _Key(msgspec.Struct):
     item_id: str
     model: str
+
+
+def _gzip_writer(raw: IO[bytes], gz: bool) -> AbstractContextManager[IO[bytes] | gzip.GzipFile]:
+    """`raw` itself, or a gzip stream into it with no name or time in its header (same traces, same
+    bytes)."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else nullcontext(raw)

@@ -73,6 +73,16 @@ def test_round_trip_real_traces(tmp_path: Path, real: list[Trace], name: str) ->
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
 
 
+def test_gzip_output_is_byte_for_byte_reproducible(tmp_path: Path, real: list[Trace]) -> None:
+    # Re-compacting unchanged traces must not change the shipped file (no name or time in the header).
+    (tmp_path / "other").mkdir()
+    write_traces(tmp_path / "a.jsonl.gz", real)
+    write_traces(tmp_path / "other" / "b.jsonl.gz", real)
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "other" / "b.jsonl.gz").read_bytes()
+    write_traces(tmp_path / "c.jsonl.gz", real[:-1])
+    assert (tmp_path / "c.jsonl.gz").read_bytes() != (tmp_path / "a.jsonl.gz").read_bytes()
+
+
 @pytest.mark.parametrize("name", ["t.jsonl", "t.jsonl.gz"])
 def test_append_adds_after_existing(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
