@@ -1,11 +1,14 @@
 """Embedded-backend throughput: single stream vs batched decoding, side by side in one run.
 
-    python bench/generate.py [--model qwen2.5-coder-0.5b] [--prompts 16] [--max-tokens 96]
+    python bench/generate.py [--model qwen2.5-coder-0.5b] [--prompts 16] [--max-tokens 256] [--widths 8,16]
 
 Prints JSON: tokens/s for n_parallel=1 (the baseline: one sequence at a time, same code path) and
 for each batched width, the ratio to the baseline, and the share of wall time spent extracting
 top-k logprobs from the logits (target < 10%). Also times llama-cpp-python's high-level
 `create_chat_completion` (no logprobs) on the first prompts, as the library's own reference.
+Answers run 150-270 tokens; with a much smaller --max-tokens the run is prefill-bound (prefill does
+not get faster with more sequences on CPU) and the ratio understates generation. Measure on idle
+cores: two processes fighting over two cores make every figure meaningless.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ def run(model: str, width: int, prompts: list[list[Message]], params: GenParams)
     backend = LlamaCppBackend(model, str(pull(model)), n_parallel=width)
     backend._load()  # load outside the timed region
     t0 = time.perf_counter()
-    n = sum(c.usage.completion_tokens for _, c in backend.complete_many(prompts, params))
+    usages = [c.usage for _, c in backend.complete_many(prompts, params)]
     wall = time.perf_counter() - t0
+    n = sum(u.completion_tokens for u in usages)
     stats = backend.stats
     backend.close()
     return {
         "n_parallel": width,
+        "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "completion_tokens": n,
         "wall_s": round(wall, 2),
         "tokens_per_s": round(n / wall, 2),
@@ -68,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--widths", default="8,16")
     args = ap.parse_args()
     items = load_items("gsm8k:test", limit=args.prompts)
