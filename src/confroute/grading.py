@@ -92,13 +92,17 @@ def _follow_equation(text: str, m: re.Match[str]) -> re.Match[str]:
 
 
 def _extraction(text: str, m: re.Match[str]) -> Extraction | None:
-    value = parse_number(m.group())
-    if value is None:
+    raw = m.group()
+    if raw.isascii() and raw.isdigit():  # the common case, without Fraction ("007" -> "7")
+        value = str(int(raw))
+    elif (number := parse_number(raw)) is not None:
+        value = format_number(number)
+    else:
         return None
     start, end = m.start(), m.end()
     while start < end and text[start] in " $":
         start += 1
-    return Extraction(format_number(value), start, end)
+    return Extraction(value, start, end)
 
 
 def numbers_equal(a: str, b: str, rel_tol: float = 1e-6) -> bool:

@@ -18,12 +18,12 @@ Runtime code: numpy only.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
-
-import numpy as np
 
 FORMAT = 1
 
@@ -86,9 +86,15 @@ class Policy:
     def row(self, lam: float) -> PolicyRow:
         """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
         lam = check_lambda(lam)
-        grid = np.asarray(self.lambdas)
-        distance = np.abs(grid - lam) - 1e-12 * (grid <= lam)  # a float tie goes to the lower λ
-        return self.rows[int(np.argmin(distance))]
+        grid = self._grid
+        i = bisect.bisect_left(grid, lam)  # grid[i - 1] < lam <= grid[i]
+        if i == len(grid) or (i > 0 and lam - grid[i - 1] <= grid[i] - lam + 1e-12):
+            i -= 1  # the lower neighbour is nearer, or a (float) tie
+        return self.rows[i]
+
+    @cached_property
+    def _grid(self) -> tuple[float, ...]:
+        return tuple(r.lam for r in self.rows)
 
     def route(self, lam: float) -> list[str]:
         return list(self.row(lam).route)

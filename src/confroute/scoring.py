@@ -70,12 +70,10 @@ class Scorer:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != self._n_features:
             raise ValueError(f"expected features of shape (n, {self._n_features}), got {X.shape}")
-        f = m.session.run(m.outputs, {m.input: x})[0]
-        p = m.calibrate(f)
-        if self._has_logprobs is not None:
-            scored = x[:, self._has_logprobs] >= 0.5  # NaN or 0: no logprobs
-            if not scored.all():
-                p[~scored] = np.nan
+        p = m.calibrate(m.session.run(m.outputs, {m.input: x})[0])
+        h = self._has_logprobs
+        if h is not None and (len(x) > 1 or not x[0, h] >= 0.5):  # one scored row: no extra pass
+            p[~(x[:, h] >= 0.5)] = np.nan  # NaN or 0: no logprobs
         return p
 
     def predict_traces(self, traces: Sequence[Trace]) -> np.ndarray:

@@ -59,6 +59,9 @@ def test_rows_without_logprobs_get_nan(data: Dataset, built: Built) -> None:
     X[1:3, 1:13] = np.nan  # what the feature code gives a trace without logprobs
     p = scorer.predict(name, X)
     assert np.isnan(p[1:3]).all() and np.isfinite(p[[0, 3]]).all()
+    X[2, FEATURE_NAMES.index("has_logprobs")] = np.nan
+    for row, scored in ((X[0], True), (X[1], False), (X[2], False)):  # one row at a time, as served
+        assert np.isfinite(scorer.predict(name, row)[0]) == scored
 
 
 def test_traces_score_like_the_training_table(data: Dataset, built: Built) -> None:

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from confroute.features import FeatureConfig, TokenArrays, agreement, answer_token_slice, signals_from_arrays
+from confroute.features import (
+    FeatureConfig,
+    TokenArrays,
+    agreement,
+    answer_token_slice,
+    signals_from_arrays,
+    warm_up,
+)
 from confroute.grading import Grader
 from confroute.manifest import MANIFEST, ManifestError
 from confroute.panel import Panel
@@ -82,6 +89,7 @@ def load_version(path: Path, panel: Panel | None) -> RouterVersion:
             f"panel {panel.name!r} has {panel.names}"
         )
     config = FeatureConfig(**manifest.feature_config)  # type: ignore[arg-type]
+    warm_up()
     return RouterVersion(path, manifest.version, scorer, policy, config, models)
 
 

@@ -39,7 +39,8 @@ def test_real_traces_match_features(traces: list[Trace]) -> None:
     for t in traces:
         fast, ref = token_arrays(t.tokens), reference_token_arrays(t.tokens)
         _same_arrays(fast, ref)
-        for config in (FeatureConfig(), FeatureConfig(group_window=4, tail=3, bottom_frac=0.3)):
+        for config in (FeatureConfig(), FeatureConfig(group_window=4, tail=3, bottom_frac=0.3),
+                       FeatureConfig(group_window=10_000, tail=0, bottom_frac=1.0)):
             np.testing.assert_allclose(_signals(fast, config, True), _signals(ref, config, False),
                                        rtol=1e-12, atol=1e-12)
 
