@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
@@ -72,7 +73,7 @@ def format_number(value: Fraction) -> str:
 def extract_number(text: str) -> Extraction | None:
     """The final number of a response: after the last explicit marker, else the last number."""
     for marker in _MARKERS:
-        for hit in reversed(list(marker.finditer(text))):
+        for hit in _hits_last_first(marker, text):
             m = _NUM_RE.match(text, hit.end())
             if m is None:  # allow a few words between marker and number ("is actually 18")
                 m = _NUM_RE.search(text[: hit.end() + 24], hit.end())
@@ -82,6 +83,21 @@ def extract_number(text: str) -> Extraction | None:
         if found := _extraction(text, m):
             return found
     return None
+
+
+def _hits_last_first(marker: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """marker.finditer(text), last hit first. The "answer" marker is looked up with str.rfind on
+    the case-folded text and matched only there (a regex scan of the whole text cost most of the
+    extraction); any marker match starts with "answer" and cannot contain another one."""
+    folded = text.casefold() if marker is _MARKERS[0] else ""
+    if len(folded) != len(text):  # not the answer marker, or folding moved characters
+        yield from reversed(list(marker.finditer(text)))
+        return
+    end = len(folded)
+    while (pos := folded.rfind("answer", 0, end)) >= 0:
+        if hit := marker.match(text, pos):
+            yield hit
+        end = pos + len("answer") - 1  # the next candidate starts before this one
 
 
 def _follow_equation(text: str, m: re.Match[str]) -> re.Match[str]:

@@ -25,14 +25,17 @@ import msgspec
 LOGPROB_FLOOR = -9999.0  # what a non-finite logprob is written as (vLLM's server does the same)
 
 
-class TopLogprob(msgspec.Struct, frozen=True):
+# gc=False: these hold only strings, numbers and lists of each other, never a cycle, so the
+# garbage collector need not track them; a 300-token reply is ~1,800 of them, and tracking them
+# set off collections in the middle of requests.
+class TopLogprob(msgspec.Struct, frozen=True, gc=False):
     """One alternative at a token position."""
 
     token: str
     logprob: float
 
 
-class Token(msgspec.Struct, frozen=True):
+class Token(msgspec.Struct, frozen=True, gc=False):
     """One generated token with its logprob and the top-k alternatives (chosen one included)."""
 
     token: str

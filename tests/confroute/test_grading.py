@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from confroute import grading
 from confroute.grading import (
     ChoiceGrader,
     ExactMatchGrader,
@@ -240,3 +241,17 @@ def test_choice_is_correct() -> None:
 def test_unknown_grader() -> None:
     with pytest.raises(ValueError, match=r"unknown grader 'fuzzy'.*choice.*exact.*numeric"):
         get_grader("fuzzy")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The ANSWER is 5. answer: 7", "answeranswer is 3", "Answer=answer is 4",
+     "xanswer is 3 answer 9", "ſome anſwer is 4", "İstanbul: the answer is 3", "ß answer: 8, answer 9",
+     "no marker, 41 - 28 = 13", ""],
+)
+def test_answer_marker_lookup_matches_a_full_regex_scan(text: str) -> None:
+    # The marker is found with str.rfind on the case-folded text: same hits as scanning with
+    # the regex, last first, including case variants, overlaps and folds that move characters.
+    marker = grading._MARKERS[0]
+    fast = [m.span() for m in grading._hits_last_first(marker, text)]
+    assert fast == [m.span() for m in reversed(list(marker.finditer(text)))]

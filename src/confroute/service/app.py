@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("no model version loaded (%s); /healthz says 503 until one is", exc)
     watcher = asyncio.create_task(res.engine.watch(
         res.settings.reload_interval_s, lambda v: app.state.metrics.serving(v.version)))
+    # What start-up made (app, model version, onnxruntime, numba, ...) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk it mid-request.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
