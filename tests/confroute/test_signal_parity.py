@@ -1,7 +1,8 @@
-"""The vectorised token arrays and signals give exactly what the reference definitions give."""
+"""The fast token arrays and the compiled signal kernel give what the reference definitions give."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,13 @@ from confroute.features import (
 )
 from confroute.grading import NumericGrader
 from confroute.tokens import compact_arrays, reference_token_arrays, token_arrays
-from confroute.traces import LOGPROB_FLOOR, Token, TopLogprob, Trace
+from confroute.traces import LOGPROB_FLOOR, Token, TopLogprob, Trace, read_traces
+
+
+@pytest.fixture(scope="module")
+def traces() -> list[Trace]:
+    """Real traces (SmolLM2 and Qwen2.5-Coder-0.5B answers with top-5 logprobs)."""
+    return read_traces(Path(__file__).parent / "fixtures" / "traces_sample.jsonl")
 
 
 def _same_arrays(a: TokenArrays, b: TokenArrays) -> None:
