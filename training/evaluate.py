@@ -94,10 +94,10 @@ def arrays_from_table(
     p = np.column_stack([predict(m, x) for m, x in zip(models, X, strict=True)])
     return EvalArrays(list(models), items, p, col("correct", bool), col("cost", float),
                       col("avg_logprob", float), col("margin", float),
-                      route_p=_route_scorer(list(models), X, preds, list(feature_names), predict))
+                      route_p=route_scorer(list(models), X, preds, list(feature_names), predict))
 
 
-def _route_scorer(
+def route_scorer(
     models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
     feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
 ) -> Callable[[Sequence[int]], np.ndarray] | None:

@@ -166,16 +166,39 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
         splits = self._splits(X, y, groups)
         base = make_base(self.classifier, self.params, self.random_state, self.n_jobs)
         scores = np.empty(len(y))
-        for train, test in splits:
-            scores[test] = clone(base).fit(X[train], y[train]).predict_proba(X[test])[:, 1]
+        fold_bases = []
+        self.fold_of_ = np.empty(len(y), dtype=np.int64)  # which fold held each training row out
+        for k, (train, test) in enumerate(splits):
+            fold_bases.append(clone(base).fit(X[train], y[train]))
+            scores[test] = fold_bases[-1].predict_proba(X[test])[:, 1]
+            self.fold_of_[test] = k
         calibrator = make_calibrator(self.calibration, self.isotonic_grid)
         self.calibrator_ = clone(calibrator).fit(scores, y)
         self.oof_proba_ = np.empty(len(y))  # calibrated, and calibrated out of fold too
-        for train, test in splits:
+        self.fold_models_ = []
+        for (train, test), fold_base in zip(splits, fold_bases, strict=True):
             fold_cal = clone(calibrator).fit(scores[train], y[train])
             self.oof_proba_[test] = fold_cal.predict(scores[test])
+            self.fold_models_.append((fold_base, fold_cal))
         self.estimator_ = base.fit(X, y)
         return self._fitted(X, self.classifier)
+
+    def oof_proba(self, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Calibrated P(correct) of training rows `rows` given other features `X` for them (say,
+        agree_prev as a route that skips a model sees it), each row scored by the fold model and
+        calibrator that never saw it: out of fold, like `oof_proba_` (equal to it for the
+        original features)."""
+        check_is_fitted(self, "oof_proba_")
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.kind_ == "prior":
+            return np.full(len(rows), float(self.estimator_.p_))
+        X, out = _float32(X), np.empty(len(rows))
+        fold = self.fold_of_[rows]
+        for k, (fold_base, fold_cal) in enumerate(self.fold_models_):
+            sel = fold == k
+            if sel.any():
+                out[sel] = fold_cal.predict(fold_base.predict_proba(X[sel])[:, 1])
+        return out
 
     def _splits(
         self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None

@@ -12,6 +12,7 @@ scorer gives them no probability and the policy escalates them.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,37 @@ def fit_policy_table(
         raise TrainError("no training item was answered by every panel model; cannot fit a policy")
     policy = fit_policy(p.loc[complete, models].to_numpy(float),
                         wide.loc[complete, "correct"][models].to_numpy(bool),
-                        wide.loc[complete, "cost"][models].to_numpy(float), models, config.lambdas)
+                        wide.loc[complete, "cost"][models].to_numpy(float), models, config.lambdas,
+                        route_p=_route_p(data, fitted, models, complete))
     return policy.to_dict()
+
+
+def _route_p(
+    data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str], items: pd.Index
+) -> Callable[[Sequence[int]], np.ndarray] | None:
+    """Out-of-fold p per route, agree_prev recomputed over the route's earlier answers as the
+    service computes it (a route that skips a cheaper model never sees that model's answer)."""
+    if "agree_prev" not in data.features or "prediction" not in data.table:
+        return None
+    from training.evaluate import route_scorer
+
+    X, preds, where = [], [], {}
+    for model in models:
+        rows = _rows(data, model, test=False)  # the order of the classifier's training rows
+        pos = pd.Index(rows["item_id"]).get_indexer(items)  # -1: no scored row for the item
+        x = np.full((len(items), len(data.features)), np.nan)
+        x[pos >= 0] = rows[data.features].to_numpy(float)[pos[pos >= 0]]
+        answers = rows["prediction"].to_numpy(object)
+        preds.append([answers[i] if i >= 0 and isinstance(answers[i], str) else None for i in pos])
+        X.append(x)
+        where[model] = pos
+
+    def predict(model: str, x: np.ndarray) -> np.ndarray:
+        pos, out = where[model], np.full(len(x), np.nan)
+        out[pos >= 0] = fitted[model].oof_proba(x[pos >= 0], pos[pos >= 0])
+        return out
+
+    return route_scorer(models, X, preds, data.features, predict)
 
 
 def figures(data: Dataset, fitted: dict[str, CorrectnessClassifier], out: Path, bins: int) -> None:

@@ -81,6 +81,45 @@ def test_fits_real_rows_with_nan_and_constant_features(
     assert clf.feature_importances().shape == (X.shape[1],)
 
 
+@pytest.mark.parametrize("kind,calibration", [("lightgbm", "isotonic"), ("logistic", "sigmoid")])
+def test_out_of_fold_scoring_of_other_features(data: Dataset, kind: str, calibration: str) -> None:
+    X, y, groups = _model_rows(data, _learnable(data))
+    clf = CorrectnessClassifier(kind, calibration).fit(X, y, groups)
+    rows = np.arange(len(y))[::-1]  # any order of the training rows
+    np.testing.assert_allclose(clf.oof_proba(X[rows], rows), clf.oof_proba_[rows], atol=1e-12)
+    changed = X.copy()
+    col = data.features.index("avg_logprob")
+    changed[:, col] = np.nanmin(X[:, col])  # every answer now looks unsure
+    assert clf.oof_proba(changed, np.arange(len(y))).mean() < clf.oof_proba_.mean()
+
+
+def test_policy_is_fitted_on_what_a_route_that_skips_a_model_sees(
+    config: TrainConfig, data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service computes agree_prev from the models a route actually called; the policy must be
+    # fitted on p computed the same way, not on agreement with every cheaper panel model.
+    import training.fit_policy as fp
+
+    panel = load_panel(config.panel)
+    fitted = fit_panel(config.model_copy(update={"classifier": "logistic"}), data, panel.names)
+    seen: dict[str, object] = {}
+    real = fp.fit_policy
+
+    def spy(p: np.ndarray, *args: object, **kw: object) -> Policy:
+        seen["p"], seen["route_p"] = p, kw["route_p"]
+        return real(p, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fp, "fit_policy", spy)
+    fit_policy_table(config, data, fitted, panel.names)
+    route_p, p = seen["route_p"], seen["p"]
+    assert callable(route_p) and isinstance(p, np.ndarray)
+    full = route_p((0, 1, 2))  # skips nothing: agreement with every cheaper model, as trained
+    np.testing.assert_allclose(full[:, :2], p[:, :2], atol=1e-12)
+    skip = route_p((1, 2))  # the 0.5B called first: no earlier answer, agree_prev NaN
+    assert np.isnan(skip[:, 0]).all() and np.isfinite(skip[:, 1]).all()
+    assert not np.allclose(skip[:, 1], p[:, 1])
+
+
 def test_calibration_sees_only_out_of_fold_scores() -> None:
     """On pure noise an in-sample calibration would trust the memorising trees; this must not."""
     rng = np.random.default_rng(1)
