@@ -89,9 +89,8 @@ def _hits_last_first(marker: re.Pattern[str], text: str) -> Iterator[re.Match[st
     """marker.finditer(text), last hit first. The "answer" marker is looked up with str.rfind on
     the case-folded text and matched only there (a regex scan of the whole text cost most of the
     extraction); any marker match starts with "answer" and cannot contain another one."""
-    folded = text.casefold() if marker is _MARKERS[0] else ""
-    if len(folded) != len(text):  # not the answer marker, or folding moved characters
-        yield from reversed(list(marker.finditer(text)))
+    if marker is not _MARKERS[0] or len(folded := text.casefold()) != len(text):
+        yield from reversed(list(marker.finditer(text)))  # folding moved characters: scan it
         return
     end = len(folded)
     while (pos := folded.rfind("answer", 0, end)) >= 0:

@@ -13,7 +13,7 @@ cost. The policy is a table fitted offline (training/fit_policy.py) with one row
   cost relative to always calling the last panel model.
 
 A λ between grid points uses the nearest grid point; a tie goes to the lower λ (more quality).
-Runtime code: numpy only.
+Runtime code: the standard library only.
 """
 
 from __future__ import annotations
