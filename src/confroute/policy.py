@@ -81,7 +81,7 @@ class Policy:
 
     @property
     def lambdas(self) -> list[float]:
-        return [r.lam for r in self.rows]
+        return list(self._grid)
 
     def row(self, lam: float) -> PolicyRow:
         """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
@@ -94,6 +94,7 @@ class Policy:
 
     @cached_property
     def _grid(self) -> tuple[float, ...]:
+        """The λ grid, increasing (validated): what `row` bisects and `lambdas` lists."""
         return tuple(r.lam for r in self.rows)
 
     def route(self, lam: float) -> list[str]:
