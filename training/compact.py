@@ -1,6 +1,8 @@
-"""Compact working trace files into the shipped form: sorted, deduplicated, gzip JSONL.
+"""Compact working trace files into the shipped form: sorted, deduplicated, columnar.
 
-    python -m training.compact [--expect N] OUT.jsonl.gz WORK.jsonl [WORK.jsonl ...]
+    python -m training.compact [--expect N] OUT.traces.npz WORK.jsonl [WORK.jsonl ...]
+
+The output's name picks its form (`confroute.traces.write_traces`): `.traces.npz` is what ships.
 
 With --expect N, refuses (exit 1) unless every model present covers the same N items.
 """
@@ -15,7 +17,7 @@ from confroute.traces import Trace, read_traces, write_traces
 
 
 def compact(sources: list[Path], dst: Path, expect: int | None = None) -> int:
-    """Keep the last trace per (model, item), sort by model then item, write gzip JSONL."""
+    """Keep the last trace per (model, item), sort by model then item, write them to `dst`."""
     latest = {(t.model, t.item_id): t for t in read_traces([p for p in sources if p.exists()])}
     if expect is not None:
         _check_coverage(list(latest.values()), expect)

@@ -26,6 +26,7 @@ from confroute.features import FEATURE_NAMES, extract_signals
 from confroute.modelstore import REFERENCE_MODELS
 from confroute.panel import Panel
 from confroute.traces import Generator, Trace, iter_traces
+from confroute.traces import trace_files as traces_in
 
 HIST_SIGNALS: tuple[tuple[str, str], ...] = (
     ("avg_confidence", "Average trace confidence"),
@@ -43,7 +44,7 @@ class TraceStats:
 
     model: str
     item_id: str
-    dataset: str
+    dataset: str  # `name:split` (dataset_label)
     correct: bool  # an ungraded trace (correct None) counts as not correct
     completion_tokens: int
     truncated: bool
@@ -106,12 +107,12 @@ class Summary:
 
 
 def trace_files(path: str | Path) -> list[Path]:
-    """The trace files of a path: the file itself, or every *.jsonl / *.jsonl.gz in a directory."""
+    """The trace files of a path: the file itself, or every trace file in a directory."""
     p = Path(path)
     if p.is_dir():
-        files = sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")])
+        files = traces_in(p)
         if not files:
-            raise ValueError(f"{p}: no *.jsonl or *.jsonl.gz trace files in this directory")
+            raise ValueError(f"{p}: no *.jsonl, *.jsonl.gz or *.traces.npz trace files in this directory")
         return files
     if not p.is_file():
         raise ValueError(f"{p}: no such trace file or directory")
@@ -121,9 +122,18 @@ def trace_files(path: str | Path) -> list[Path]:
 def trace_stats(trace: Trace) -> TraceStats:
     """Reduce one trace to its counts and the four histogram signals."""
     x = extract_signals(trace)
-    return TraceStats(trace.model, trace.item_id, trace.dataset, bool(trace.correct),
+    return TraceStats(trace.model, trace.item_id, dataset_label(trace), bool(trace.correct),
                       trace.usage.completion_tokens, trace.finish_reason == "length",
                       trace.latency_s, trace.generator, tuple(float(x[i]) for i in _COLUMNS))
+
+
+def dataset_label(trace: Trace) -> str:
+    """`name:split` when the item id is the loader's `name/split/row` (GSM8K has both splits), else
+    the trace's dataset name as it is."""
+    parts = trace.item_id.split("/")
+    if len(parts) == 3 and parts[0] == trace.dataset and all(parts):
+        return f"{parts[0]}:{parts[1]}"
+    return trace.dataset
 
 
 def load_stats(paths: Iterable[str | Path]) -> tuple[list[TraceStats], int]:

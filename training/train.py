@@ -94,7 +94,8 @@ def load_dataset(config: TrainConfig, panel: Panel) -> Dataset:
                 raise FileNotFoundError(f"trace path {path} does not exist")
         traces = read_traces(config.traces)
         if not traces:
-            raise TrainError(f"no traces (*.jsonl, *.jsonl.gz) in {[str(p) for p in config.traces]}")
+            where = [str(p) for p in config.traces]
+            raise TrainError(f"no traces (*.jsonl, *.jsonl.gz, *.traces.npz) in {where}")
         table = build_table(traces, panel, config.features.to_config())
         features = list(FEATURE_NAMES)
     table = table[table["model"].isin(panel.names)].reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""Trace and token types (the OpenAI `choices[0].logprobs.content` layout) and JSONL I/O.
+"""Trace and token types (the OpenAI `choices[0].logprobs.content` layout) and their files.
 
 One trace is one generation by one panel model for one item. The token layout is exactly what
 OpenAI-compatible servers (vLLM, llama.cpp's server, OpenAI) return, so a server response can be
@@ -7,6 +7,10 @@ handed over unchanged; unknown keys such as `bytes` are ignored.
 JSON has no infinities: a non-finite logprob (a masked alternative's -inf, a NaN from a broken
 engine) is written as LOGPROB_FLOOR, the floor vLLM's server also writes for -inf, so every
 written file reads back. The signals treat logprobs at or below the floor as missing.
+
+Files are JSONL (`.jsonl`, `.jsonl.gz`), one trace a line: what generation appends to and what the
+contract shows. Shipped sets use the columnar form (`.traces.npz`, see `write_columnar`): the same
+traces, lossless, in about half the space of gzip JSONL. Every reader takes all three.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import gzip
 import io
 import math
 import os
+import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import IO
 
 import msgspec
+import numpy as np
 
 LOGPROB_FLOOR = -9999.0  # what a non-finite logprob is written as (vLLM's server does the same)
 
@@ -130,9 +136,21 @@ def _open_text(path: Path, mode: str, gz: bool | None = None) -> IO[str]:
     return path.open(mode, encoding="utf-8")
 
 
+COLUMNAR_SUFFIX = ".traces.npz"
+TRACE_GLOBS = ("*.jsonl", "*.jsonl.gz", f"*{COLUMNAR_SUFFIX}")
+
+
+def trace_files(directory: Path) -> list[Path]:
+    """Every trace file directly in a directory (JSONL, gzip JSONL, columnar), sorted by name."""
+    return sorted(f for pattern in TRACE_GLOBS for f in directory.glob(pattern))
+
+
 def iter_traces(path: str | Path) -> Iterator[Trace]:
-    """Yield every trace of a JSONL file (optionally .gz); a bad line raises TraceFormatError."""
+    """Yield every trace of a file; a bad line (or a damaged columnar file) raises TraceFormatError."""
     path = Path(path)
+    if path.name.endswith(COLUMNAR_SUFFIX):
+        yield from read_columnar(path)
+        return
     with _open_text(path, "rt") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -144,12 +162,12 @@ def iter_traces(path: str | Path) -> Iterator[Trace]:
 
 
 def read_traces(paths: str | Path | Iterable[str | Path]) -> list[Trace]:
-    """Read one file, one directory (every *.jsonl and *.jsonl.gz in it) or several of either."""
+    """Read one file, one directory (every trace file in it: `trace_files`) or several of either."""
     if isinstance(paths, str | Path):
         paths = [paths]
     out: list[Trace] = []
     for p in map(Path, paths):
-        files = sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")]) if p.is_dir() else [p]
+        files = trace_files(p) if p.is_dir() else [p]
         for f in files:
             out.extend(iter_traces(f))
     return out
@@ -162,6 +180,8 @@ def append_traces(path: str | Path, traces: Iterable[Trace]) -> int:
     take concatenated members as one stream).
     """
     path = Path(path)
+    if path.name.endswith(COLUMNAR_SUFFIX):
+        raise ValueError(f"{path}: a columnar trace file is written whole (write_traces), not appended to")
     path.parent.mkdir(parents=True, exist_ok=True)
     gz = path.suffix == ".gz"
     if not gz:
@@ -187,16 +207,21 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def write_traces(path: str | Path, traces: Iterable[Trace]) -> int:
-    """Write traces to a JSONL file (gzip when the name ends in .gz), replacing it atomically."""
+    """Write traces to a file, replacing it atomically: JSONL, gzip JSONL when the name ends in .gz,
+    columnar when it ends in `.traces.npz`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     n = 0
     try:
-        with tmp.open("wb") as raw, _gzip_writer(raw, path.suffix == ".gz") as fh:
-            for t in traces:
-                fh.write(encode_trace(t) + b"\n")
-                n += 1
+        if path.name.endswith(COLUMNAR_SUFFIX):
+            with tmp.open("wb") as raw:
+                n = write_columnar(raw, traces)
+        else:
+            with tmp.open("wb") as raw, _gzip_writer(raw, path.suffix == ".gz") as fh:
+                for t in traces:
+                    fh.write(encode_trace(t) + b"\n")
+                    n += 1
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -237,3 +262,126 @@ def _gzip_writer(raw: IO[bytes], gz: bool) -> AbstractContextManager[IO[bytes] |
     """`raw` itself, or a gzip stream into it with no name or time in its header (same traces, same
     bytes)."""
     return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else nullcontext(raw)
+
+
+# Columnar form. A zip of .npy arrays (np.load reads it; no pickles), deflated, with fixed entry
+# times so the same traces give the same bytes:
+#   meta         uint8    JSONL: each trace without its tokens, in file order
+#   vocab        uint8    a JSON list of every token string (chosen and alternatives)
+#   n_tokens     int32    tokens per trace
+#   top_n        uint8    alternatives per token
+#   top_token    uint32   the alternatives' strings (vocab index), all tokens in order
+#   top_logprob  float64  the alternatives' logprobs
+#   rank         int8     where the chosen token is among its alternatives, or -1 when it is not
+#                         (then its string and logprob are the next entries of x_token, x_logprob)
+#   x_token      uint32,  x_logprob float64
+# Logprobs stay float64, so reading gives back exactly the traces written (after the JSON floor for
+# non-finite values, as in JSONL). Under greedy decoding the chosen token is always alternative 0.
+_ENTRIES = ("meta", "vocab", "n_tokens", "top_n", "top_token", "top_logprob", "rank", "x_token", "x_logprob")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def write_columnar(raw: IO[bytes], traces: Iterable[Trace]) -> int:
+    """Write traces in the columnar form to a binary stream; returns how many."""
+    vocab: dict[str, int] = {}
+    meta: list[bytes] = []
+    n_tokens: list[int] = []
+    top_n: list[int] = []
+    top_token: list[int] = []
+    rank: list[int] = []
+    x_token: list[int] = []
+    top_logprob: list[float] = []
+    x_logprob: list[float] = []
+    for trace in traces:
+        trace = _finite(trace)
+        meta.append(_encoder.encode(msgspec.structs.replace(trace, tokens=[])))
+        n_tokens.append(len(trace.tokens))
+        for tok in trace.tokens:
+            top_n.append(len(tok.top_logprobs))
+            r = -1
+            for j, alt in enumerate(tok.top_logprobs):
+                top_token.append(vocab.setdefault(alt.token, len(vocab)))
+                top_logprob.append(alt.logprob)
+                if r < 0 and alt.token == tok.token and alt.logprob == tok.logprob:
+                    r = j
+            rank.append(r)
+            if r < 0:
+                x_token.append(vocab.setdefault(tok.token, len(vocab)))
+                x_logprob.append(tok.logprob)
+    if max(top_n, default=0) > 127:
+        raise ValueError("the columnar form holds at most 127 alternatives per token")
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(b"\n".join(meta), np.uint8),
+        "vocab": np.frombuffer(msgspec.json.encode(list(vocab)), np.uint8),
+        "n_tokens": np.array(n_tokens, np.int32),
+        "top_n": np.array(top_n, np.uint8),
+        "top_token": np.array(top_token, np.uint32),
+        "top_logprob": np.array(top_logprob, np.float64),
+        "rank": np.array(rank, np.int8),
+        "x_token": np.array(x_token, np.uint32),
+        "x_logprob": np.array(x_logprob, np.float64),
+    }
+    with zipfile.ZipFile(raw, "w") as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue(), compresslevel=9)
+    return len(meta)
+
+
+def read_columnar(path: str | Path) -> list[Trace]:
+    """Read a columnar trace file; a damaged or inconsistent one raises TraceFormatError."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            a = {name: np.lib.format.read_array(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
+                 for name in _ENTRIES}
+        vocab = msgspec.json.decode(a["vocab"].tobytes(), type=list[str])
+        lines = a["meta"].tobytes().split(b"\n") if a["meta"].size else []
+        heads = [_decoder.decode(line) for line in lines]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, msgspec.DecodeError) as exc:
+        raise TraceFormatError(f"{path}: not a readable columnar trace file: {exc}") from exc
+    _check_columns(path, a, len(heads), len(vocab))
+    tokens = [vocab[i] for i in a["top_token"].tolist()]
+    logprobs = a["top_logprob"].tolist()
+    x_tokens = [vocab[i] for i in a["x_token"].tolist()]
+    x_logprobs = a["x_logprob"].tolist()
+    top_n, ranks = a["top_n"].tolist(), a["rank"].tolist()
+    out: list[Trace] = []
+    pos = tok_i = x_i = 0
+    for head, n in zip(heads, a["n_tokens"].tolist(), strict=True):
+        toks: list[Token] = []
+        for _ in range(n):
+            k, r = top_n[tok_i], ranks[tok_i]
+            alts = [TopLogprob(tokens[j], logprobs[j]) for j in range(pos, pos + k)]
+            if r < 0:
+                toks.append(Token(x_tokens[x_i], x_logprobs[x_i], alts))
+                x_i += 1
+            else:
+                toks.append(Token(alts[r].token, alts[r].logprob, alts))
+            pos += k
+            tok_i += 1
+        out.append(msgspec.structs.replace(head, tokens=toks))
+    return out
+
+
+def _check_columns(path: Path, a: dict[str, np.ndarray], n_traces: int, n_vocab: int) -> None:
+    """The arrays agree with each other, so reading cannot run off an end or pick a wrong token."""
+    top_n, rank = a["top_n"], a["rank"]
+    problems = [
+        (a["n_tokens"].size != n_traces, "n_tokens does not have one entry per trace"),
+        (bool((a["n_tokens"] < 0).any()), "negative token counts"),
+        (int(a["n_tokens"].sum()) != top_n.size or rank.size != top_n.size, "token counts disagree"),
+        (int(top_n.sum(dtype=np.int64)) != a["top_token"].size, "alternative counts disagree"),
+        (a["top_token"].size != a["top_logprob"].size, "alternative arrays differ in length"),
+        (bool((rank >= top_n.astype(np.int16)).any()), "a chosen-token rank points past its alternatives"),
+        (int((rank < 0).sum()) != a["x_token"].size or a["x_token"].size != a["x_logprob"].size,
+         "unlisted chosen tokens disagree"),
+        (bool((a["top_token"] >= n_vocab).any() or (a["x_token"] >= n_vocab).any()),
+         "token index past the vocabulary"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise TraceFormatError(f"{path}: damaged columnar trace file: {what}")

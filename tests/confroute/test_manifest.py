@@ -33,7 +33,7 @@ PANEL = ROOT / "configs/panel.cpu.yaml"
 @pytest.fixture(scope="module")
 def version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A version trained on a slice of the reference traces (logistic + sigmoid: quick)."""
-    config = TrainConfig(panel=PANEL, traces=[REFERENCE / "multiarith_test.jsonl.gz"],
+    config = TrainConfig(panel=PANEL, traces=[REFERENCE / "multiarith_test.traces.npz"],
                          max_items=60, bootstrap=0, classifier="logistic", calibration="sigmoid",
                          models_dir=tmp_path_factory.mktemp("models"))
     panel = load_panel(PANEL)

@@ -25,7 +25,7 @@ from training.table import build_table, complete_items
 from training.train import build_version, load_dataset
 
 PANEL = Path(__file__).parents[2] / "configs" / "panel.cpu.yaml"
-REFERENCE = Path(__file__).parents[2] / "data" / "reference-traces" / "multiarith_test.jsonl.gz"
+REFERENCE = Path(__file__).parents[2] / "data" / "reference-traces" / "multiarith_test.traces.npz"
 
 
 def _trace(item: int, model: str, right: bool, rng: np.random.Generator) -> Trace:

@@ -19,7 +19,7 @@ from training.train import Dataset, build_version, load_dataset, panel_info
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
-TRACES = REFERENCE / "multiarith_test.jsonl.gz"
+TRACES = REFERENCE / "multiarith_test.traces.npz"
 PANEL = ROOT / "configs/panel.cpu.yaml"
 
 

@@ -20,7 +20,7 @@ from training.train import Dataset, fit_panel, fit_policy_table, load_dataset, s
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
-TRACES = REFERENCE / "multiarith_test.jsonl.gz"
+TRACES = REFERENCE / "multiarith_test.traces.npz"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The shipped reference traces (issue 3): schema and coverage, not the accuracies themselves.
 
-Each finished set is `data/reference-traces/<dataset>_<split>.jsonl.gz`; sets still being generated
-sit under `partial/`, one file per model. Both must read as valid traces.
+Each finished set is `data/reference-traces/<dataset>_<split>.traces.npz` (columnar); sets still being
+generated sit under `partial/`, one gzip JSONL file per model. Both must read as valid traces.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import pytest
 
 from confroute.grading import get_grader
 from confroute.modelstore import REFERENCE_MODELS
-from confroute.traces import Trace, read_traces
+from confroute.traces import Trace, read_traces, trace_files
 from training.datasets import load_items
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "reference-traces"
 # The sets issue 3 asks for: the first N items of each.
 SIZES = {"multiarith_test": 150, "gsm8k_test": 200, "svamp_test": 150, "gsm8k_train": 150}
-FINISHED = sorted(SHIPPED.glob("*.jsonl.gz"))
+FINISHED = sorted(SHIPPED.glob("*.traces.npz"))
 PARTIAL = sorted((SHIPPED / "partial").glob("*.jsonl.gz"))
 
 
@@ -45,12 +45,19 @@ def _check_trace(t: Trace, spec: str) -> None:
 
 def test_every_finished_set_is_one_the_issue_asks_for() -> None:
     assert FINISHED, "at least one finished set ships"
-    assert {p.name.removesuffix(".jsonl.gz") for p in FINISHED} <= set(SIZES)
+    assert {p.name.removesuffix(".traces.npz") for p in FINISHED} <= set(SIZES)
+    # nothing else ships beside them (a stale JSONL copy would be read twice by `read_traces(dir)`)
+    assert {p.name for p in trace_files(SHIPPED)} == {p.name for p in FINISHED}
+
+
+def test_shipped_traces_stay_under_the_size_aim() -> None:
+    shipped = [*FINISHED, *PARTIAL]
+    assert sum(p.stat().st_size for p in shipped) < 30e6, "issue 3 aims for under 30 MB in all"
 
 
 @pytest.mark.parametrize("path", FINISHED, ids=lambda p: p.name)
 def test_finished_set_covers_the_first_items_with_every_model(path: Path) -> None:
-    stem = path.name.removesuffix(".jsonl.gz")
+    stem = path.name.removesuffix(".traces.npz")
     spec = _spec(stem)
     traces = read_traces(path)  # validates every line
     by_model: dict[str, list[str]] = defaultdict(list)

@@ -9,13 +9,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from typer.testing import CliRunner, Result
 
 from confroute.cli import app
 from confroute.modelstore import REFERENCE_MODELS
 from confroute.traces import read_traces
-from training.report import HIST_SIGNALS, coverage
+from training.report import HIST_SIGNALS, coverage, dataset_label, summarize, trace_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 # Real trace lines, verbatim, gzipped like the shipped sets: 4 MultiArith items x 3 models (smollm2 and
@@ -51,12 +52,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
 
 
 def expected_rows(raw: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Counts per (model, dataset) and (model, "all"), straight from the JSON."""
+    """Counts per (model, dataset:split) and (model, "all"), straight from the JSON."""
     out: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"items": 0, "correct": 0, "completion_tokens": 0, "truncated": 0, "latency_s": 0.0}
     )
     for t in raw:
-        for key in ((t["model"], t["dataset"]), (t["model"], "all")):
+        name, split, _ = t["item_id"].split("/")  # the fixture's ids are the loader's name/split/row
+        assert name == t["dataset"]
+        for key in ((t["model"], f"{name}:{split}"), (t["model"], "all")):
             row = out[key]
             row["items"] += 1
             row["correct"] += bool(t["correct"])
@@ -137,3 +140,16 @@ def test_bad_path_is_one_message_and_exit_2(tmp_path: Path, name: str, says: str
     assert result.exit_code == 2 and result.stdout == ""
     message = " ".join(result.stderr.split())  # rich wraps long lines at the console width
     assert message.startswith(f"error: {tmp_path / name}: {says}")
+
+
+def test_train_and_test_splits_of_one_dataset_get_their_own_rows() -> None:
+    base = read_traces(FIXTURE)[0]
+    test = msgspec.structs.replace(base, item_id="gsm8k/test/3", dataset="gsm8k", correct=True)
+    train = msgspec.structs.replace(base, item_id="gsm8k/train/3", dataset="gsm8k", correct=False)
+    own = msgspec.structs.replace(base, item_id="my-q-17", dataset="mine")
+    odd = msgspec.structs.replace(base, item_id="other/test/3", dataset="gsm8k")  # id not the loader's
+    labels = [dataset_label(t) for t in (test, train, own, odd)]
+    assert labels == ["gsm8k:test", "gsm8k:train", "mine", "gsm8k"]
+    summary = summarize([trace_stats(t) for t in (test, train)])
+    assert {(r.dataset, r.items, r.correct) for r in summary.rows} == {
+        ("gsm8k:test", 1, 1), ("gsm8k:train", 1, 0), ("all", 2, 1)}

@@ -28,7 +28,8 @@ def register(app: typer.Typer) -> None:
 
 @report_app.command("traces")
 def traces(
-    paths: list[Path] = typer.Argument(..., help="Trace files (.jsonl, .jsonl.gz) or directories."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Trace files (.jsonl, .jsonl.gz, .traces.npz) or directories."),
     figures: Path = typer.Option(Path("var/reports/traces"), help="Where the histogram PNGs go."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Print the table only."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON."),
