@@ -27,6 +27,7 @@ _EQUATION = re.compile(
     rf"(?:[ \t]*(?:[-+*/×x÷−]|\\times|\\cdot|\\div)[ \t]*\(?[ \t]*{_NUM}[ \t]*\)?)*[ \t]*=[ \t]*"
 )
 _FRAC_PARTS = re.compile(r"\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
+_EXPONENT = re.compile(r"[eE]\s*([-+]?\d{1,12})")
 # Markers in order of trust; each captures the text right after the marker.
 _MARKERS = (
     re.compile(r"\banswer\b\s*(?:is|=)?\s*[:：]?\s*\**\s*(?:\\\(|\\\[)?\s*(?:\\boxed\{)?", re.I),
@@ -50,8 +51,8 @@ def parse_number(text: str) -> Fraction | None:
     s = s.rstrip("%").replace("−", "-")
     if frac := _FRAC_PARTS.search(s):
         s = f"{'-' if s.startswith('-') else ''}{frac.group(1)}/{frac.group(2)}"
-    if not s:
-        return None
+    if not s or ((e := _EXPONENT.search(s)) and abs(int(e.group(1))) > 300):
+        return None  # Fraction("1e99999999") would build a 100-million-digit integer
     try:
         if "/" in s:
             num, den = s.split("/", 1)
@@ -66,7 +67,10 @@ def format_number(value: Fraction) -> str:
     """Canonical text of a number: integers without decimals, others as a plain decimal."""
     if value.denominator == 1:
         return str(value.numerator)
-    text = f"{float(value):.15g}"  # enough digits that "1234567.5" survives; no exponent below
+    try:
+        text = f"{float(value):.15g}"  # enough digits that "1234567.5" survives; no exponent below
+    except OverflowError:  # beyond float: exact, as a fraction parse_number reads back
+        return f"{value.numerator}/{value.denominator}"
     return text if "e" not in text else f"{float(value):.15f}".rstrip("0").rstrip(".")
 
 
@@ -109,7 +113,7 @@ def _follow_equation(text: str, m: re.Match[str]) -> re.Match[str]:
 def _extraction(text: str, m: re.Match[str]) -> Extraction | None:
     raw = m.group()
     if raw.isascii() and raw.isdigit():  # the common case, without Fraction ("007" -> "7")
-        value = str(int(raw))
+        value = raw.lstrip("0") or "0"  # what str(int(raw)) gives, at any length
     elif (number := parse_number(raw)) is not None:
         value = format_number(number)
     else:
@@ -125,7 +129,12 @@ def numbers_equal(a: str, b: str, rel_tol: float = 1e-6) -> bool:
     x, y = parse_number(a), parse_number(b)
     if x is None or y is None:
         return False
-    return x == y or math.isclose(float(x), float(y), rel_tol=rel_tol, abs_tol=1e-9)
+    if x == y:
+        return True
+    try:
+        return math.isclose(float(x), float(y), rel_tol=rel_tol, abs_tol=1e-9)
+    except OverflowError:  # beyond float, and not exactly equal
+        return False
 
 
 class Grader(Protocol):

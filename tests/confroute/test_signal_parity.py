@@ -52,14 +52,14 @@ def test_real_traces_match_features(traces: list[Trace]) -> None:
                                        rtol=1e-12, atol=1e-12)
 
 
-def _noisy_tokens(rng: np.random.Generator, n: int, k: int) -> list[Token]:
+def _noisy_tokens(rng: np.random.Generator, n: int, k: int, mask_alts: bool = True) -> list[Token]:
     out = []
     for i in range(n):
         alts = sorted(rng.uniform(-12, 0, k), reverse=True)
         text = rng.choice([" 18", " apples", "<|im_end|>", " =", "</s>", " The answer is: 7"])
         lp = float(alts[0]) if i % 17 else LOGPROB_FLOOR  # some masked chosen tokens
         tops = [TopLogprob(f"t{j}", float(v)) for j, v in enumerate(rng.permutation(alts))]
-        if i % 23 == 0:
+        if mask_alts and i % 23 == 0:
             tops[-1] = TopLogprob("masked", LOGPROB_FLOOR)  # a masked alternative
         out.append(Token(str(text), lp, tops))
     return out
@@ -75,10 +75,48 @@ def test_specials_masks_and_shapes_match_features(n: int, k: int) -> None:
                                _signals(ref, FeatureConfig(), False), rtol=1e-12, atol=1e-12)
 
 
-def test_ragged_topk_falls_back_to_features() -> None:
-    toks = [Token(" 1", -0.1, [TopLogprob(" 1", -0.1), TopLogprob(" 2", -3.0)]),
-            Token(" 2", -0.2, [TopLogprob(" 2", -0.2)]), Token(" 3", -0.3, [])]
-    _same_arrays(token_arrays(toks), reference_token_arrays(toks))
+@pytest.mark.parametrize(("n", "k"), [(300, 5), (40, 2), (3, 5), (64, 20)])
+def test_compiled_kernel_matches_reference_signals(n: int, k: int) -> None:
+    """Complete top-k (the kernel's case): the kernel itself answers, and equals the reference."""
+    from confroute.kernels import signals_kernel
+
+    rng = np.random.default_rng(n * 100 + k)
+    arr = token_arrays(_noisy_tokens(rng, n, k, mask_alts=False))
+    assert arr.top.shape[1] == k and not np.isnan(arr.top).any() and arr.logprob.size > 0
+    for config in (FeatureConfig(), FeatureConfig(group_window=4, tail=3, bottom_frac=0.3),
+                   FeatureConfig(group_window=10_000, tail=0, bottom_frac=1.0)):
+        for answer in (slice(0, 0), slice(arr.logprob.size - 2, arr.logprob.size)):
+            kw: Any = {"answer": answer, "answer_found": True, "truncated": True, "length": 512,
+                       "agree_prev": 1.0, "config": config}
+            a0, a1, _ = answer.indices(arr.logprob.size)
+            got = signals_kernel(arr.logprob, arr.top, a0, a1, config.group_window, config.tail,
+                                 config.bottom_frac, 512.0, 1.0, 1.0, 1.0)
+            assert got.shape == (17,)
+            want = reference_signals(arr, **kw)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(signals_from_arrays(arr, **kw), want, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_declines_top_k_with_gaps() -> None:
+    """A NaN among the alternatives: the kernel returns nothing and the reference answers."""
+    from confroute.kernels import signals_kernel
+
+    top = np.array([[-0.1, -2.0], [-0.2, np.nan]])
+    assert signals_kernel(top[:, 0].copy(), top, 0, 0, 4, 2, 0.1, 2.0, 0.0, 0.0, 0.5).size == 0
+    arr = TokenArrays(top[:, 0].copy(), top, np.array([0, 1, 2]), "ab")
+    np.testing.assert_array_equal(signals_from_arrays(arr), reference_signals(arr))
+
+
+def test_ragged_topk_arrays() -> None:
+    """Uneven alternatives (the reference path): sorted, NaN-padded, offsets over the kept text."""
+    toks = [Token(" 1", -0.1, [TopLogprob(" 2", -3.0), TopLogprob(" 1", -0.1)]),
+            Token(" 2", -0.2, [TopLogprob(" 2", -0.2)]), Token(" 3", -0.3, []),
+            Token("<|im_end|>", -0.01, [TopLogprob("<|im_end|>", -0.01)])]
+    arr = token_arrays(toks)
+    np.testing.assert_array_equal(arr.top, [[-0.1, -3.0], [-0.2, np.nan], [np.nan, np.nan]])
+    np.testing.assert_array_equal(arr.logprob, [-0.1, -0.2, -0.3])
+    np.testing.assert_array_equal(arr.offsets, [0, 2, 4, 6])
+    assert arr.text == " 1 2 3"
 
 
 def test_compact_form_matches_objects(traces: list[Trace]) -> None:

@@ -1,7 +1,8 @@
 """The shipped reference traces (issue 3): schema and coverage, not the accuracies themselves.
 
-Each finished set is `data/reference-traces/<dataset>_<split>.traces.npz` (columnar); sets still being
-generated sit under `partial/`, one gzip JSONL file per model. Both must read as valid traces.
+Each set is `data/reference-traces/<dataset>_<split>.traces.npz` (columnar). While a set was being
+generated it sat under `partial/` (one gzip JSONL file per model); all four are finished, so nothing
+partial may ship.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ SHIPPED = ROOT / "data" / "reference-traces"
 # The sets issue 3 asks for: the first N items of each.
 SIZES = {"multiarith_test": 150, "gsm8k_test": 200, "svamp_test": 150, "gsm8k_train": 150}
 FINISHED = sorted(SHIPPED.glob("*.traces.npz"))
-PARTIAL = sorted((SHIPPED / "partial").glob("*.jsonl.gz"))
 
 
 def _spec(stem: str) -> str:
@@ -43,16 +43,14 @@ def _check_trace(t: Trace, spec: str) -> None:
     assert t.gold is not None and t.correct is not None
 
 
-def test_every_finished_set_is_one_the_issue_asks_for() -> None:
-    assert FINISHED, "at least one finished set ships"
-    assert {p.name.removesuffix(".traces.npz") for p in FINISHED} <= set(SIZES)
+def test_the_four_sets_the_issue_asks_for_ship() -> None:
+    assert {p.name.removesuffix(".traces.npz") for p in FINISHED} == set(SIZES)
     # nothing else ships beside them (a stale JSONL copy would be read twice by `read_traces(dir)`)
     assert {p.name for p in trace_files(SHIPPED)} == {p.name for p in FINISHED}
 
 
 def test_shipped_traces_stay_under_the_size_aim() -> None:
-    shipped = [*FINISHED, *PARTIAL]
-    assert sum(p.stat().st_size for p in shipped) < 30e6, "issue 3 aims for under 30 MB in all"
+    assert sum(p.stat().st_size for p in FINISHED) < 30e6, "issue 3 aims for under 30 MB in all"
 
 
 @pytest.mark.parametrize("path", FINISHED, ids=lambda p: p.name)
@@ -73,7 +71,7 @@ def test_finished_set_covers_the_first_items_with_every_model(path: Path) -> Non
     assert len(prompts) == len(expected)
 
 
-@pytest.mark.parametrize("path", FINISHED + PARTIAL, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FINISHED, ids=lambda p: p.name)
 def test_predictions_are_what_the_grader_extracts(path: Path) -> None:
     grader = get_grader("numeric")
     for t in read_traces(path):
@@ -81,20 +79,6 @@ def test_predictions_are_what_the_grader_extracts(path: Path) -> None:
         assert t.prediction == (ext.value if ext else None), t.item_id
 
 
-def test_partial_work_is_valid_and_within_its_set() -> None:
-    """Every partial file (none once every set is finished): one model, items of its set, once."""
-    for path in PARTIAL:
-        _check_partial(path)
-
-
-def _check_partial(path: Path) -> None:
-    stem, _, model = path.name.removesuffix(".jsonl.gz").partition(".")
-    assert stem not in {p.name.removesuffix(".traces.npz") for p in FINISHED}, "finished: delete it"
-    traces = read_traces(path)
-    assert {t.model for t in traces} == {model}
-    spec = _spec(stem)
-    allowed = {it.item_id for it in load_items(spec, limit=SIZES[stem])}
-    for t in traces:
-        _check_trace(t, spec)
-        assert t.item_id in allowed
-    assert len({t.item_id for t in traces}) == len(traces), "no item twice"
+def test_no_partial_work_ships() -> None:
+    """Every set is finished: a file left under partial/ would be stale generation state."""
+    assert not (SHIPPED / "partial").exists() or not any((SHIPPED / "partial").iterdir())

@@ -213,7 +213,11 @@ def hammering(url: str, body: dict[str, Any]) -> Iterator[tuple[list[str], Count
     def run() -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
             while not stop.is_set():
-                r = client.post("/v1/route", json=body)
+                try:
+                    r = client.post("/v1/route", json=body)
+                except httpx.HTTPError as exc:  # a dropped connection or timeout is a failure
+                    failures.append(repr(exc))
+                    continue
                 if r.status_code == 200:
                     versions[r.json()["version"]] += 1
                 else:

@@ -37,6 +37,10 @@ class BackendError(RuntimeError):
     """A backend failed to answer (unreachable, timed out, bad reply); names the backend."""
 
 
+class PromptTooLong(BackendError):
+    """The request cannot fit the backend's context (prompt plus max_tokens): the caller's to fix."""
+
+
 class Backend(ABC):
     """A panel model that answers chat messages with top-k logprobs."""
 

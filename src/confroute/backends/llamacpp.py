@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from confroute.backends.base import Backend, BackendError, Completion, GenParams
+from confroute.backends.base import Backend, BackendError, Completion, GenParams, PromptTooLong
 from confroute.traces import Message, Token, TopLogprob, Usage
 
 
@@ -179,7 +179,7 @@ class LlamaCppBackend(Backend):
                 ids = self.prompt_tokens(messages)
                 if len(ids) + params.max_tokens > self.n_ctx_per_seq or len(ids) > self.n_batch:
                     queue.pop()
-                    raise BackendError(
+                    raise PromptTooLong(
                         f"{self.name}: prompt {index} has {len(ids)} tokens; with max_tokens "
                         f"{params.max_tokens} it exceeds n_ctx_per_seq {self.n_ctx_per_seq} "
                         f"(or n_batch {self.n_batch})"

@@ -26,7 +26,7 @@ from confroute.service.errors import Conflict, install_error_handlers
 from confroute.service.feedback import apply_feedback
 from confroute.service.metrics import Metrics
 from confroute.service.proxy import Limits, Proxy
-from confroute.service.schemas import ChatRequest, Feedback, route_openapi
+from confroute.service.schemas import MAX_REQUEST_ID, ChatRequest, Feedback, route_openapi
 from confroute.settings import Settings
 
 log = logging.getLogger("confroute.service")
@@ -104,7 +104,7 @@ async def _metrics(request: Request) -> Metrics:
 
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-RequestId = Annotated[str | None, Header(alias="x-request-id", max_length=200)]
+RequestId = Annotated[str | None, Header(alias="x-request-id", max_length=MAX_REQUEST_ID)]
 MaxEscalations = Annotated[int | None, Header(alias="x-confroute-max-escalations", ge=0)]
 Deadline = Annotated[float | None, Header(alias="x-confroute-deadline-s", gt=0, le=3600)]
 _JSON = "application/json"

@@ -6,7 +6,10 @@ URL (schema in decision_store.py). When the store fails, the log is marked down 
 metrics), the batch goes to a bounded JSONL spill file on disk, and every later record follows
 it there until a retry (every `retry_s`) replays the spill into the store; replay is idempotent
 (record ids are unique). Records beyond `spill_max_bytes` are dropped and counted, never
-silently. `read(since=, version=)` returns rows with feedback joined.
+silently. A record the store refuses while it is up (a value it cannot hold: DataError,
+IntegrityError, OverflowError, ...) is set aside in a second file beside the spill
+(`<spill>.rejected.jsonl`, same bound) and counted, so that one bad record never holds back the
+others. `read(since=, version=)` returns rows with feedback joined.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class LogHealth(msgspec.Struct):
     dropped: int  # records lost because the spill file was full
     failures: int  # failed store writes or replays
     last_error: str | None
+    rejected: int = 0  # records the store refused (set aside in the rejected file)
 
 
 class Spill:
@@ -66,6 +70,7 @@ class Spill:
         self._enc = msgspec.json.Encoder()
         self._dec = msgspec.json.Decoder(Record)
         self.records = self._count()
+        self.unreadable = 0
 
     def _count(self) -> int:
         if not self.path.exists():
@@ -94,11 +99,18 @@ class Spill:
         return len(records) - kept
 
     def chunks(self, size: int = 1000) -> Iterator[list[Record]]:
+        """The records in chunks; an unreadable line (torn by a crash mid-write) is skipped and
+        counted in `unreadable`."""
         chunk: list[Record] = []
         with self.path.open("rb") as fh:
             for line in fh:
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     chunk.append(self._dec.decode(line))
+                except msgspec.DecodeError as exc:
+                    self.unreadable += 1
+                    log.error("spill file %s: skipped an unreadable line (%s)", self.path, exc)
                 if len(chunk) >= size:
                     yield chunk
                     chunk = []
@@ -118,6 +130,7 @@ class DecisionLog:
         self.url = url
         self.store: Store = open_store(url)
         self.spill = Spill(Path(spill_path), spill_max_bytes)
+        self.rejects = Spill(Path(spill_path).with_suffix(".rejected.jsonl"), spill_max_bytes)
         self.retry_s = retry_s
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._recent: OrderedDict[str, list[StageInfo]] = OrderedDict()
@@ -170,7 +183,7 @@ class DecisionLog:
     def health(self) -> LogHealth:
         return LogHealth(
             self.store.kind, self.up, self._queue.qsize(), self.written, self.spill.records,
-            self.spill.bytes, self.dropped, self.failures, self.last_error,
+            self.spill.bytes, self.dropped, self.failures, self.last_error, self.rejects.records,
         )
 
     # -- writer side -------------------------------------------------------------------------
@@ -247,23 +260,56 @@ class DecisionLog:
             self.written += len(batch)
             self._mark_up()
         except Exception as exc:
-            self._mark_down(exc)
-            self._to_spill(batch)
+            left = self._one_by_one(batch) if _refused(exc) else batch
+            if left:
+                self._mark_down(exc)
+                self._to_spill(left)
+
+    def _one_by_one(self, batch: Sequence[Record]) -> list[Record]:
+        """After a batch the store refused: write each record alone, setting aside the ones it
+        refuses; the records not reached when the store itself fails (to be spilled)."""
+        for i, r in enumerate(batch):
+            try:
+                self.store.write([r])
+                self.written += 1
+            except Exception as exc:
+                if not _refused(exc):
+                    self._mark_down(exc)
+                    return list(batch[i:])
+                self._reject(r, exc)
+        self._mark_up()
+        return []
+
+    def _reject(self, r: Record, exc: Exception) -> None:
+        log.error("decision log: the store refused record for request %r (%s: %s); set aside "
+                  "in %s", r.request_id[:80], type(exc).__name__, exc, self.rejects.path)
+        try:
+            self.dropped += self.rejects.append([r])
+        except OSError:
+            self.dropped += 1
 
     def _replay(self) -> bool:
         """Move the spill file into the store; False (and the file kept) if it fails."""
         if time.monotonic() < self._next_try:
             return False
+        n, self.spill.unreadable = 0, 0
         try:
-            n = 0
             for chunk in self.spill.chunks():
-                self.store.write(chunk)
-                n += len(chunk)
-        except Exception as exc:
+                try:
+                    self.store.write(chunk)
+                    n += len(chunk)
+                except Exception as exc:
+                    if not _refused(exc):
+                        raise
+                    if self._one_by_one(chunk):  # the store went down on the way (marked down)
+                        return False
+        except Exception as exc:  # the file stays; writing it again later is idempotent
             self._mark_down(exc)
             return False
         self.spill.clear()
         self.written += n
+        self.dropped += self.spill.unreadable  # torn lines: lost, and counted
+        self.spill.unreadable = 0
         log.warning("decision log back up: replayed %d spilled records", n)
         self._mark_up()
         return True
@@ -296,3 +342,10 @@ class DecisionLog:
         with self._idle:
             self._processed += n
             self._idle.notify_all()
+
+
+def _refused(exc: BaseException) -> bool:
+    """A write error about the records (a value the store cannot hold), not about the store."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"DataError", "IntegrityError", "OverflowError", "ValueError",
+                         "TypeError", "UnicodeError"})

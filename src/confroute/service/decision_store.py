@@ -288,14 +288,19 @@ def open_store(url: str) -> Store:
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
     signals = json.dumps([None if v is None or not math.isfinite(v) else v for v in r.signals])
     return (
-        r.record_id, r.request_id, r.stage, r.model, signals, r.p_correct, r.threshold,
-        r.decision, r.reason, r.lam, r.version, r.latency_s, r.created, r.prediction,
-        r.response, r.endpoint,
+        r.record_id, _text(r.request_id), r.stage, r.model, signals, r.p_correct, r.threshold,
+        r.decision, r.reason, r.lam, r.version, r.latency_s, r.created, _text(r.prediction),
+        _text(r.response), r.endpoint,
     )
 
 
 def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
-    return (r.request_id, r.stage, r.correct, r.gold, r.created)
+    return (_text(r.request_id), r.stage, r.correct, _text(r.gold), r.created)
+
+
+def _text(s: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: stored as U+FFFD (in SQLite too, so both read alike)."""
+    return s.replace("\x00", "\ufffd") if s is not None and "\x00" in s else s
 
 
 def _logged(row: tuple[Any, ...]) -> LoggedDecision:

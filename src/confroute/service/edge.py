@@ -3,6 +3,7 @@ middleware), and bearer API keys."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -41,10 +42,15 @@ class EdgeMiddleware:
                 status[0] = message["status"]
             await send(message)
 
-        fast = self.fast_posts.get(scope["path"]) if scope["method"] == "POST" else None
+        fast = self.fast_posts.get(scope["path"])
         try:
-            if self._declared_too_large(scope):
-                await _too_large(send_status, self.max_body_bytes)
+            if fast is not None and scope["method"] != "POST":
+                await _reply_error(send_status, 405, "method_not_allowed",
+                                   f"{scope['path']} takes POST only", [(b"allow", b"POST")])
+            elif self._declared_too_large(scope):
+                await _reply_error(send_status, 413, "request_too_large",
+                                   f"request body exceeds the limit of {self.max_body_bytes} bytes",
+                                   [(b"connection", b"close")])
             elif fast is not None:
                 await fast(scope, self._counting(scope, receive), send_status)
             else:
@@ -76,15 +82,12 @@ class EdgeMiddleware:
         return counted
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    import json
-
-    body = json.dumps(error_body(413, "request_too_large",
-                                 f"request body exceeds the limit of {limit} bytes")).encode()
-    await send({"type": "http.response.start", "status": 413,
+async def _reply_error(send: Send, status: int, kind: str, message: str,
+                       headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(error_body(status, kind, message)).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -40,7 +40,8 @@ class _LogCollector(Collector):
             "confroute_decision_log_written": (h.written, "records written to the store"),
             "confroute_decision_log_buffered": (h.spilled, "records in the on-disk spill buffer"),
             "confroute_decision_log_buffer_bytes": (h.spill_bytes, "size of the spill buffer"),
-            "confroute_decision_log_dropped": (h.dropped, "records lost: spill buffer full"),
+            "confroute_decision_log_dropped": (h.dropped, "records lost: spill full, or torn lines"),
+            "confroute_decision_log_rejected": (h.rejected, "records the store refused, set aside"),
             "confroute_decision_log_failures": (h.failures, "failed writes to the store"),
         }
         for name, (value, doc) in values.items():

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from confroute.backends import Backend, Completion, GenParams
+from confroute.backends import Backend, Completion, GenParams, PromptTooLong
 from confroute.panel import Panel
 from confroute.service.decision_log import DecisionLog
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
@@ -149,6 +149,8 @@ class Proxy:
         try:
             async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
                 c = await self.backends[model].acomplete(messages, params)
+        except PromptTooLong as exc:  # the request does not fit: the caller's to fix, a 400
+            raise BadRequest(f"{exc}; send a shorter prompt or a smaller max_tokens") from None
         except Exception as exc:  # any backend failure (BackendError, timeout, a crash) counts
             if isinstance(exc, TimeoutError) and left is not None and left < spec.timeout_s:
                 return None

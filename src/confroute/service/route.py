@@ -20,6 +20,7 @@ from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.service.errors import BadRequest, ServiceError, bad_body, error_body
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
+    MAX_REQUEST_ID,
     RouteBatch,
     RouteBatchResult,
     RouteDecision,
@@ -41,7 +42,20 @@ def decode(body: bytes, batch: bool) -> list[Request]:
         got = _decode_batch(body).items if batch else _decode_one(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise bad_body(exc) from None
+    except UnicodeDecodeError as exc:  # invalid UTF-8 inside a JSON string
+        raise BadRequest(f"the body is not valid UTF-8: {exc.reason}") from None
     return got if isinstance(got, list) else [got]
+
+
+def header_request_id(headers: dict[bytes, bytes]) -> str | None:
+    """The x-request-id header; 400 when longer than a request id may be (feedback could not
+    name it)."""
+    rid = headers.get(b"x-request-id")
+    if not rid:
+        return None
+    if len(rid) > MAX_REQUEST_ID:
+        raise BadRequest(f"x-request-id: at most {MAX_REQUEST_ID} characters, got {len(rid)}")
+    return rid.decode("latin-1")
 
 
 def new_request_id() -> str:
@@ -188,8 +202,7 @@ class RouteEndpoint:
             check_key(res.settings, bearer_token(headers.get(b"authorization")))
         body = await read_body(receive)
         reqs = decode(body, self.batch)
-        rid = headers.get(b"x-request-id")
-        out = route(res.engine, res.log, metrics, reqs, rid.decode("latin-1")[:200] if rid else None,
+        out = route(res.engine, res.log, metrics, reqs, header_request_id(headers),
                     res.settings.log_response_chars, res.settings.max_batch)
         if self.batch:
             return encode(RouteBatchResult(out))

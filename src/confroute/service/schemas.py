@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from confroute.traces import Token, Usage
 
 Lambda = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+MAX_REQUEST_ID = 200  # feedback names a request by it: the same bound everywhere
+MAX_STAGE = 1000  # a cascade's position; far beyond any panel, and within every store's integer
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+RequestIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID, pattern=NO_NUL)]
 TokenT = TypeVar("TokenT")
 
 
@@ -76,8 +80,8 @@ class RouteRequest(msgspec.Struct, Generic[TokenT], gc=False):
     usage: Usage | None = None
     previous: list[str | None] = []  # earlier stages' answers (or texts), cheapest first
     cost_quality_tradeoff: Lambda | None = None
-    request_id: str | None = None  # ties stages of one query together (feedback grades them)
-    stage: Annotated[int, msgspec.Meta(ge=0)] | None = None  # default: len(previous)
+    request_id: RequestIdText | None = None  # ties stages of one query together (for feedback)
+    stage: Annotated[int, msgspec.Meta(ge=0, le=MAX_STAGE)] | None = None  # default: len(previous)
     return_signals: bool = False
 
 
@@ -144,7 +148,7 @@ class ChatRequest(_Open):
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float | None = Field(None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     logprobs: bool = False
@@ -156,7 +160,7 @@ class Feedback(BaseModel):
     """A label for a request: `correct` for the answer served, or `gold` to grade every stage."""
 
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1, max_length=200)
+    request_id: str = Field(min_length=1, max_length=MAX_REQUEST_ID, pattern=NO_NUL)
     correct: bool | None = None
     gold: str | None = Field(None, min_length=1, max_length=1000)
 

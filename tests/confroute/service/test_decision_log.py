@@ -125,3 +125,62 @@ def test_postgres_outage_spills_then_replays(postgres: PgServer, tmp_path: Path)
     ids = {r.request_id for r in log.read()}
     assert {"before", *(f"during{i}" for i in range(10))} <= ids
     log.close()
+
+
+def _refused_then_written(url: str, tmp_path: Path, bad_stage: int) -> None:
+    """A record the store cannot hold is set aside; the records around it, and later ones, land."""
+    log = DecisionLog(url, tmp_path / "spill.jsonl", retry_s=0.1)
+    log.start()
+    t0 = time.time()  # the PostgreSQL server is shared by this module's tests
+    log.submit(rec("before"))
+    log.submit(rec("poison", stage=bad_stage))  # only reachable by a bug upstream: the API bounds it
+    log.submit(rec("after"))
+    assert log.flush(10)
+    log.submit(rec("later"))
+    assert log.flush(10)
+    h = log.health()
+    assert (h.up, h.written, h.rejected, h.spilled, h.dropped) == (True, 3, 1, 0, 0), h
+    assert {r.request_id for r in log.read(since=t0)} == {"before", "after", "later"}
+    rejected = (tmp_path / "spill.rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and '"poison"' in rejected[0]
+    log.close()
+
+
+def test_sqlite_sets_a_refused_record_aside(tmp_path: Path) -> None:
+    _refused_then_written(str(tmp_path / "decisions.db"), tmp_path, 2**63)  # > SQLite INTEGER
+
+
+def test_postgres_sets_a_refused_record_aside_and_stores_nul_text(
+    postgres: PgServer, tmp_path: Path
+) -> None:
+    _refused_then_written(postgres.url, tmp_path, 2**31)  # > PostgreSQL INTEGER
+    log = DecisionLog(postgres.url, tmp_path / "spill2.jsonl")
+    log.start()
+    nul = rec("nul")
+    nul.response, nul.prediction = "The answer is: 7\x00", "7\x00"
+    log.submit(nul)
+    log.submit(FeedbackRecord("nul", 0, True, time.time(), gold="7\x00"))
+    assert log.flush(10) and log.health().up and log.health().rejected == 0
+    [row] = [r for r in log.read() if r.request_id == "nul"]
+    assert (row.response, row.prediction, row.gold) == (
+        "The answer is: 7\ufffd", "7\ufffd", "7\ufffd")
+    log.close()
+
+
+def test_replay_skips_torn_lines_and_sets_refused_records_aside(tmp_path: Path) -> None:
+    """A spill file from a crash (torn last line) with a bad record in it still drains."""
+    import msgspec
+
+    spill = tmp_path / "spill.jsonl"
+    lines = [msgspec.json.encode(r) for r in (rec("s1"), rec("poison", stage=2**63), rec("s2"))]
+    spill.write_bytes(b"\n".join(lines) + b'\n{"type": "decision", "record_id": "to')
+    log = DecisionLog(str(tmp_path / "decisions.db"), spill, retry_s=0.1)
+    log.start()
+    log.submit(rec("new"))
+    wait_for(lambda: log.health().spilled == 0)
+    assert log.flush(10)
+    h = log.health()
+    assert (h.up, h.rejected, h.dropped) == (True, 1, 1), h  # the torn line is counted lost
+    assert {r.request_id for r in log.read()} == {"s1", "s2", "new"}
+    assert not spill.exists()
+    log.close()

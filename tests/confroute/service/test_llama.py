@@ -97,9 +97,16 @@ def test_embedded_llama_cpp_backend_streams(tmp_path: Path, two_model_version: P
         client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300)
         chunks = list(client.chat.completions.create(
             model="confroute:0", messages=QUESTION, max_tokens=8, stream=True))
+        # a request that cannot fit the context is the caller's error (400), not the backend's
+        too_long = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+            "model": "confroute", "messages": QUESTION, "max_tokens": 600})
+        metrics = httpx.get(url + "/metrics").text
     router = chunks[-1].model_extra["router"]  # type: ignore[index]
     assert [t["model"] for t in router["tried"]] == [SMALL, MEDIUM] and router["model"] == MEDIUM
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert too_long.status_code == 400, too_long.text
+    assert "exceeds n_ctx_per_seq 512" in too_long.json()["error"]["message"]
+    assert "confroute_backend_errors_total{" not in metrics
 
 
 def test_confroute_serve_starts_on_its_defaults(tmp_path: Path, version_template: Path) -> None:

@@ -157,6 +157,7 @@ def test_deadline(make_client: Any) -> None:
     ({"messages": []}, 422, "messages"),
     ({"router": {"max_escalations": -1}}, 422, "max_escalations"),
     ({"router": {"deadline": 3}}, 422, "router.deadline"),
+    ({"seed": -5}, 422, "seed"),
 ])
 def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
                            words: str) -> None:

@@ -128,6 +128,11 @@ def _bad_bodies(t: Trace) -> list[tuple[Any, int, str]]:
         ({**ok, "tokens": [{"token": "x", "logprob": float("-inf")}]}, 400, "malformed JSON"),
         (b'{"model": "smollm2-135m", "content": [{"token": "x", "logprob": -1e999}]}', 400,
          "out of range"),
+        (b'{"model": "smollm2-135m\xc3", "content": []}', 400, "not valid UTF-8"),
+        ({**ok, "stage": 2**63}, 400, "$.stage"),  # beyond any store's integer column
+        ({**ok, "stage": 1001}, 400, "<= 1000"),
+        ({**ok, "request_id": "a\u0000b"}, 400, "$.request_id"),  # PostgreSQL text has no NUL
+        ({**ok, "request_id": "x" * 201}, 400, "length <= 200"),  # feedback could not name it
         ([], 400, "1 to 50 items"),
         ([ok] * 51, 400, "1 to 50 items"),
         ([ok] * 200, 413, "exceeds the limit of 1048576 bytes"),
@@ -140,6 +145,18 @@ def test_bad_input_is_a_4xx_that_says_what(client: TestClient, traces: list[Trac
         r = client.post("/v1/route", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == status, (body if len(raw) < 300 else raw[:200], r.text)
         assert words in r.json()["error"]["message"], r.text
+
+
+def test_route_headers_and_methods(client: TestClient, traces: list[Trace]) -> None:
+    body = _trace_body(traces[0])
+    r = client.post("/v1/route", json=body, headers={"x-request-id": "r" * 201})
+    assert r.status_code == 400 and "at most 200" in r.json()["error"]["message"]
+    r = client.post("/v1/route", json=body, headers={"x-request-id": "r" * 200})
+    assert r.status_code == 200 and r.json()["request_id"] == "r" * 200
+    for method in ("GET", "PUT", "DELETE"):
+        r = client.request(method, "/v1/route/batch" if method == "PUT" else "/v1/route")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+        assert "takes POST only" in r.json()["error"]["message"]
 
 
 def test_too_many_items_and_chunked_bodies(client: TestClient, traces: list[Trace]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,28 +57,41 @@ def test_hot_reload_swaps_good_versions_and_refuses_bad_ones(
     first = (models_dir / "current").resolve()
     with _client(tmp_path, models_dir) as client:
         assert client.get("/healthz").json()["version"] == first.name
-        stop, failures = threading.Event(), []
+        stop, failures, served = threading.Event(), [], Counter()
 
         def hammer() -> None:  # requests keep flowing during every swap
             while not stop.is_set():
-                r = _route(client, traces[0])
+                try:
+                    r = _route(client, traces[0])
+                except Exception as exc:  # a server error re-raised by TestClient counts too
+                    failures.append(repr(exc))
+                    return
                 if r.status_code != 200:
                     failures.append(r.text)
+                else:
+                    served[r.json()["version"]] += 1
 
         worker = threading.Thread(target=hammer)
         worker.start()
         try:
+            wait_for(lambda: served[first.name] > 0 or bool(failures))
             clone_version(first, models_dir, "v-second")
             switch_current(models_dir, "v-second")
             wait_for(lambda: client.get("/healthz").json()["version"] == "v-second")
+            wait_for(lambda: served["v-second"] > 0 or bool(failures))
             bad = clone_version(first, models_dir, "v-tampered")
             onnx = next(bad.glob("*.onnx"))
             onnx.write_bytes(onnx.read_bytes()[:-8] + b"tampered")
             switch_current(models_dir, "v-tampered")
             wait_for(lambda: client.get("/healthz").json()["reload_error"] is not None)
+            after_refusal = served["v-second"]
+            wait_for(lambda: served["v-second"] > after_refusal or bool(failures))
         finally:
             stop.set()
             worker.join()
+        assert not failures, failures[:3]
+        assert served[first.name] > 0 and served["v-second"] > after_refusal
+        assert set(served) == {first.name, "v-second"}  # the tampered version never served
         health = client.get("/healthz").json()
         assert health["version"] == "v-second" and health["ready"]
         assert "was modified" in health["reload_error"]
@@ -93,7 +107,6 @@ def test_hot_reload_swaps_good_versions_and_refuses_bad_ones(
         assert client.post("/admin/reload").json() == {
             "version": first.name, "previous": first.name, "changed": False}
         assert 'confroute_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
-    assert not failures, failures[:3]
 
 
 def test_api_keys(tmp_path: Path, models_dir: Path, traces: list[Trace]) -> None:
