@@ -96,7 +96,8 @@ def _write_log(path: Path, rows: pd.DataFrame, shift: float) -> str:
         x = [None if np.isnan(v) else float(v) for v in rows.loc[r.Index, list(FEATURE_NAMES)]]
         x[col] = None if x[col] is None else x[col] + shift
         records.append(DecisionRecord(f"r{i}", f"q{i}", 0, r.model, x, 0.5, 0.5, "accept",
-                                      "confident", 0.5, "v1", 0.001, 1000.0 + i, r.prediction))
+                                      "confident", 0.5, "v1", 0.001, 1000.0 + i,
+                                      r.prediction if isinstance(r.prediction, str) else None))
         if i % 2 == 0:
             records.append(FeedbackRecord(f"q{i}", 0, bool(r.correct), 2000.0))
     store = open_store(str(path))

@@ -300,7 +300,7 @@ def _feedback_row(r: FeedbackRecord) -> tuple[Any, ...]:
 
 def _text(s: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL: stored as U+FFFD (in SQLite too, so both read alike)."""
-    return s.replace("\x00", "\ufffd") if s is not None and "\x00" in s else s
+    return s.replace("\x00", "\ufffd") if isinstance(s, str) and "\x00" in s else s
 
 
 def _logged(row: tuple[Any, ...]) -> LoggedDecision:
