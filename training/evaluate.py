@@ -11,7 +11,6 @@ into every report).
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -287,12 +286,9 @@ def run_evaluation(
 
 
 def _log(run_id: str | None, report: dict[str, Any], figures: list[Path]) -> str:
-    """Log to the version's MLflow run through training.tracking, when it offers that."""
-    try:
-        log_evaluation = importlib.import_module("training.tracking").log_evaluation
-    except (ImportError, AttributeError):
-        return "not logged: training.tracking.log_evaluation is not available"
+    """Log to the version's MLflow run (in the default store, or $MLFLOW_TRACKING_URI)."""
     if run_id is None:
         return "not logged: the version has no mlflow_run_id"
-    log_evaluation(run_id, report, figures)
-    return f"logged to run {run_id}"
+    from training.tracking import log_evaluation  # mlflow loads only when asked to log
+
+    return log_evaluation(run_id, report, figures)

@@ -10,14 +10,17 @@ The explicit `MlflowClient` API is used throughout: no global "active run" state
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 _SQLITE = "sqlite:///"
@@ -90,6 +93,37 @@ def start_run(
         client.set_terminated(info.run_id, "FAILED")
         raise
     client.set_terminated(info.run_id, "FINISHED")
+
+
+def log_evaluation(run_id: str, report: Mapping[str, Any], figures: Sequence[Path],
+                   uri: str | None = None) -> str:
+    """Add an evaluation report to the version's training run, so runs compare on routing too.
+
+    Metrics `eval.<method>.apgr|cost_50|cost_80` for the router and every baseline, and
+    `eval.target.<name>` (1 met, 0 missed); `report.json` and the figures under `evaluation/`.
+    Returns what was done, or why nothing was (the run is not in this store).
+    """
+    uri = resolve_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return f"not logged: run {run_id} is not in the tracking store {uri}"
+    run = Run(client, run_id)
+    metrics = {f"eval.{method}.{key}": float(m[key])
+               for method, m in report.get("apgr", {}).get("methods", {}).items()
+               for key in ("apgr", "cost_50", "cost_80") if _finite(m.get(key))}
+    metrics |= {f"eval.target.{name}": float(bool(t["ok"]))
+                for name, t in report.get("targets", {}).items()
+                if isinstance(t, Mapping) and "ok" in t}
+    run.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.json"
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        run.log_artifact(path, "evaluation")
+    for figure in figures:
+        run.log_artifact(figure, "evaluation")
+    return f"logged to run {run_id}: {len(metrics)} metrics, report.json, {len(figures)} figures"
 
 
 def flat_metrics(per_model: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -126,7 +126,7 @@ class Policy:
     def for_target_accuracy(
         self, target: float, conservative: bool = False
     ) -> tuple[float, PolicyRow]:
-        """Cheapest (λ, row) whose held-out accuracy reaches `target`.
+        """Cheapest (λ, row) whose accuracy (on the rows the policy was fitted on) reaches `target`.
 
         The row's `accuracy_ci` states the uncertainty; `conservative=True` asks that the lower
         end of that interval reach the target instead of the point estimate.

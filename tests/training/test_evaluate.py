@@ -186,3 +186,35 @@ def test_evaluate_a_pipeline_version_on_a_slice_of_the_reference_traces(tmp_path
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert 0 < rep["n_items"] <= len(held_out) and rep["oracle_bound"]["ok"]
     assert rep["models"] == panel.names and len(rep["curve"]) == 21
+
+
+def test_report_is_logged_to_the_versions_mlflow_run(
+    report: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `confroute evaluate` does with the version's mlflow_run_id (here in a temporary store)."""
+    from mlflow import MlflowClient
+
+    from training import tracking
+    from training.evaluate import _log
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking.start_run(None, "confroute", run_name="train") as run:
+        run.log_metrics({"auroc.m": 0.8})
+    figures = [report["_out"] / name for name in report["figures"]]
+    body = {k: v for k, v in report.items() if k != "_out"}
+    said = _log(run.run_id, body, figures)
+    assert said.startswith(f"logged to run {run.run_id}"), said
+    logged = MlflowClient(tracking_uri=uri).get_run(run.run_id).data.metrics
+    router = report["apgr"]["methods"]["router"]
+    assert logged["eval.router.apgr"] == pytest.approx(router["apgr"])
+    assert logged["eval.fixed_formula.apgr"] == pytest.approx(
+        report["apgr"]["methods"]["fixed_formula"]["apgr"])
+    assert logged["eval.target.match_best_single"] == float(
+        report["targets"]["match_best_single"]["ok"])
+    assert logged["auroc.m"] == 0.8  # the training metrics stay
+    names = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.run_id,
+                                                                           "evaluation")}
+    assert names == {"evaluation/report.json", *(f"evaluation/{f.name}" for f in figures)}
+    assert _log("0" * 32, body, figures).startswith("not logged: run 0000")
+    assert _log(None, body, figures) == "not logged: the version has no mlflow_run_id"
