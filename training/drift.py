@@ -175,7 +175,13 @@ def reference_frame(path: Path, panel: Panel, config: FeatureConfig) -> pd.DataF
     from training.train import read_feature_table
 
     if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
-        return read_feature_table(path)[0]
+        frame = read_feature_table(path)[0]
+        missing = [c for c in ("model", *FEATURE_NAMES) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"reference {path}: no column {missing[0]!r} ({len(missing)} of the "
+                             f"columns drift compares are missing; a `confroute train` feature "
+                             f"table or traces are what it reads)")
+        return frame
     if not path.exists():
         raise FileNotFoundError(f"reference {path} does not exist (traces or a feature table)")
     table = build_table(read_traces(path), panel, config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,9 +76,15 @@ def read_log(url: str, since: float | None = None, version: str | None = None) -
         if not path.is_file():
             raise LogError(f"decision log {path} does not exist (the service's "
                            f"CONFROUTE_DECISION_LOG, default var/decisions.db)")
-    store = open_store(url)
+    store = open_store(url, readonly=True)
     try:
         return store.read(since, version)
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        raise LogError(f"cannot read decision log {redact(url)}: {exc}") from None
+    except Exception as exc:  # psycopg's errors (not importable without the postgres extra)
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        raise LogError(f"cannot read decision log {redact(url)}: {exc}") from None
     finally:
         store.close()
 

@@ -268,7 +268,10 @@ def build_version(
     version_dir, diffs = export_version(
         config.models_dir, fitted, held_out, panel=panel_info(panel),
         feature_names=data.features, feature_config=config.features.model_dump(), policy=policy,
-        metrics=metrics, mlflow_run_id=run_id, switch=config.switch_current,
+        metrics=metrics, mlflow_run_id=run_id,
+        # the service computes FEATURE_NAMES: a version on other columns cannot serve, so it is
+        # exported (for offline use) without becoming current
+        switch=config.switch_current and list(data.features) == list(FEATURE_NAMES),
         heldout_items=data.table.loc[data.test, "item_id"].unique().tolist())
     return Built(fitted, metrics, version_dir, diffs)
 

@@ -179,12 +179,38 @@ def _check_features(found: list[str], expected: list[str]) -> None:
 
 
 def _check_models(m: Manifest) -> None:
+    """One classifier file per panel model, a policy over exactly that panel, sane windows.
+
+    The manifest itself is not hashed (it holds the hashes), so what it says must hang together.
+    """
+    from confroute.policy import Policy
+
     for name in m.panel.names:
         entry = m.models.get(name)
         if entry is None:
             raise ManifestError(f"version {m.version}: no classifier for panel model {name!r}")
         if entry.file not in m.files:
             raise ManifestError(f"version {m.version}: {entry.file} has no sha256 in the manifest")
+    extra = sorted(set(m.models) - set(m.panel.names))
+    files = [m.models[n].file for n in m.panel.names]
+    if extra or len(set(files)) != len(files):
+        raise ManifestError(f"version {m.version}: classifiers {sorted(m.models)} do not match the "
+                            f"panel {m.panel.names} one file each ({files})")
+    if m.policy is not None:
+        try:
+            policy = Policy.from_dict(m.policy)
+        except ValueError as exc:
+            raise ManifestError(f"version {m.version}: policy: {exc}") from None
+        if list(policy.models) != list(m.panel.names):
+            raise ManifestError(f"version {m.version}: the policy is over {list(policy.models)}, "
+                                f"the panel is {m.panel.names}")
+    fc = m.feature_config
+    if not (isinstance(fc.get("group_window", 16), int) and fc.get("group_window", 16) >= 1
+            and isinstance(fc.get("tail", 16), int) and fc.get("tail", 16) >= 0
+            and 0 < fc.get("bottom_frac", 0.1) <= 1
+            and set(fc) <= {"group_window", "tail", "bottom_frac"}):
+        raise ManifestError(f"version {m.version}: feature_config {fc} is not valid (group_window "
+                            f">= 1, tail >= 0, 0 < bottom_frac <= 1, no other keys)")
 
 
 def resolve_version(models_dir: str | Path, version: str | None = None) -> Path:

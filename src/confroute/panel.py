@@ -6,6 +6,7 @@ error naming the key rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +65,19 @@ class Prompt(StrictModel):
 
     system: str | None = None
     template: str = "{question}"
+
+    @model_validator(mode="after")
+    def _one_placeholder(self) -> Prompt:
+        """`{question}` must appear, and no other field (write `{{` for a literal brace)."""
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"prompt.template: {exc} (write {{{{ and }}}} for braces)") from None
+        if fields != {"question"}:
+            other = sorted(fields - {"question"})
+            found = f"; found {other} (write {{{{ and }}}} for braces)" if other else ""
+            raise ValueError("prompt.template must contain {question} and no other field" + found)
+        return self
 
     def messages(self, question: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []

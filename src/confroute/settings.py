@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -35,7 +35,12 @@ class Settings(BaseSettings):
     # share of accepted chat answers also run on the next model and logged as "explore"
     explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     grader: str = "numeric"  # answer extraction for agree_prev and feedback with a gold answer
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

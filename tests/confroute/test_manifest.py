@@ -90,6 +90,37 @@ def test_panel_model_without_classifier_is_refused(copy: Path) -> None:
         verify(copy)
 
 
+def _tamper(raw: dict, how: str) -> None:
+    names = [m["name"] for m in raw["panel"]["models"]]
+    if how == "panel model removed":
+        raw["panel"]["models"] = raw["panel"]["models"][1:]
+    elif how == "route to an unknown model":
+        raw["policy"]["rows"][0]["route"] = ["gpt-9"]
+    elif how == "no policy rows":
+        raw["policy"]["rows"] = []
+    elif how == "two models, one file":
+        raw["models"][names[1]]["file"] = raw["models"][names[0]]["file"]
+    elif how == "negative window":
+        raw["feature_config"]["group_window"] = -4
+
+
+@pytest.mark.parametrize(("how", "words"), [
+    ("panel model removed", "do not match the panel"),
+    ("route to an unknown model", "policy: .*not a subset"),
+    ("no policy rows", "policy: .*non-empty"),
+    ("two models, one file", "one file each"),
+    ("negative window", "feature_config .* is not valid"),
+])
+def test_a_manifest_that_does_not_hang_together_is_refused(copy: Path, how: str,
+                                                           words: str) -> None:
+    """The manifest holds the hashes, so it is not hashed itself: what it says must agree."""
+    raw = json.loads((copy / "manifest.json").read_text())
+    _tamper(raw, how)
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=words):
+        verify(copy)
+
+
 def test_malformed_manifest_names_the_field(copy: Path) -> None:
     _edit_manifest(copy, format=2)
     with pytest.raises(ManifestError, match="invalid manifest at format"):

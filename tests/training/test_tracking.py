@@ -91,9 +91,13 @@ def test_cli_trains_from_a_ready_table_with_extra_signal(
             str(tmp_path / "features.csv"), "--out", str(tmp_path / "models")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    manifest = Manifest.load(tmp_path / "models" / "current")
+    # exported, but not made current: the service computes FEATURE_NAMES and could not serve it
+    assert not (tmp_path / "models" / "current").exists()
+    assert "current was left alone" in result.output
+    [version] = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
+    manifest = Manifest.load(version)
     assert manifest.feature_names[-1] == "verifier_score"
-    verify = ["models", "verify", "--models-dir", str(tmp_path / "models")]
+    verify = ["models", "verify", str(version), "--models-dir", str(tmp_path / "models")]
     assert CliRunner().invoke(app, verify).exit_code == 2  # not this build's FEATURE_NAMES
     assert CliRunner().invoke(app, [*verify, "--table-features"]).exit_code == 0
 

@@ -17,8 +17,10 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     from confroute.panel import ConfigError
     from confroute.traces import TraceFormatError
 
+    # OSError: a directory where a file belongs (or the reverse), no permission, a file that is
+    # not gzip; EOFError: a truncated .gz
     expected: tuple[type[BaseException], ...] = (
-        ConfigError, TraceFormatError, FileNotFoundError, ValueError, *kinds
+        ConfigError, TraceFormatError, OSError, EOFError, ValueError, *kinds
     )
     try:
         yield

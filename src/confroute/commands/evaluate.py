@@ -38,6 +38,7 @@ def evaluate(
         typer.echo(line)
     typer.echo(f"{report['n_items']} items ({report['items_source']})")
     typer.echo(f"report: {out / 'report.json'}; figures: {', '.join(report['figures'])}")
+    typer.echo(f"MLflow: {report['mlflow']}")
 
 
 def _summary(report: dict[str, Any]) -> Table:

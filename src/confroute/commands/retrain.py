@@ -49,6 +49,9 @@ def retrain(
     if since and since_version:
         console.print("[red]error:[/red] give --since or --since-version, not both")
         raise typer.Exit(2)
+    if not models_dir.is_dir():
+        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory of versions")
+        raise typer.Exit(2)
     with user_errors(LogError, TrainError, ExportError, ManifestError, OSError):
         cfg = rt.load_retrain_config(config)
         opts = rt.Options(log, parse_since(since), since_version, mix_reference, dry_run,
@@ -59,11 +62,11 @@ def retrain(
             Console().print(counts_table(exc.counts))
             console.print(f"[yellow]no candidate:[/yellow] {exc}")
             raise typer.Exit(rt.EXIT_NOT_ENOUGH_LABELS) from None
-    report(result)
+    report(result, models_dir)
     raise typer.Exit(result.exit_code)
 
 
-def report(result: RetrainResult) -> None:
+def report(result: RetrainResult, models_dir: Path = Path("models")) -> None:
     """Label counts, the comparison table, notes and the verdict line."""
     out = Console()
     out.print(counts_table(result.counts))
@@ -76,18 +79,18 @@ def report(result: RetrainResult) -> None:
         out.print(f"not judged: {line}")
     for run, run_id in result.runs.items():
         out.print(f"MLflow run ({run}): {run_id}")
-    out.print(verdict_line(result))
+    out.print(verdict_line(result, models_dir))
 
 
-def verdict_line(r: RetrainResult) -> str:
-    current = r.current or "none"
+def verdict_line(r: RetrainResult, models_dir: Path = Path("models")) -> str:
+    current, link = r.current or "none", models_dir / "current"
     if r.dry_run:
         what = "would promote" if r.verdict.promote else "would refuse"
         return f"dry run: {what} candidate {r.candidate} (current {current}); nothing written"
     if r.promoted:
-        return (f"promoted {r.candidate}: models/current -> {r.candidate} (was {current}); "
+        return (f"promoted {r.candidate}: {link} -> {r.candidate} (was {current}); "
                 f"a running service picks it up by its hot reload")
-    return f"refused {r.candidate}: {'; '.join(r.verdict.reasons)}; models/current stays {current}"
+    return f"refused {r.candidate}: {'; '.join(r.verdict.reasons)}; {link} stays {current}"
 
 
 def counts_table(counts: pd.DataFrame) -> Table:

@@ -46,6 +46,10 @@ def train(
     Console().print(_metrics_table(results) if not sweep else _sweep_table(results))
     for r in results:
         typer.echo(f"{r.classifier}-{r.calibration}\trun {r.run_id}\t{r.version_dir}")
+    current = cfg.models_dir / "current"
+    if not sweep and cfg.switch_current and current.resolve() != results[0].version_dir.resolve():
+        typer.echo(f"{current} was left alone: this version's signal columns are not the "
+                   f"service's (a custom feature table), so it cannot be served")
     if sweep:
         from training.tracking import resolve_uri
 

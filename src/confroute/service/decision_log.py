@@ -7,9 +7,9 @@ metrics), the batch goes to a bounded JSONL spill file on disk, and every later 
 it there until a retry (every `retry_s`) replays the spill into the store; replay is idempotent
 (record ids are unique). Records beyond `spill_max_bytes` are dropped and counted, never
 silently. A record the store refuses while it is up (a value it cannot hold: DataError,
-IntegrityError, OverflowError, ...) is set aside in a second file beside the spill (its
-suffix `.jsonl` becomes `.rejected.jsonl`; same bound) and counted, so that one bad record never holds back the
-others. `read(since=, version=)` returns rows with feedback joined.
+IntegrityError, OverflowError, ...) is set aside in a second file beside the spill (its suffix
+`.jsonl` becomes `.rejected.jsonl`; same bound) and counted, so that one bad record never holds
+back the others. `read(since=, version=)` returns rows with feedback joined.
 """
 
 from __future__ import annotations

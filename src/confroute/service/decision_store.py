@@ -156,9 +156,10 @@ class SqlStore:
     schema_types: ClassVar[dict[str, str]] = {
         "serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
 
-    def __init__(self) -> None:
+    def __init__(self, readonly: bool = False) -> None:
         self._conn: Any = None
         self._schema_ready = False
+        self.readonly = readonly  # readers (retrain, drift): never create or change anything
 
     def _open(self) -> Any:
         raise NotImplementedError
@@ -172,8 +173,15 @@ class SqlStore:
     def connect(self) -> None:
         if self._conn is None:
             conn = self._open()
-            self._create_schema(conn)
+            self._ready(conn)
             self._conn = conn
+
+    def _ready(self, conn: Any) -> None:
+        """A writer creates the tables if missing; a reader checks they are there."""
+        if self.readonly:
+            _check_schema(conn)
+        else:
+            self._create_schema(conn)
 
     def _create_schema(self, conn: Any) -> None:
         """Create the tables if missing (once per store: readers may come before the writer)."""
@@ -221,7 +229,7 @@ class SqlStore:
         """Run a read on a fresh connection, so readers never share the writer's."""
         conn = self._open()
         try:
-            self._create_schema(conn)
+            self._ready(conn)
             cur = conn.cursor()
             cur.execute(self._sql(sql), args)
             return list(cur.fetchall())
@@ -240,11 +248,14 @@ class SqliteStore(SqlStore):
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        super().__init__(readonly)
         self.path = Path(path)
 
     def _open(self) -> sqlite3.Connection:
+        if self.readonly:  # no WAL switch, no schema, no file created
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=5.0, check_same_thread=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -260,8 +271,8 @@ class PostgresStore(SqlStore):
     schema_types: ClassVar[dict[str, str]] = {
         "serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
 
-    def __init__(self, url: str, connect_timeout_s: int = 3) -> None:
-        super().__init__()
+    def __init__(self, url: str, connect_timeout_s: int = 3, readonly: bool = False) -> None:
+        super().__init__(readonly)
         self.url = url
         self.connect_timeout_s = connect_timeout_s
 
@@ -274,15 +285,29 @@ class PostgresStore(SqlStore):
         return conn.transaction()
 
 
-def open_store(url: str) -> Store:
-    """A store for a SQLite path (or sqlite:///path) or a postgresql:// URL."""
+def open_store(url: str, readonly: bool = False) -> Store:
+    """A store for a SQLite path (or sqlite:///path) or a postgresql:// URL; `readonly` for
+    readers, which must find an existing decision log and leave it as it is."""
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, readonly=readonly)
     if url.startswith("sqlite:///"):
         url = url.removeprefix("sqlite:///")
     elif "://" in url:
         raise ValueError(f"decision log {url!r}: use a SQLite file path or a postgresql:// URL")
-    return SqliteStore(url)
+    return SqliteStore(url, readonly=readonly)
+
+
+def _check_schema(conn: Any) -> None:
+    """ValueError unless both tables of a decision log are there."""
+    for table in ("decisions", "feedback"):
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SELECT 1 FROM {table} LIMIT 0")  # a fixed table name
+        except Exception as exc:
+            raise ValueError(f"not a confroute decision log: no readable table {table!r} "
+                             f"({type(exc).__name__}: {str(exc).strip()})") from None
+        finally:
+            cur.close()
 
 
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
