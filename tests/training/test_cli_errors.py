@@ -68,3 +68,11 @@ def test_a_template_with_an_unknown_field_is_refused_before_any_model_loads(tmp_
     (tmp_path / "panel.yaml").write_text(panel)
     code, output = _run("serve", "--panel", str(tmp_path / "panel.yaml"))
     assert code == 2 and "['oops']" in output and "Traceback" not in output, output
+
+
+def test_an_unknown_embedded_model_is_refused_before_serving(tmp_path: Path) -> None:
+    panel = (ROOT / "configs/panel.cpu.yaml").read_text().replace(
+        "model: smollm2-135m", "model: nope-model")
+    (tmp_path / "panel.yaml").write_text(panel)
+    code, output = _run("serve", "--panel", str(tmp_path / "panel.yaml"))
+    assert code == 2 and "no such model file nope-model" in output, output

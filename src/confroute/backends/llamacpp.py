@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,11 +76,16 @@ class LlamaCppBackend(Backend):
         self._ctx: Any = None
         self._pieces: dict[int, bytes] = {}
 
-    @classmethod
-    def from_spec(cls, name: str, spec: dict[str, Any]) -> LlamaCppBackend:
+    @staticmethod
+    def model_file(name: str, spec: dict[str, Any]) -> Path:
+        """The GGUF a panel entry names (a reference model is pulled and verified if needed)."""
         from confroute.modelstore import resolve
 
-        path = resolve(str(spec.get("model_path") or spec.get("model") or name))
+        return resolve(str(spec.get("model_path") or spec.get("model") or name))
+
+    @classmethod
+    def from_spec(cls, name: str, spec: dict[str, Any]) -> LlamaCppBackend:
+        path = cls.model_file(name, spec)
         opts = {k: spec[k] for k in ("n_parallel", "n_ctx_per_seq", "n_threads") if k in spec}
         return cls(name, str(path), **opts)
 

@@ -40,9 +40,15 @@ def serve(
 
     given: dict[str, Any] = {"host": host, "port": port, "models_dir": models_dir, "panel": panel,
              "decision_log": decision_log, "log_level": log_level}
-    with user_errors():
+    from confroute.backends.llamacpp import LlamaCppBackend
+    from confroute.modelstore import ModelStoreError
+
+    with user_errors(ModelStoreError):
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
-        load_panel(settings.panel)  # a bad panel is one clear line before anything starts
+        panel_config = load_panel(settings.panel)  # a bad panel: one clear line before starting
+        for m in panel_config.models:  # an embedded model that cannot be found, likewise
+            if m.backend == "llamacpp":
+                LlamaCppBackend.model_file(m.name, m.spec())
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
