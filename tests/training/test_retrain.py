@@ -143,6 +143,7 @@ def test_too_few_labels_for_a_model_exits_3(tmp_path: Path) -> None:
     recs = _records(1000.0)
     labels = [FeedbackRecord(r.request_id, r.stage, True, 2000.0) for r in recs]
     url = _log(tmp_path / "log.db", [*recs, *labels])
+    (tmp_path / "models").mkdir()  # empty: a first version would start here
     args = ["retrain", "--log", url, "--config", str(_config(tmp_path)), "--models-dir",
             str(tmp_path / "models")]
     result = CliRunner().invoke(cli, args, env={"COLUMNS": "160"})

@@ -50,7 +50,8 @@ def retrain(
         console.print("[red]error:[/red] give --since or --since-version, not both")
         raise typer.Exit(2)
     if not models_dir.is_dir():
-        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory of versions")
+        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory (create "
+                      f"it to start a first version there)")
         raise typer.Exit(2)
     with user_errors(LogError, TrainError, ExportError, ManifestError, OSError):
         cfg = rt.load_retrain_config(config)
