@@ -57,8 +57,10 @@ class Tracking(StrictModel):
 class Sweep(StrictModel):
     """`confroute train --sweep`: one run per classifier x calibration."""
 
-    classifiers: list[ClassifierKind] = Field(default_factory=lambda: list(CLASSIFIERS))
-    calibrations: list[CalibrationKind] = Field(default_factory=lambda: list(CALIBRATIONS))
+    classifiers: list[ClassifierKind] = Field(default_factory=lambda: list(CLASSIFIERS),
+                                              min_length=1)
+    calibrations: list[CalibrationKind] = Field(default_factory=lambda: list(CALIBRATIONS),
+                                                min_length=1)
 
 
 class TrainConfig(StrictModel):
@@ -96,6 +98,8 @@ class TrainConfig(StrictModel):
     def _lambdas(self) -> TrainConfig:
         if self.lambdas is not None and not all(0 <= lam <= 1 for lam in self.lambdas):
             raise ValueError("lambdas must lie in [0, 1]")
+        if self.lambdas == []:
+            raise ValueError("lambdas: give at least one λ, or leave it out for the default grid")
         return self
 
 

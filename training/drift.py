@@ -151,6 +151,7 @@ def drift_report(reference: pd.DataFrame, recent: pd.DataFrame) -> dict:
         out[str(model)] = {
             "n_reference": len(ref),
             "n_recent": len(cur),
+            "judged": len(ref) >= MIN_ROWS and len(cur) >= MIN_ROWS,
             "signals": [asdict(r) for r in rows],
             "flagged": [r.signal for r in rows if r.flagged],
             "calibration": calibration(p, labels) if labels.size and p.size else None,

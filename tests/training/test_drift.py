@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from confroute.cli import app as cli
+from confroute.commands.retrain import drift_table
 from confroute.features import FEATURE_NAMES
 from confroute.panel import load_panel
 from confroute.service.decision_store import DecisionRecord, FeedbackRecord, Record, open_store
@@ -54,7 +56,10 @@ def test_drift_report_flags_only_the_moved_signal() -> None:
 def test_too_few_recent_rows_are_not_flagged() -> None:
     rng = np.random.default_rng(2)
     report = drift_report(_frame("m", 500, 0, rng), _frame("m", 10, -2.0, rng))
-    assert report["models"]["m"]["flagged"] == []
+    assert report["models"]["m"]["flagged"] == [] and report["models"]["m"]["judged"] is False
+    console = Console(record=True, width=200)
+    console.print(drift_table({**report, "reference": "r"}))
+    assert "not judged (< 30 rows a side)" in console.export_text()
 
 
 def test_calibration_of_a_calibrated_and_a_miscalibrated_predictor() -> None:
@@ -114,6 +119,7 @@ def test_drift_command_flags_a_shifted_signal_in_the_decision_log(tmp_path: Path
     panel = tmp_path / "panel.yaml"
     panel.write_text(yaml.safe_dump({"name": "p", "models": [{"name": table["model"][0]}]}))
     reports = {}
+    (tmp_path / "none").mkdir()  # no current version in it: signals only
     for name, shift in (("moved", SHIFT), ("same", 0.0)):
         log = _write_log(tmp_path / f"{name}.db", recent, shift)
         out = tmp_path / f"{name}.json"
@@ -121,9 +127,11 @@ def test_drift_command_flags_a_shifted_signal_in_the_decision_log(tmp_path: Path
                 "--out", str(out), "--models-dir", str(tmp_path / "none"), "--panel", str(panel)]
         result = CliRunner().invoke(cli, args, env={"COLUMNS": "160"})
         assert result.exit_code == 0, result.output
+        assert "p_correct is not compared" in result.output
         reports[name] = json.loads(out.read_text())["models"][table["model"][0]]
     moved = next(r for r in reports["moved"]["signals"] if r["signal"] == "avg_logprob")
     assert "avg_logprob" in reports["moved"]["flagged"] and moved["psi"] > 1.0
+    assert reports["moved"]["judged"] is True
     assert moved["recent_mean"] == pytest.approx(recent["avg_logprob"].mean() + SHIFT)
     assert "avg_logprob" not in reports["same"]["flagged"]
     assert reports["same"]["n_recent"] == len(recent)

@@ -37,7 +37,10 @@ def generate(
     if TYPE_CHECKING:
         from confroute.traces import Trace
 
+    from confroute.grading import get_grader
+
     with user_errors(DatasetError, BackendError, ModelStoreError):
+        get_grader(grader)  # an unknown grader is refused before any model loads
         cfg = load_panel(panel)
         names = [m.strip() for m in models.split(",")] if models else cfg.names
         unknown = [n for n in names if n not in cfg.names]

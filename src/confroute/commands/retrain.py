@@ -155,8 +155,14 @@ def drift(
     from training.inrows import LogError, parse_since
     from training.retrain import current_scorer
 
+    if not models_dir.is_dir():
+        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory")
+        raise typer.Exit(2)
     with user_errors(LogError, ManifestError, OSError):
         scorer = current_scorer(models_dir)
+        if scorer is None:
+            console.print(f"[yellow]note:[/yellow] no current version in {models_dir}: "
+                          f"p_correct is not compared, signals only ({panel})")
         pnl = panel_of(scorer.manifest) if scorer else load_panel(panel)
         result = log_drift(log, parse_since(since), reference, scorer, pnl)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +181,9 @@ def drift_table(report: dict[str, Any]) -> Table:
         rows = [r for r in m["signals"] if r["flagged"]]
         cal = m["calibration"]
         label = f"{model} ({m['n_recent']} recent, {m['n_reference']} ref)"
-        if not rows:
+        if not m.get("judged", True):
+            table.add_row(label, f"not judged (< {report['min_rows']} rows a side)", *[""] * 5)
+        elif not rows:
             table.add_row(label, "nothing flagged", *[""] * 5)
         for i, r in enumerate(rows):
             table.add_row(label if i == 0 else "", r["signal"], _f(r["psi"]), _f(r["ks"]),
