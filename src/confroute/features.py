@@ -58,6 +58,13 @@ class FeatureConfig:
     tail: int = 16  # last tokens for tail confidence: the answer and its lead-in
     bottom_frac: float = 0.10  # share of lowest groups averaged by bottom10_group
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.group_window, int) and self.group_window >= 1
+                and isinstance(self.tail, int) and self.tail >= 0
+                and 0 < self.bottom_frac <= 1):
+            raise ValueError(f"feature config {self}: needs group_window >= 1, tail >= 0 and "
+                             f"0 < bottom_frac <= 1")
+
 
 def token_confidence(top: np.ndarray) -> np.ndarray:
     """C_i = -mean of the available top-k logprobs per token; NaN for tokens without any."""

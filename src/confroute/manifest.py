@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from confroute.features import FEATURE_NAMES
+from confroute.features import FEATURE_NAMES, FeatureConfig
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
@@ -204,13 +204,10 @@ def _check_models(m: Manifest) -> None:
         if list(policy.models) != list(m.panel.names):
             raise ManifestError(f"version {m.version}: the policy is over {list(policy.models)}, "
                                 f"the panel is {m.panel.names}")
-    fc = m.feature_config
-    if not (isinstance(fc.get("group_window", 16), int) and fc.get("group_window", 16) >= 1
-            and isinstance(fc.get("tail", 16), int) and fc.get("tail", 16) >= 0
-            and 0 < fc.get("bottom_frac", 0.1) <= 1
-            and set(fc) <= {"group_window", "tail", "bottom_frac"}):
-        raise ManifestError(f"version {m.version}: feature_config {fc} is not valid (group_window "
-                            f">= 1, tail >= 0, 0 < bottom_frac <= 1, no other keys)")
+    try:
+        FeatureConfig(**m.feature_config)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:  # an unknown key, or a window out of range
+        raise ManifestError(f"version {m.version}: feature_config is not valid: {exc}") from None
 
 
 def resolve_version(models_dir: str | Path, version: str | None = None) -> Path:

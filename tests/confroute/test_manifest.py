@@ -109,7 +109,7 @@ def _tamper(raw: dict, how: str) -> None:
     ("route to an unknown model", "policy: .*not a subset"),
     ("no policy rows", "policy: .*non-empty"),
     ("two models, one file", "one file each"),
-    ("negative window", "feature_config .* is not valid"),
+    ("negative window", "feature_config is not valid: .*group_window >= 1"),
 ])
 def test_a_manifest_that_does_not_hang_together_is_refused(copy: Path, how: str,
                                                            words: str) -> None:
