@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,3 +28,10 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     except expected as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+def require_dir(path: Path, option: str, hint: str = "") -> None:
+    """Exit 2 with one line unless `path` is a directory (a typo must not start from nothing)."""
+    if not path.is_dir():
+        console.print(f"[red]error:[/red] {option} {path} is not a directory{hint}")
+        raise typer.Exit(2)

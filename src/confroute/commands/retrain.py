@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from confroute.commands._common import console, user_errors
+from confroute.commands._common import console, require_dir, user_errors
 
 if TYPE_CHECKING:  # the pipeline is imported inside the commands (heavy)
     import pandas as pd
@@ -49,10 +49,7 @@ def retrain(
     if since and since_version:
         console.print("[red]error:[/red] give --since or --since-version, not both")
         raise typer.Exit(2)
-    if not models_dir.is_dir():
-        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory (create "
-                      f"it to start a first version there)")
-        raise typer.Exit(2)
+    require_dir(models_dir, "--models-dir", " (create it to start a first version there)")
     with user_errors(LogError, TrainError, ExportError, ManifestError, OSError):
         cfg = rt.load_retrain_config(config)
         opts = rt.Options(log, parse_since(since), since_version, mix_reference, dry_run,
@@ -155,9 +152,7 @@ def drift(
     from training.inrows import LogError, parse_since
     from training.retrain import current_scorer
 
-    if not models_dir.is_dir():
-        console.print(f"[red]error:[/red] --models-dir {models_dir} is not a directory")
-        raise typer.Exit(2)
+    require_dir(models_dir, "--models-dir")
     with user_errors(LogError, ManifestError, OSError):
         scorer = current_scorer(models_dir)
         if scorer is None:
