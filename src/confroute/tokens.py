@@ -113,18 +113,30 @@ def token_arrays(tokens: Sequence[TokenLike]) -> TokenArrays:
 def compact_arrays(
     logprob: Sequence[float], top: Sequence[Sequence[float]], tokens: Sequence[str] | None
 ) -> TokenArrays:
-    """TokenArrays from numeric arrays; `tokens` (optional) locate the answer, drop specials."""
+    """TokenArrays from numeric arrays; `tokens` (optional) locate the answer, drop specials.
+
+    Rows of equal width (the usual reply) become one array in a single numpy call; ragged rows
+    are NaN-padded row by row.
+    """
     lp = np.asarray(logprob, dtype=np.float64)
     n = lp.size
-    width = max((len(r) for r in top), default=0)
-    tp = np.full((n, width), np.nan)
-    for i, row in enumerate(top):
-        tp[i, : len(row)] = row
-    tp = -np.sort(-tp, axis=1)  # descending; NaN stays last
+    widths = set(map(len, top))
+    if len(widths) == 1 and len(top) == n:
+        tp = np.array(top, dtype=np.float64).reshape(n, widths.pop())
+    else:
+        tp = np.full((n, max(widths, default=0)), np.nan)
+        for i, row in enumerate(top):
+            tp[i, : len(row)] = row
+    if tp.shape[1] > 1 and not (tp[:, :-1] >= tp[:, 1:]).all():  # usually sorted already
+        tp = -np.sort(-tp, axis=1)  # descending; NaN stays last
     tp[~(np.isfinite(tp) & (tp > LOGPROB_FLOOR))] = np.nan
     strs = list(tokens) if tokens is not None else [""] * n
-    special = np.array([s[:1] == "<" and is_special(s) for s in strs], dtype=bool)
-    keep = np.isfinite(lp) & (lp > LOGPROB_FLOOR) & ~special
+    text = "".join(strs)
+    keep = np.isfinite(lp) & (lp > LOGPROB_FLOOR)
+    if "<" in text:  # only then can there be special tokens
+        keep &= np.array([not is_special(s) for s in strs], dtype=bool)
+    if keep.all():
+        return _arrays(lp, np.ascontiguousarray(tp), strs, text)
     strs = [s for s, ok in zip(strs, keep, strict=True) if ok]
     kept = tp[keep] if keep.any() else np.empty((0, 0))
     return _arrays(lp[keep], np.ascontiguousarray(kept), strs)

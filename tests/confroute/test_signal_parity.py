@@ -119,12 +119,37 @@ def test_ragged_topk_arrays() -> None:
     assert arr.text == " 1 2 3"
 
 
-def test_compact_form_matches_objects(traces: list[Trace]) -> None:
-    t = traces[1]
+def _compact_and_objects(t: Trace) -> tuple[TokenArrays, TokenArrays]:
     lp = [x.logprob for x in t.tokens]
     top = [[a.logprob for a in x.top_logprobs] for x in t.tokens]
-    arr = compact_arrays(lp, top, [x.token for x in t.tokens])
-    _same_arrays(arr, reference_token_arrays(t.tokens))
+    return compact_arrays(lp, top, [x.token for x in t.tokens]), reference_token_arrays(t.tokens)
+
+
+def test_compact_form_matches_objects(traces: list[Trace]) -> None:
+    """Every real trace: the compact form (one numpy call for equal-width rows) gives the arrays
+    the token objects give."""
+    for t in traces:
+        _same_arrays(*_compact_and_objects(t))
+
+
+@pytest.mark.parametrize("case", ["unsorted", "masked", "special", "ragged", "no_alternatives"])
+def test_compact_form_edge_cases_match_objects(case: str) -> None:
+    """Rows out of order, masked alternatives (-9999, what servers write for -inf), special and
+    dropped tokens, uneven rows and no alternatives: compact arrays equal the reference."""
+    rows = {
+        "unsorted": [("a", -0.2, [-1.5, -0.2, -3.0]), (" 1", -0.1, [-0.1, -2.5, -2.0])],
+        "masked": [("a", -0.2, [-0.2, LOGPROB_FLOOR, -3.0]), ("b", LOGPROB_FLOOR, [-1.0, -2.0, -3.0]),
+                   ("c", -0.5, [-0.5, -1.0, -9.0])],
+        "special": [("<|im_start|>", -0.01, [-0.01, -5.0]), ("x", -0.3, [-0.3, -1.4]),
+                    ("<b>", -0.2, [-0.2, -2.2]), ("</s>", -0.02, [-0.02, -4.0])],
+        "ragged": [("a", -0.2, [-0.2, -1.0]), ("b", -0.1, [-0.1]), ("c", -0.4, [-0.4, -1.1, -3.0])],
+        "no_alternatives": [("a", -0.2, []), ("b", -0.1, [])],
+    }[case]
+    t = [Token(tok, lp, [TopLogprob("?", a) for a in alts]) for tok, lp, alts in rows]
+    got = compact_arrays([x.logprob for x in t], [[a.logprob for a in x.top_logprobs] for x in t],
+                         [x.token for x in t])
+    _same_arrays(got, reference_token_arrays(t))  # ragged rows: NaN-padded to the widest
+    assert got.top.flags.c_contiguous
 
 
 def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
