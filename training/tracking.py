@@ -4,7 +4,9 @@ Default store: `sqlite:///mlruns/mlflow.db` with artifacts in `mlruns/artifacts`
 the old `./mlruns` file store). Any other store by `Tracking.uri` in the config or the
 `MLFLOW_TRACKING_URI` environment variable. For a SQLite store the experiment's artifact folder
 is put beside the database explicitly, so a temporary store keeps everything in one folder.
-The explicit `MlflowClient` API is used throughout: no global "active run" state.
+MLflow records that folder as an absolute path, so a store that moved (the shipped `mlruns/` in
+any checkout but the one it was made in) is repointed to its new folder before it is written to
+(`relocate`). The explicit `MlflowClient` API is used throughout: no global "active run" state.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -38,6 +42,48 @@ def artifact_location(uri: str) -> str | None:
     db = Path(uri[len(_SQLITE):])
     db.parent.mkdir(parents=True, exist_ok=True)
     return (db.parent.resolve() / "artifacts").as_uri()
+
+
+# where MLflow records artifact paths: table -> column
+_PATH_COLUMNS = {"experiments": "artifact_location", "runs": "artifact_uri",
+                 "logged_models": "artifact_location", "model_versions": "storage_location"}
+
+
+def relocate(uri: str) -> int:
+    """Repoint a SQLite store that moved: paths recorded under its old folder now name its folder.
+
+    An experiment created here has its artifacts at `<db folder>/artifacts`, and MLflow stores
+    that (and every run's artifact URI) as an absolute path: in a checkout elsewhere, new runs
+    would write into the old checkout's folder and logged artifacts would not be found. MLflow
+    has no call to change an experiment's artifact location, so the recorded paths are rewritten
+    in the database, only where they lie under the old folder. Returns the number of values
+    changed (0 for a store in place, a new store or any other kind of store).
+    """
+    if not uri.startswith(_SQLITE):
+        return 0
+    db = Path(uri[len(_SQLITE):])
+    if not db.is_file():
+        return 0
+    here = db.parent.resolve()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        if "experiments" not in tables:
+            return 0
+        olds = {loc[: -len("/artifacts")] for (loc,) in
+                conn.execute("SELECT artifact_location FROM experiments")
+                if loc and loc.startswith("file://") and loc.endswith("/artifacts")}
+        for old in olds - {here.as_uri()}:
+            old_path = unquote(urlparse(old).path)
+            for prefix, new in ((old, here.as_uri()), (old_path, str(here))):
+                for table, column in _PATH_COLUMNS.items():
+                    if table in tables:
+                        changed += conn.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (new, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"),
+                        ).rowcount
+    return changed
 
 
 class Run:
@@ -84,6 +130,7 @@ def start_run(
     """A run that ends FINISHED, or FAILED if the block raises."""
     uri = resolve_uri(uri)
     artifact_location(uri)  # a SQLite store's folder must exist before the client opens it
+    relocate(uri)
     client = MlflowClient(tracking_uri=uri)
     info = client.create_run(experiment_id(client, experiment, uri), run_name=run_name,
                              tags=dict(tags or {})).info
@@ -104,6 +151,7 @@ def log_evaluation(run_id: str, report: Mapping[str, Any], figures: Sequence[Pat
     Returns what was done, or why nothing was (the run is not in this store).
     """
     uri = resolve_uri(uri)
+    relocate(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.get_run(run_id)

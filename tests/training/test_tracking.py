@@ -107,3 +107,34 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml")])
     assert result.exit_code == 2 and "classifer" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_moved_store_is_repointed_before_it_is_written(tmp_path: Path) -> None:
+    """The shipped mlruns/ in a checkout elsewhere: MLflow recorded the old folder's absolute
+    path, so without repointing a new run writes into the old checkout and the shipped runs'
+    artifacts are not found. Here the old folder is gone; nothing may recreate it."""
+    import shutil
+
+    from training.tracking import relocate, start_run
+
+    old, new = tmp_path / "old checkout" / "mlruns", tmp_path / "new" / "mlruns"
+    old.mkdir(parents=True)
+    (tmp_path / "a.txt").write_text("first")
+    with start_run(f"sqlite:///{old}/mlflow.db", "moved", run_name="first") as run:
+        run.log_artifact(tmp_path / "a.txt", "files")
+    first = run.run_id
+    shutil.move(old, new)
+    shutil.rmtree(tmp_path / "old checkout")
+
+    uri = f"sqlite:///{new}/mlflow.db"
+    (tmp_path / "b.txt").write_text("second")
+    with start_run(uri, "moved", run_name="second") as run:
+        run.log_artifact(tmp_path / "b.txt", "files")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("moved")
+    assert exp is not None and exp.artifact_location == (new / "artifacts").as_uri()
+    assert not (tmp_path / "old checkout").exists()
+    assert (new / "artifacts" / run.run_id / "artifacts" / "files" / "b.txt").read_text() == "second"
+    got = Path(client.download_artifacts(first, "files/a.txt", str(tmp_path)))
+    assert got.read_text() == "first"  # the shipped run's artifacts, found in the new folder
+    assert relocate(uri) == 0  # in place now: nothing to change
