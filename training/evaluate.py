@@ -237,13 +237,22 @@ def select_items(
     source = "every item in the traces"
     if items_from is not None:
         table = table[table["item_id"].isin(read_item_ids(items_from))]
-        source = f"items listed in {items_from}"
+        source = f"items listed in {_shown(items_from)}"
     if exclude_from is not None:
         table = table[~table["item_id"].isin(read_item_ids(exclude_from))]
-        source += f" minus items listed in {exclude_from}"
+        source += f" minus items listed in {_shown(exclude_from)}"
     if items_from is None and exclude_from is None:
         source += " (no held-out list: may include the items the version was fitted on)"
     return table, source
+
+
+def _shown(path: Path) -> str:
+    """A path as the report states it: relative to the working directory when inside it, so a
+    report shipped in the repository names no one machine's folders."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def panel_of(manifest: Manifest) -> Panel:

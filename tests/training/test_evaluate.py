@@ -218,3 +218,24 @@ def test_report_is_logged_to_the_versions_mlflow_run(
     assert names == {"evaluation/report.json", *(f"evaluation/{f.name}" for f in figures)}
     assert _log("0" * 32, body, figures).startswith("not logged: run 0000")
     assert _log(None, body, figures) == "not logged: the version has no mlflow_run_id"
+
+
+def test_item_source_names_paths_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report shipped in the repository (mlruns/, var/) names no one machine's folders."""
+    from training.evaluate import select_items
+    from training.export import HELDOUT_ITEMS
+
+    version = tmp_path / "project" / "models" / "v1"
+    version.mkdir(parents=True)
+    (version / HELDOUT_ITEMS).write_text(json.dumps(["a"]))
+    table = pd.DataFrame({"item_id": ["a", "b"]})
+    monkeypatch.chdir(tmp_path / "project")
+    rows, source = select_items(table, version.resolve(), None, None)
+    assert list(rows["item_id"]) == ["a"]
+    assert source == f"items listed in models/v1/{HELDOUT_ITEMS}"
+    elsewhere = tmp_path / "outside.json"  # not under the working directory: stated as given
+    elsewhere.write_text(json.dumps(["b"]))
+    _, source = select_items(table, version, None, elsewhere)
+    assert source.endswith(f"minus items listed in {elsewhere}")
