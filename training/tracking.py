@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -44,45 +43,45 @@ def artifact_location(uri: str) -> str | None:
     return (db.parent.resolve() / "artifacts").as_uri()
 
 
-# where MLflow records artifact paths: table -> column
-_PATH_COLUMNS = {"experiments": "artifact_location", "runs": "artifact_uri",
-                 "logged_models": "artifact_location", "model_versions": "storage_location"}
+# set on experiments whose artifacts confroute put beside a SQLite database: the ones `relocate`
+# may repoint when the store moves (an artifact location a user chose is never touched)
+BESIDE_DB_TAG = "confroute.artifacts_beside_db"
 
 
 def relocate(uri: str) -> int:
-    """Repoint a SQLite store that moved: paths recorded under its old folder now name its folder.
+    """Repoint a SQLite store that moved: its experiments' artifacts are beside it again.
 
-    An experiment created here has its artifacts at `<db folder>/artifacts`, and MLflow stores
-    that (and every run's artifact URI) as an absolute path: in a checkout elsewhere, new runs
-    would write into the old checkout's folder and logged artifacts would not be found. MLflow
-    has no call to change an experiment's artifact location, so the recorded paths are rewritten
-    in the database, only where they lie under the old folder. Returns the number of values
-    changed (0 for a store in place, a new store or any other kind of store).
+    confroute creates an experiment with its artifacts at `<db folder>/artifacts` (tagged
+    BESIDE_DB_TAG), and MLflow stores that, and every run's artifact URI, as an absolute path: in
+    a checkout elsewhere new runs would write into the old checkout's folder and logged artifacts
+    would not be found. MLflow has no call to change an experiment's artifact location, so for
+    tagged experiments the recorded paths under the old folder are rewritten in the database.
+    Returns the number of values changed (0 for a store in place, a new store, any other store).
     """
     if not uri.startswith(_SQLITE):
         return 0
     db = Path(uri[len(_SQLITE):])
     if not db.is_file():
         return 0
-    here = db.parent.resolve()
+    want = (db.parent.resolve() / "artifacts").as_uri()
     changed = 0
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-        if "experiments" not in tables:
+        if not {"experiments", "experiment_tags", "runs"} <= tables:
             return 0
-        olds = {loc[: -len("/artifacts")] for (loc,) in
-                conn.execute("SELECT artifact_location FROM experiments")
-                if loc and loc.startswith("file://") and loc.endswith("/artifacts")}
-        for old in olds - {here.as_uri()}:
-            old_path = unquote(urlparse(old).path)
-            for prefix, new in ((old, here.as_uri()), (old_path, str(here))):
-                for table, column in _PATH_COLUMNS.items():
-                    if table in tables:
-                        changed += conn.execute(
-                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
-                            (new, len(prefix) + 1, prefix, len(prefix) + 1, prefix + "/"),
-                        ).rowcount
+        moved = conn.execute(
+            "SELECT e.experiment_id, e.artifact_location FROM experiments e JOIN experiment_tags t "
+            "ON t.experiment_id = e.experiment_id WHERE t.key = ? AND e.artifact_location != ?",
+            (BESIDE_DB_TAG, want)).fetchall()
+        for exp_id, old in moved:
+            changed += conn.execute("UPDATE experiments SET artifact_location = ? "
+                                    "WHERE experiment_id = ?", (want, exp_id)).rowcount
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                if table in tables:
+                    changed += conn.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE experiment_id = ? AND substr({column}, 1, ?) = ?",
+                        (want, len(old) + 1, exp_id, len(old) + 1, old + "/")).rowcount
     return changed
 
 
@@ -119,7 +118,9 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+    location = artifact_location(uri)
+    tags = {BESIDE_DB_TAG: "true"} if location else None
+    return str(client.create_experiment(name, artifact_location=location, tags=tags))
 
 
 @contextlib.contextmanager

@@ -123,6 +123,8 @@ def test_a_moved_store_is_repointed_before_it_is_written(tmp_path: Path) -> None
     with start_run(f"sqlite:///{old}/mlflow.db", "moved", run_name="first") as run:
         run.log_artifact(tmp_path / "a.txt", "files")
     first = run.run_id
+    own = (tmp_path / "old checkout" / "team" / "artifacts").as_uri()  # a location a user chose
+    theirs = MlflowClient(f"sqlite:///{old}/mlflow.db").create_experiment("theirs", own)
     shutil.move(old, new)
     shutil.rmtree(tmp_path / "old checkout")
 
@@ -138,3 +140,4 @@ def test_a_moved_store_is_repointed_before_it_is_written(tmp_path: Path) -> None
     got = Path(client.download_artifacts(first, "files/a.txt", str(tmp_path)))
     assert got.read_text() == "first"  # the shipped run's artifacts, found in the new folder
     assert relocate(uri) == 0  # in place now: nothing to change
+    assert client.get_experiment(theirs).artifact_location == own  # not confroute's to move
