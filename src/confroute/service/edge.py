@@ -3,7 +3,6 @@ middleware), and bearer API keys."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -14,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from confroute.service.errors import Unauthorized, error_body
+from confroute.service.errors import Unauthorized, error_json
 from confroute.service.metrics import Metrics
 from confroute.settings import Settings
 
@@ -45,12 +44,14 @@ class EdgeMiddleware:
         fast = self.fast_posts.get(scope["path"])
         try:
             if fast is not None and scope["method"] != "POST":
-                await _reply_error(send_status, 405, "method_not_allowed",
-                                   f"{scope['path']} takes POST only", [(b"allow", b"POST")])
+                await send_json(send_status, 405, error_json(
+                    405, "method_not_allowed", f"{scope['path']} takes POST only"),
+                    [(b"allow", b"POST")])
             elif self._declared_too_large(scope):
-                await _reply_error(send_status, 413, "request_too_large",
-                                   f"request body exceeds the limit of {self.max_body_bytes} bytes",
-                                   [(b"connection", b"close")])
+                await send_json(send_status, 413, error_json(
+                    413, "request_too_large",
+                    f"request body exceeds the limit of {self.max_body_bytes} bytes"),
+                    [(b"connection", b"close")])
             elif fast is not None:
                 await fast(scope, self._counting(scope, receive), send_status)
             else:
@@ -82,12 +83,12 @@ class EdgeMiddleware:
         return counted
 
 
-async def _reply_error(send: Send, status: int, kind: str, message: str,
-                       headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps(error_body(status, kind, message)).encode()
+async def send_json(send: Send, status: int, body: bytes,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A whole JSON response as plain ASGI messages."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+                            (b"content-length", b"%d" % len(body)), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -66,6 +66,11 @@ def error_body(status: int, kind: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
+def error_json(status: int, kind: str, message: str) -> bytes:
+    """error_body as JSON bytes, for the plain ASGI replies (edge.py, route.py)."""
+    return msgspec.json.encode(error_body(status, kind, message))
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(exc.status, exc.kind, exc.message), exc.status, exc.headers)
 

@@ -15,9 +15,9 @@ from starlette.types import Receive, Scope, Send
 
 from confroute.features import FEATURE_NAMES, TokenArrays
 from confroute.service.decision_log import DecisionLog, DecisionRecord, new_record_id
-from confroute.service.edge import bearer_token, check_key
+from confroute.service.edge import bearer_token, check_key, send_json
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
-from confroute.service.errors import BadRequest, ServiceError, bad_body, error_body
+from confroute.service.errors import BadRequest, ServiceError, bad_body, error_json
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
     MAX_REQUEST_ID,
@@ -190,10 +190,8 @@ class RouteEndpoint:
         except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
             body, status, headers = error_json(exc.status_code, "request_too_large",
                                                str(exc.detail)), exc.status_code, None
-        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status, body,
+                        [(k.encode(), v.encode()) for k, v in (headers or {}).items()])
 
     async def _handle(self, scope: Scope, receive: Receive) -> bytes:
         res, metrics = self.app.state.resources, self.app.state.metrics
@@ -217,6 +215,3 @@ async def read_body(receive: Receive) -> bytes:
         if not message.get("more_body"):
             return b"".join(chunks)
 
-
-def error_json(status: int, kind: str, message: str) -> bytes:
-    return encode(error_body(status, kind, message))
