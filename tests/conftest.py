@@ -15,7 +15,7 @@ import pytest
 
 from confroute import modelstore
 
-SERVER_START_S = 120.0
+SERVER_START_S = 120.0  # loading the 98 MB GGUF takes a few seconds on 2 busy cores
 NO_SKIPS = os.environ.get("CONFROUTE_NO_SKIPS") == "1"  # set by scripts/test.sh (and so by CI)
 _skipped: list[str] = []
 
@@ -36,7 +36,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _skipped:
         terminalreporter.section("skipped under CONFROUTE_NO_SKIPS=1: the run fails", red=True)
         for line in _skipped:
-            terminalreporter.line(line)  # loading the 98 MB GGUF takes a few seconds on 2 busy cores
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")
