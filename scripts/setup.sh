@@ -9,9 +9,12 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "confroute needs Python 3.11"'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-# llama-cpp-python builds from source the first time (about 7 minutes on 2 cores); pip caches the wheel.
-python -m pip install -q -e ".[train,llama,dev,postgres]"
+python -m pip install -q "pip==26.3"
+# Every package at the version CI tested: requirements.lock, made by `uv pip compile` (its header
+# has the command; the README says how to refresh it). pyproject.toml keeps the ranges for people
+# who install confroute as a library. llama-cpp-python builds from source the first time (about
+# 7 minutes on 2 cores); pip caches the wheel.
+python -m pip install -q -c requirements.lock -e ".[train,llama,dev,postgres]"
 confroute models pull all
 if [ "${WITH_POSTGRES:-0}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -51,6 +51,9 @@ _BUILTIN: dict[str, tuple[str, _Getter, _Getter]] = {
         lambda r: r["input"],
         lambda r: _number(r["target"]),
     ),
+    # MAWPS one-operation and addition/subtraction problems: the easy side of the mixed workload
+    "singleop:test": ("mawps/singleop.jsonl", lambda r: r["input"], lambda r: _number(r["target"])),
+    "addsub:test": ("mawps/addsub.jsonl", lambda r: r["input"], lambda r: _number(r["target"])),
 }
 BUILTIN_DATASETS = tuple(_BUILTIN)
 

@@ -7,6 +7,7 @@ client shows the message. A bad request is a 4xx that says what was wrong; a 500
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -75,11 +76,34 @@ def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(exc.status, exc.kind, exc.message), exc.status, exc.headers)
 
 
-def bad_body(exc: Exception) -> BadRequest:
-    """A msgspec decode or validation error as a 400 naming the field."""
+_AT_PATH = re.compile(r"at `(\$[^`]*)`")
+
+
+def bad_body(exc: Exception, body: bytes | None = None) -> BadRequest:
+    """A msgspec decode or validation error as a 400 in confroute's own words.
+
+    The first words are ours and stable across msgspec versions (tests assert them): "not valid
+    UTF-8", "malformed JSON body", "number out of range at $.path", "invalid value at $.path".
+    msgspec's own text follows after a colon only as detail, so a new msgspec release that
+    rewords it changes nothing a client matches on."""
+    detail = str(exc)
+    path = m.group(1) if (m := _AT_PATH.search(detail)) else None
+    where = f" at {path}" if path else ""
+    if body is not None and not _is_utf8(body):
+        return BadRequest("the body is not valid UTF-8")
+    if "out of range" in detail.lower():
+        return BadRequest(f"number out of range{where}")
     if isinstance(exc, msgspec.ValidationError):
-        return BadRequest(f"invalid request body: {exc}")
-    return BadRequest(f"malformed JSON body: {exc}")
+        return BadRequest(f"invalid value{where}: {detail}")
+    return BadRequest(f"malformed JSON body: {detail}")
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _validation_message(exc: RequestValidationError) -> str:

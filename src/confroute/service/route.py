@@ -41,9 +41,9 @@ def decode(body: bytes, batch: bool) -> list[Request]:
     try:
         got = _decode_batch(body).items if batch else _decode_one(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
-        raise bad_body(exc) from None
-    except UnicodeDecodeError as exc:  # invalid UTF-8 inside a JSON string
-        raise BadRequest(f"the body is not valid UTF-8: {exc.reason}") from None
+        raise bad_body(exc, body) from None
+    except UnicodeDecodeError:  # invalid UTF-8 inside a JSON string
+        raise BadRequest("the body is not valid UTF-8") from None
     return got if isinstance(got, list) else [got]
 
 

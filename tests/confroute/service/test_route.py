@@ -111,12 +111,13 @@ def _bad_bodies(t: Trace) -> list[tuple[Any, int, str]]:
     return [
         (b"{not json", 400, "malformed JSON"),
         (b"", 400, "malformed JSON"),
-        (b"3", 400, "Expected `object | array`"),
+        (b"3", 400, "invalid value: "),
         ({**ok, "model": "gpt-5"}, 400, "unknown model 'gpt-5'"),
         ({**ok, "tokens": []}, 400, "empty"),
-        ({**ok, "tokens": [{"token": "x", "logprob": "high"}]}, 400, "$.tokens[0].logprob"),
-        ({**ok, "cost_quality_tradeoff": 1.5}, 400, "cost_quality_tradeoff"),
-        ({**ok, "cost_quality_tradeoff": "cheap"}, 400, "cost_quality_tradeoff"),
+        ({**ok, "tokens": [{"token": "x", "logprob": "high"}]}, 400, "invalid value at $.tokens[0].logprob"),
+        ({**ok, "cost_quality_tradeoff": 1.5}, 400, "invalid value at $.cost_quality_tradeoff"),
+        ({**ok, "cost_quality_tradeoff": "cheap"}, 400,
+         "invalid value at $.cost_quality_tradeoff"),
         ({**ok, "content": ok["tokens"]}, 400, "exactly one of"),
         ({"model": t.model}, 400, "exactly one of"),
         ({"model": t.model, "choices": [{"logprobs": None}]}, 400, "no logprobs"),
@@ -127,12 +128,12 @@ def _bad_bodies(t: Trace) -> list[tuple[Any, int, str]]:
         ({"model": t.model, "compact": {"logprob": []}}, 400, "empty"),
         ({**ok, "tokens": [{"token": "x", "logprob": float("-inf")}]}, 400, "malformed JSON"),
         (b'{"model": "smollm2-135m", "content": [{"token": "x", "logprob": -1e999}]}', 400,
-         "out of range"),
-        (b'{"model": "smollm2-135m\xc3", "content": []}', 400, "not valid UTF-8"),
-        ({**ok, "stage": 2**63}, 400, "$.stage"),  # beyond any store's integer column
-        ({**ok, "stage": 1001}, 400, "<= 1000"),
-        ({**ok, "request_id": "a\u0000b"}, 400, "$.request_id"),  # PostgreSQL text has no NUL
-        ({**ok, "request_id": "x" * 201}, 400, "length <= 200"),  # feedback could not name it
+         "number out of range at $.content[0].logprob"),
+        (b'{"model": "smollm2-135m\xc3", "content": []}', 400, "the body is not valid UTF-8"),
+        ({**ok, "stage": 2**63}, 400, "invalid value at $.stage"),  # beyond any store's integers
+        ({**ok, "stage": 1001}, 400, "invalid value at $.stage"),
+        ({**ok, "request_id": "a\u0000b"}, 400, "invalid value at $.request_id"),  # no NUL in PG
+        ({**ok, "request_id": "x" * 201}, 400, "invalid value at $.request_id"),  # too long to name
         ([], 400, "1 to 50 items"),
         ([ok] * 51, 400, "1 to 50 items"),
         ([ok] * 200, 413, "exceeds the limit of 1048576 bytes"),
