@@ -323,6 +323,28 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     }
 
 
+def compare_decisions(models_dir: Path, baseline: Path, body: bytes, n: int, rounds: int
+                      ) -> dict[str, Any]:
+    """decision_latency of two versions in alternating rounds; median p50 of each, and ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {"version": [], "baseline": []}
+    for _ in range(rounds):
+        runs["baseline"].append(decision_latency(baseline, body, n))
+        runs["version"].append(decision_latency(models_dir, body, n))
+
+    def med(side: str, key: str) -> float:
+        return float(np.median([r[key]["p50_us"] for r in runs[side]]))
+
+    keys = ["decide_from_arrays", "of_which_signals_with_answer_extraction",
+            "of_which_onnx_and_calibration", "of_which_policy"]
+    return {"rounds": rounds, "iterations": n,
+            "version": {"id": runs["version"][0]["version"], **{k: med("version", k) for k in keys}},
+            "baseline": {"id": runs["baseline"][0]["version"],
+                         **{k: med("baseline", k) for k in keys}},
+            "ratio_version_over_baseline": {k: round(med("version", k) / med("baseline", k), 3)
+                                            for k in keys},
+            "per_round": runs, "load_average": os.getloadavg()}
+
+
 # -- proxy overhead ----------------------------------------------------------------------------
 
 
@@ -363,6 +385,9 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--models-dir", type=Path)
+    p.add_argument("--baseline-models-dir", type=Path,
+                   help="with --only decision: also time this version, rounds interleaved, "
+                        "and report the ratio of p50s (models-dir / baseline)")
     p.add_argument("--out", type=Path)
     p.add_argument("--only", choices=["decision", "throughput", "proxy"], help="run one part")
     p.add_argument("--serve", help=argparse.SUPPRESS)
@@ -386,6 +411,9 @@ def main() -> None:
         for name, run in parts.items():
             if args.only in (None, name):
                 result[name] = run()
+        if args.baseline_models_dir and args.only == "decision":
+            result = compare_decisions(models_dir, args.baseline_models_dir, body,
+                                       args.iterations, args.rounds) | {"trace": result["trace"]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = json.dumps(result, indent=2)

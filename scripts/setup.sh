@@ -14,6 +14,12 @@ python -m pip install -q "pip==26.3"
 # has the command; the README says how to refresh it). pyproject.toml keeps the ranges for people
 # who install confroute as a library. llama-cpp-python builds from source the first time (about
 # 7 minutes on 2 cores); pip caches the wheel.
+# llama.cpp is built for x86-64-v3 (AVX2, FMA, F16C), not -march=native: on these machines the
+# CPU reports AMX, a native build uses it, and llama_decode dies with SIGILL (illegal
+# instruction) on any batch of a few dozen tokens, because the VM does not grant AMX state.
+if [ "$(uname -m)" = x86_64 ]; then
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
+fi
 python -m pip install -q -c requirements.lock -e ".[train,llama,dev,postgres]"
 confroute models pull all
 if [ "${WITH_POSTGRES:-0}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

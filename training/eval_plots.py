@@ -86,3 +86,53 @@ def plot_routing(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+_GEN = {"router": ("confroute router", "C0o-"), "single_models": ("single-model hull", "k^--"),
+        "route_thresholds": ("route + thresholds (earlier policy)", "C3s:"),
+        "raw_avg_logprob_threshold": ("one threshold on avg_logprob", "C1.-"),
+        "fixed_formula": ("fixed formula, one threshold", "C2.-")}
+
+
+def plot_generalisation(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """learning_curve.png (APGR against training items) and leave_one_set_out.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    if "learning_curve" in report:
+        rows = report["learning_curve"]["summary"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = [r["n_train"] for r in rows]
+        for name, (label, fmt) in _GEN.items():
+            if all(name in r for r in rows):
+                mean = [r[name]["mean"] for r in rows]
+                err = [[m - r[name]["lo"] for m, r in zip(mean, rows, strict=True)],
+                       [r[name]["hi"] - m for m, r in zip(mean, rows, strict=True)]]
+                ax.errorbar(x, mean, yerr=err, fmt=fmt, label=label, capsize=3)
+        ax.set(xlabel="training items", ylabel="APGR on held-out items",
+               title="Learning curve (mean, 2.5-97.5% of repeats)")
+        ax.legend(fontsize=7)
+        paths.append(out_dir / "learning_curve.png")
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    if "leave_one_set_out" in report:
+        runs = report["leave_one_set_out"]["runs"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = [n for n in _GEN if all(r["apgr"].get(n) is not None for r in runs)]
+        w = 0.8 / max(len(names), 1)
+        for k, name in enumerate(names):
+            ax.bar(np.arange(len(runs)) + k * w, [r["apgr"][name] for r in runs], w,
+                   label=_GEN[name][0])
+        ax.set_xticks(np.arange(len(runs)) + 0.4 - w / 2, [r["left_out"] for r in runs])
+        ax.set(ylabel="APGR on the left-out set", title="Leave one set out")
+        ax.legend(fontsize=7)
+        paths.append(out_dir / "leave_one_set_out.png")
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths

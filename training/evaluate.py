@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from confroute.cascade import CascadePolicy
 from confroute.features import FeatureConfig, agreement
 from confroute.grading import get_grader
+from confroute.looper import HybridWeights, formula_score
 from confroute.manifest import Manifest
-from confroute.panel import Cost, Panel, PanelModel
-from confroute.policy import Policy
+from confroute.panel import Cost, Panel, PanelModel, Prompt
+from confroute.policy import Policy, load_policy
 from confroute.scoring import Scorer
 from confroute.traces import read_traces
 from training.cost_curves import (
@@ -40,8 +42,9 @@ from training.cost_curves import (
 )
 from training.eval_plots import plot_report
 from training.export import HELDOUT_ITEMS
+from training.fit_cascade import Replayed, replay_cascade
 from training.fit_policy import Outcome, replay
-from training.table import build_table, complete_items
+from training.table import QUERY_COLUMNS, build_table, complete_items
 
 COST_SOURCE = "panel config per-token prices x measured tokens"
 HYBRID_WEIGHTS = {"logprob_weight": 0.5, "margin_weight": 0.5}
@@ -56,6 +59,8 @@ DESCRIPTIONS = {
                      "for every model, swept",
     "fixed_formula_any_route": "the fixed formula's threshold sweep on every route of 2+ panel "
                                "models, pooled (an ablation: route choice without the classifier)",
+    "route_thresholds": "the earlier policy: one route and per-model thresholds per λ, grid-searched "
+                        "on the same training rows",
     "oracle": "cheapest correct model (else the last model's cost); points: the best accuracy "
               "any router can reach at each cost",
 }
@@ -75,6 +80,29 @@ class EvalArrays:
     # p for a route (panel indices): agree_prev then sees only the route's earlier answers, as in
     # the service; None: use `p` (agreement with every cheaper panel model) for every route
     route_p: Callable[[Sequence[int]], np.ndarray] | None = None
+    # p of model j after the calls `before` (the cascade may skip models); None: `p[:, j]`
+    stage_p: Callable[[int, tuple[int, ...]], np.ndarray] | None = None
+    query: np.ndarray | None = None  # (n_items, QUERY_COLUMNS) when the table has them
+    datasets: np.ndarray | None = None  # (n_items,) dataset of each item
+
+    def p_after(self, j: int, before: tuple[int, ...]) -> np.ndarray:
+        return self.stage_p(j, before) if self.stage_p else self.p[:, j]
+
+    def subset(self, mask: np.ndarray) -> EvalArrays:
+        """The same arrays on the items where `mask` holds (scores recomputed lazily)."""
+        idx = np.flatnonzero(mask)
+        sp = self.stage_p
+
+        def stage_p(j: int, before: tuple[int, ...]) -> np.ndarray:
+            return (sp(j, before) if sp else self.p[:, j])[idx]
+
+        rp = self.route_p
+        return EvalArrays(
+            self.models, [self.items[i] for i in idx], self.p[idx], self.correct[idx],
+            self.cost[idx], self.avg_logprob[idx], self.margin[idx],
+            route_p=(lambda r: rp(r)[idx]) if rp else None, stage_p=stage_p,
+            query=None if self.query is None else self.query[idx],
+            datasets=None if self.datasets is None else self.datasets[idx])
 
 
 def arrays_from_table(
@@ -91,9 +119,36 @@ def arrays_from_table(
         return np.column_stack([r[name].to_numpy(dtype=dtype) for r in per])
 
     p = np.column_stack([predict(m, x) for m, x in zip(models, X, strict=True)])
+    query = (per[0][list(QUERY_COLUMNS)].to_numpy(float)
+             if all(c in table for c in QUERY_COLUMNS) else None)
     return EvalArrays(list(models), items, p, col("correct", bool), col("cost", float),
                       col("avg_logprob", float), col("margin", float),
-                      route_p=route_scorer(list(models), X, preds, list(feature_names), predict))
+                      route_p=route_scorer(list(models), X, preds, list(feature_names), predict),
+                      stage_p=stage_scorer(list(models), X, preds, list(feature_names), predict),
+                      query=query, datasets=per[0]["dataset"].to_numpy(str))
+
+
+def stage_scorer(
+    models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
+    feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
+) -> Callable[[int, tuple[int, ...]], np.ndarray]:
+    """(model j, earlier calls) -> p of j with agree_prev over those calls' answers, as the
+    service computes it (cached per call sequence)."""
+    col = feature_names.index("agree_prev") if "agree_prev" in feature_names else None
+    grader = get_grader("numeric")
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def scored(j: int, before: tuple[int, ...]) -> np.ndarray:
+        key = (*before, j) if col is not None else (j,)
+        if key not in cache:
+            x = X[j].copy()
+            if col is not None:
+                x[:, col] = [agreement(preds[j][i], [preds[b][i] for b in before], grader)
+                             for i in range(len(x))]
+            cache[key] = predict(models[j], x)
+        return cache[key]
+
+    return scored
 
 
 def route_scorer(
@@ -103,16 +158,7 @@ def route_scorer(
     """p per route, agree_prev recomputed over the route's earlier answers (cached per prefix)."""
     if "agree_prev" not in feature_names:
         return None
-    col, grader = feature_names.index("agree_prev"), get_grader("numeric")
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-
-    def scored(j: int, before: tuple[int, ...]) -> np.ndarray:
-        if (*before, j) not in cache:
-            x = X[j].copy()
-            x[:, col] = [agreement(preds[j][i], [preds[b][i] for b in before], grader)
-                         for i in range(len(x))]
-            cache[(*before, j)] = predict(models[j], x)
-        return cache[(*before, j)]
+    scored = stage_scorer(models, X, preds, feature_names, predict)
 
     def route_p(route: Sequence[int]) -> np.ndarray:
         p = np.full((len(X[0]), len(models)), np.nan)
@@ -124,14 +170,12 @@ def route_scorer(
 
 
 def fixed_formula_score(avg_logprob: np.ndarray, margin: np.ndarray) -> np.ndarray:
-    """The open-source cascade's hybrid confidence: mean of clip((lp+3)/3) and 1 - exp(-m/3)."""
-    lp_conf = np.clip((avg_logprob + 3.0) / 3.0, 0.0, 1.0)
-    margin_conf = np.clip(1.0 - np.exp(-margin / 3.0), 0.0, 1.0)
-    w = HYBRID_WEIGHTS
-    return w["logprob_weight"] * lp_conf + w["margin_weight"] * margin_conf  # NaN stays NaN
+    """The open-source cascade's hybrid confidence: mean of clip((lp+3)/3) and 1 - exp(-m/3),
+    computed by the same function the service uses for a looper-style config."""
+    return np.asarray(formula_score("hybrid", avg_logprob, margin, HybridWeights(**HYBRID_WEIGHTS)))
 
 
-def _curve(outs: Sequence[Outcome], base: float, extras: Sequence[dict[str, Any]]) -> Curve:
+def _curve(outs: Sequence[Outcome | Replayed], base: float, extras: Sequence[dict[str, Any]]) -> Curve:
     """Operating points from replays, keeping each item's outcome for the bootstrap."""
     correct = np.array([o.correct for o in outs], dtype=float)
     cost = np.array([o.cost for o in outs], dtype=float) / base
@@ -140,8 +184,10 @@ def _curve(outs: Sequence[Outcome], base: float, extras: Sequence[dict[str, Any]
     return Curve(points, correct, cost)
 
 
-def router_curve(a: EvalArrays, policy: Policy, base: float) -> Curve:
+def router_curve(a: EvalArrays, policy: Any, base: float) -> Curve:
     """Replay the policy at each grid λ: accuracy, cost, who answered, who was called."""
+    if isinstance(policy, CascadePolicy):
+        return cascade_curve(a, policy, base)
     outs, extras = [], []
     for row in policy.rows:
         route = [a.models.index(m) for m in row.route]
@@ -153,6 +199,22 @@ def router_curve(a: EvalArrays, policy: Policy, base: float) -> Curve:
             "answered": {m: float((out.answered_by == j).mean()) for j, m in enumerate(a.models)},
             "calls": {m: float(out.calls[:, j].mean()) for j, m in enumerate(a.models)},
             "fitted_accuracy": row.accuracy, "fitted_cost": row.cost})
+    return _curve(outs, base, extras)
+
+
+def cascade_curve(a: EvalArrays, policy: CascadePolicy, base: float) -> Curve:
+    """The cascade policy replayed at each grid λ, as the service runs it."""
+    outs, extras = [], []
+    for row in policy.rows:
+        out = replay_cascade(row, a.models, lambda s: a.p_after(s[-1], s[:-1]), a.correct,
+                             a.cost, a.query)
+        outs.append(out)
+        two = float((out.calls.sum(1) >= 2).mean())
+        extras.append({
+            "lambda": row.lam, "route": policy.route(row.lam),
+            "answered": {m: float((out.answered_by == j).mean()) for j, m in enumerate(a.models)},
+            "calls": {m: float(out.calls[:, j].mean()) for j, m in enumerate(a.models)},
+            "two_or_more_calls": two, "fitted_accuracy": row.accuracy, "fitted_cost": row.cost})
     return _curve(outs, base, extras)
 
 
@@ -187,7 +249,7 @@ def single_models(a: EvalArrays, base: float) -> Curve:
     return Curve(points, correct, cost)
 
 
-def evaluate_arrays(a: EvalArrays, policy: Policy, n_boot: int = 200) -> dict[str, Any]:
+def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, Any]:
     """The report's numbers: router curve, baselines, APGR, oracle bound and targets."""
     base = float(a.cost[:, -1].mean())
     singles = single_models(a, base)
@@ -197,26 +259,50 @@ def evaluate_arrays(a: EvalArrays, policy: Policy, n_boot: int = 200) -> dict[st
               "raw_avg_logprob_threshold": threshold_curve(a.avg_logprob, a, base),
               "fixed_formula": threshold_curve(fixed, a, base),
               "fixed_formula_any_route": any_route_curve(fixed, a, base)}
+    names = list(BASELINES)
+    earlier = policy.meta.get("route_thresholds") if isinstance(policy, CascadePolicy) else None
+    if earlier:  # the previous policy, fitted on the same rows: the gain of the new one
+        curves["route_thresholds"] = router_curve(a, Policy.from_dict(earlier), base)
+        names.append("route_thresholds")
     baselines: dict[str, Any] = {
         name: {"description": DESCRIPTIONS[name], "points": curves[name].points}
-        for name in BASELINES}
+        for name in names}
     for name in ("fixed_formula", "fixed_formula_any_route"):
         baselines[name]["weights"] = HYBRID_WEIGHTS
     baselines["oracle"] = {"description": DESCRIPTIONS["oracle"], **oracle(a.correct, a.cost / base)}
     methods = {k: c.points for k, c in curves.items()} | {"oracle": baselines["oracle"]["points"]}
     table = apgr_table(methods, singles.points)
     table["router_gain"] = {name: apgr_gain(curves["router"], curves[name], singles, n_boot)
-                            for name in BASELINES}
+                            for name in names}
     curve = curves["router"].points
     return {
         "n_items": len(a.items), "models": a.models, "last_model_cost": base,
+        "policy_kind": getattr(policy, "kind", "route_thresholds"),
         "curve": curve, "baselines": baselines, "apgr": table,
         "oracle_bound": oracle_bound({k: v for k, v in methods.items() if k != "oracle"},
                                      baselines["oracle"]["points"]),
-        "targets": {"router_vs_baselines": router_vs_baselines(curve, baselines, BASELINES),
+        "targets": {"router_vs_baselines": router_vs_baselines(curve, baselines, names),
                     "apgr_beats_fixed_formula": table["router_gain"]["fixed_formula"],
                     "match_best_single": match_best_single(curve, baselines)},
     }
+
+
+def per_dataset(a: EvalArrays, policy: Any, n_boot: int = 200, min_items: int = 20
+                ) -> dict[str, Any]:
+    """APGR of the router and each baseline on each dataset's items (sets of >= min_items)."""
+    if a.datasets is None:
+        return {}
+    out = {}
+    for name in sorted(set(a.datasets)):
+        mask = a.datasets == name
+        if mask.sum() < min_items:
+            out[name] = {"n_items": int(mask.sum()), "note": f"fewer than {min_items} items"}
+            continue
+        rep = evaluate_arrays(a.subset(mask), policy, n_boot)
+        out[name] = {"n_items": int(mask.sum()),
+                     "apgr": {k: v["apgr"] for k, v in rep["apgr"]["methods"].items()},
+                     "router_gain": rep["apgr"]["router_gain"]}
+    return out
 
 
 def read_item_ids(path: str | Path) -> set[str]:
@@ -256,9 +342,12 @@ def _shown(path: Path) -> str:
 
 
 def panel_of(manifest: Manifest) -> Panel:
-    """The version's panel (names and prices) as a Panel, for the feature table's costs."""
+    """The version's panel (names, prices and, for a cascade policy, the prompt template its
+    query features strip) as a Panel, for the feature table's costs and query columns."""
     models = [PanelModel(name=m.name, cost=Cost(**m.cost)) for m in manifest.panel.models]
-    return Panel(name=manifest.panel.name, models=models)
+    template = (manifest.policy or {}).get("meta", {}).get("prompt_template")
+    prompt = Prompt(template=template) if template else Prompt()
+    return Panel(name=manifest.panel.name, models=models, prompt=prompt)
 
 
 def run_evaluation(
@@ -270,7 +359,7 @@ def run_evaluation(
     m = scorer.manifest
     if m.policy is None:
         raise ValueError(f"version {m.version} has no policy table to evaluate")
-    policy, panel = Policy.from_dict(m.policy), panel_of(m)
+    policy, panel = load_policy(m.policy), panel_of(m)
     config = FeatureConfig(**m.feature_config)  # type: ignore[arg-type]
     table, source = select_items(build_table(read_traces(traces), panel, config),
                                  scorer.path, items_from, exclude_items_from)
@@ -284,6 +373,7 @@ def run_evaluation(
         "items_without_every_model": int(table["item_id"].nunique() - len(arrays.items)),
         "datasets": full.groupby("dataset")["item_id"].nunique().astype(int).to_dict(),
         **evaluate_arrays(arrays, policy),
+        "per_dataset": per_dataset(arrays, policy),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,7 @@ def _build(
     """Rows from the chosen points, replayed for their numbers and bootstrap intervals."""
     chosen = [_thresholds(pts, _select(pts, lam), p_of) for lam in lams]
     outcomes = [replay(p_of(r), correct, cost, r, t) for r, t in chosen]
-    cis = _bootstrap_ci(np.array([o.correct for o in outcomes]), n_bootstrap, seed)
+    cis = bootstrap_ci(np.array([o.correct for o in outcomes]), n_bootstrap, seed)
     rows = tuple(
         PolicyRow(lam=lam, route=tuple(models[j] for j in r),
                   thresholds={models[j]: t for j, t in zip(r, taus, strict=False)},
@@ -239,7 +239,7 @@ def _build(
         "n_bootstrap": n_bootstrap, "seed": seed})
 
 
-def _bootstrap_ci(
+def bootstrap_ci(
     correct: np.ndarray, n_bootstrap: int, seed: int
 ) -> list[tuple[float, float] | None]:
     """95% percentile interval of each row's accuracy over item resamples (same for all rows)."""

@@ -28,13 +28,15 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from confroute.cascade import CascadePolicy
 from confroute.features import FEATURE_NAMES
 from confroute.panel import StrictModel
-from confroute.policy import Policy
+from confroute.policy import Policy, load_policy
 from confroute.scoring import Scorer
 from training import metrics as M
 from training.export import jsonable
-from training.fit_policy import replay
+from training.fit_cascade import Replayed, replay_cascade
+from training.fit_policy import Outcome, replay
 
 METRICS = ("auroc", "ece", "brier", "log_loss")
 HIGHER_IS_BETTER = {"auroc": True, "ece": False, "brier": False, "utility": True}
@@ -158,19 +160,24 @@ def utilities(
             continue
         p = np.column_stack([s.predict(m, w[list(FEATURE_NAMES)].to_numpy(float))
                              for m, w in zip(models, wide, strict=True)])
-        out[role] = replay_utility(Policy.from_dict(s.manifest.policy), models, p, correct, cost,
+        out[role] = replay_utility(load_policy(s.manifest.policy), models, p, correct, cost,
                                    lam)
     basis = f"{len(items)} held-out requests with a labeled answer from every panel model, λ={lam:g}"
     return out, basis
 
 
-def replay_utility(policy: Policy, models: list[str], p: np.ndarray, correct: np.ndarray,
-                   cost: np.ndarray, lam: float) -> dict[str, float]:
-    """Accuracy, relative cost and utility of the policy's cascade at λ; columns: `models`."""
-    row = policy.row(lam)
-    route = [models.index(m) for m in row.route]
-    taus = [row.thresholds[m] for m in row.route[:-1]]
-    out = replay(p, correct, cost, route, taus)
+def replay_utility(policy: Policy | CascadePolicy, models: list[str], p: np.ndarray,
+                   correct: np.ndarray, cost: np.ndarray, lam: float) -> dict[str, float]:
+    """Accuracy, relative cost and utility of the policy's cascade at λ; columns: `models`.
+    (Logged rows carry no question text: a cascade starts where its intercepts say.)"""
+    out: Outcome | Replayed
+    if isinstance(policy, CascadePolicy):
+        out = replay_cascade(policy.row(lam), models, lambda s: p[:, s[-1]], correct, cost, None)
+    else:
+        row = policy.row(lam)
+        route = [models.index(m) for m in row.route]
+        taus = [row.thresholds[m] for m in row.route[:-1]]
+        out = replay(p, correct, cost, route, taus)
     base = float(cost[:, -1].mean())
     acc = float(out.correct.mean())
     rel = float(out.cost.mean()) / base if base > 0 else 0.0

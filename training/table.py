@@ -10,6 +10,7 @@ them; a cheaper model without a trace for the item is left out of that share.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -20,12 +21,19 @@ import pandas as pd
 from confroute.features import FEATURE_NAMES, FeatureConfig, extract_signals
 from confroute.grading import Grader, get_grader
 from confroute.panel import Panel
+from confroute.query import QUERY_FEATURES, query_features, question_of
 from confroute.traces import Trace
 
 META_COLUMNS = (
     "item_id", "dataset", "model", "stage", "correct", "prediction",
     "prompt_tokens", "completion_tokens", "cost",
 )
+# the question's features (confroute.query), known before any call: the cascade's first choice
+QUERY_COLUMNS = tuple(f"query_{name}" for name in QUERY_FEATURES)
+# items whose questions read the same (lower-cased, punctuation and spacing dropped) share a
+# group: splits and cross-fitting folds keep a group on one side (SingleOp repeats some texts)
+GROUP_COLUMN = "item_group"
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
 
 
 def build_table(
@@ -38,7 +46,7 @@ def build_table(
         if t.model in order:
             by_item[t.item_id][t.model] = t
     grader = get_grader("numeric")
-    rows, feats = [], []
+    rows, feats, queries, groups = [], [], [], []
     for item_id, per_model in by_item.items():
         previous: list[str | None] = []
         for name in panel.names:
@@ -50,9 +58,36 @@ def build_table(
             rows.append((item_id, t.dataset, name, order[name], bool(t.correct), t.prediction,
                          t.usage.prompt_tokens, t.usage.completion_tokens, cost))
             previous.append(t.prediction)
+            question = question_of(user_text(t), panel.prompt.template)
+            queries.append(query_features(question))
+            groups.append(question_group(question) or item_id)  # no text: its own group
     table = pd.DataFrame(rows, columns=list(META_COLUMNS))
     x = np.vstack(feats) if feats else np.empty((0, len(FEATURE_NAMES)))
-    return pd.concat([table, pd.DataFrame(x, columns=list(FEATURE_NAMES))], axis=1)
+    q = np.vstack(queries) if queries else np.empty((0, len(QUERY_COLUMNS)))
+    out = pd.concat([table, pd.DataFrame(x, columns=list(FEATURE_NAMES)),
+                     pd.DataFrame(q, columns=list(QUERY_COLUMNS))], axis=1)
+    out[GROUP_COLUMN] = pd.Series(groups, dtype=object)
+    # one group per item even if its models' prompts differ: the first model's question decides
+    out[GROUP_COLUMN] = out.groupby("item_id")[GROUP_COLUMN].transform("first")
+    return out
+
+
+def question_group(question: str) -> str:
+    """The group key of a question: its words, lower-cased, without punctuation or spacing."""
+    return _NOT_WORD.sub(" ", question.lower()).strip()
+
+
+def item_groups(table: pd.DataFrame) -> pd.Series:
+    """Each row's split group: GROUP_COLUMN where the table has it, else the item id."""
+    if GROUP_COLUMN in table:
+        return table[GROUP_COLUMN].fillna(table["item_id"]).astype(str)
+    return table["item_id"].astype(str)
+
+
+def user_text(trace: Trace) -> str:
+    """The last user message of a trace's prompt (the question, templated)."""
+    users = [m.content for m in trace.messages if m.role == "user"]
+    return users[-1] if users else ""
 
 
 def regrade(trace: Trace, grader: Grader) -> Trace:

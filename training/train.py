@@ -29,7 +29,7 @@ from training import plots, tracking
 from training.config import TrainConfig
 from training.export import export_version
 from training.fit import CorrectnessClassifier
-from training.table import META_COLUMNS, build_table
+from training.table import GROUP_COLUMN, META_COLUMNS, QUERY_COLUMNS, build_table, item_groups
 
 REQUIRED_COLUMNS = ("item_id", "model", "correct", "cost")
 
@@ -74,10 +74,29 @@ def read_feature_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     if not (pd.api.types.is_bool_dtype(table["correct"]) or table["correct"].isin([0, 1]).all()):
         raise TrainError(f"{path}: column 'correct' must hold true/false or 0/1")
     table["correct"] = table["correct"].astype(bool)
-    features = [c for c in table.columns if c not in META_COLUMNS and _numeric(table[c])]
+    skip = {*META_COLUMNS, *QUERY_COLUMNS, GROUP_COLUMN}
+    features = [c for c in table.columns if c not in skip and _numeric(table[c])]
     if not features:
         raise TrainError(f"{path}: no numeric signal columns besides {list(META_COLUMNS)}")
-    return table, features
+    return clip_infinite(table, features), features
+
+
+def clip_infinite(table: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+    """The rule for infinite signal values (a logprob of -inf is one real backends return): -inf
+    becomes the column's finite minimum and +inf its finite maximum (NaN where the column has
+    no finite value), so such a row sorts as the least (most) confident one instead of making
+    the whole table unusable. Traces need no rule: a token logprob of -inf (or at or below
+    traces.LOGPROB_FLOOR) is a missing logprob there, dropped before any signal is computed,
+    in training, evaluation and serving alike."""
+    out = table.copy()
+    for col in features:
+        x = out[col].to_numpy(float)
+        inf = np.isinf(x)
+        if inf.any():
+            finite = x[np.isfinite(x)]
+            lo, hi = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
+            out[col] = np.where(x == -np.inf, lo, np.where(x == np.inf, hi, x))
+    return out
 
 
 def _numeric(col: pd.Series) -> bool:
@@ -106,11 +125,12 @@ def load_dataset(config: TrainConfig, panel: Panel) -> Dataset:
     if absent:
         raise TrainError(f"no answers from panel model(s) {absent} in the input; "
                          f"generate their traces or use a panel without them")
-    return Dataset(table, features, split_items(table["item_id"], config.test_size, config.seed))
+    return Dataset(table, features, split_items(item_groups(table), config.test_size, config.seed))
 
 
 def split_items(items: pd.Series, test_size: float, seed: int) -> np.ndarray:
-    """Held-out mask: a random `test_size` share of items, every row of an item on one side."""
+    """Held-out mask: a random `test_size` share of items (or of item groups, given
+    table.item_groups), every row of an item on one side."""
     ids = np.unique(items.astype(str).to_numpy())
     n_test = min(max(1, round(test_size * ids.size)), ids.size - 1)
     test_ids = np.random.default_rng(seed).permutation(ids)[:n_test]
@@ -138,7 +158,7 @@ def fit_panel(
                                     config.isotonic_grid, config.seed, config.n_jobs)
         try:
             fitted[model] = clf.fit(rows[data.features].to_numpy(float), rows["correct"].to_numpy(),
-                                    groups=rows["item_id"].to_numpy())
+                                    groups=item_groups(rows).to_numpy())
         except ValueError as exc:
             raise TrainError(f"{model}: {exc}") from None
     return fitted
@@ -163,13 +183,13 @@ def evaluate_panel(
 def fit_policy_table(
     config: TrainConfig, data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str]
 ) -> dict[str, Any]:
-    """The λ table, fitted on training items every model answered, from cross-fitted p."""
-    try:
-        from training.fit_policy import fit_policy
-    except ModuleNotFoundError as exc:
-        if exc.name != "training.fit_policy":
-            raise
-        raise TrainError("training/fit_policy.py (the policy fitter) is missing") from None
+    """The λ table, fitted on training items every model answered, from cross-fitted p.
+
+    With `policy: cascade` the manifest holds the cascade policy and, in its meta, the
+    route-and-thresholds table fitted on the same rows (what `confroute evaluate` compares)."""
+    from training.fit_cascade import fit_cascade
+    from training.fit_policy import fit_policy
+
     train = data.table[~data.test]
     p = pd.DataFrame(np.nan, index=pd.Index(train["item_id"].unique()), columns=models)
     for model, clf in fitted.items():
@@ -180,21 +200,53 @@ def fit_policy_table(
     complete = wide.dropna().index
     if complete.empty:
         raise TrainError("no training item was answered by every panel model; cannot fit a policy")
-    policy = fit_policy(p.loc[complete, models].to_numpy(float),
-                        wide.loc[complete, "correct"][models].to_numpy(bool),
-                        wide.loc[complete, "cost"][models].to_numpy(float), models, config.lambdas,
-                        route_p=_route_p(data, fitted, models, complete))
-    return policy.to_dict()
+    correct = wide.loc[complete, "correct"][models].to_numpy(bool)
+    cost = wide.loc[complete, "cost"][models].to_numpy(float)
+    scorer = _stage_p(data, fitted, models, complete)
+    route_p = _route_p(scorer, models, len(complete)) if scorer else None
+    table = fit_policy(p.loc[complete, models].to_numpy(float), correct, cost, models,
+                       config.lambdas, route_p=route_p).to_dict()
+    if config.policy == "route_thresholds":
+        return table
+    pm = p.loc[complete, models].to_numpy(float)
+    cascade = fit_cascade(scorer or (lambda j, before: pm[:, j]), correct, cost, models,
+                          query=query_matrix(train, complete), lambdas=config.lambdas,
+                          seed=config.seed)
+    out = cascade.to_dict()
+    # the query features read the bare question: the service and evaluate strip this template
+    out["meta"]["prompt_template"] = load_panel(config.panel).prompt.template
+    out["meta"]["route_thresholds"] = table
+    return out
 
 
-def _route_p(
+def query_matrix(table: pd.DataFrame, items: pd.Index) -> np.ndarray | None:
+    """(items, QUERY_COLUMNS) from a table that has them (traces do; a user's table may not)."""
+    if not all(c in table for c in QUERY_COLUMNS):
+        return None
+    q = table.drop_duplicates("item_id").set_index("item_id").loc[items, list(QUERY_COLUMNS)]
+    return q.to_numpy(float)
+
+
+def _route_p(scorer: Callable[[int, tuple[int, ...]], np.ndarray], models: list[str], n: int
+             ) -> Callable[[Sequence[int]], np.ndarray]:
+    """p per route from a stage scorer: column j as scored after the route's earlier models."""
+    def route_p(route: Sequence[int]) -> np.ndarray:
+        out = np.full((n, len(models)), np.nan)
+        for k, j in enumerate(route[:-1]):
+            out[:, j] = scorer(j, tuple(route[:k]))
+        return out
+
+    return route_p
+
+
+def _stage_p(
     data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str], items: pd.Index
-) -> Callable[[Sequence[int]], np.ndarray] | None:
-    """Out-of-fold p per route, agree_prev recomputed over the route's earlier answers as the
-    service computes it (a route that skips a cheaper model never sees that model's answer)."""
+) -> Callable[[int, tuple[int, ...]], np.ndarray] | None:
+    """Out-of-fold p of model j after the calls `before`, agree_prev recomputed over those calls'
+    answers as the service computes it (a call that skipped a cheaper model never saw its answer)."""
     if "agree_prev" not in data.features or "prediction" not in data.table:
         return None
-    from training.evaluate import route_scorer
+    from training.evaluate import stage_scorer
 
     X, preds, where = [], [], {}
     for model in models:
@@ -212,7 +264,7 @@ def _route_p(
         out[pos >= 0] = fitted[model].oof_proba(x[pos >= 0], pos[pos >= 0])
         return out
 
-    return route_scorer(models, X, preds, data.features, predict)
+    return stage_scorer(models, X, preds, data.features, predict)
 
 
 def figures(data: Dataset, fitted: dict[str, CorrectnessClassifier], out: Path, bins: int) -> None:

@@ -183,7 +183,7 @@ def _check_models(m: Manifest) -> None:
 
     The manifest itself is not hashed (it holds the hashes), so what it says must hang together.
     """
-    from confroute.policy import Policy
+    from confroute.policy import load_policy
 
     for name in m.panel.names:
         entry = m.models.get(name)
@@ -198,7 +198,7 @@ def _check_models(m: Manifest) -> None:
                             f"panel {m.panel.names} one file each ({files})")
     if m.policy is not None:
         try:
-            policy = Policy.from_dict(m.policy)
+            policy = load_policy(m.policy)
         except ValueError as exc:
             raise ManifestError(f"version {m.version}: policy: {exc}") from None
         if list(policy.models) != list(m.panel.names):

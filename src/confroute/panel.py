@@ -48,6 +48,9 @@ class PanelModel(StrictModel):
     max_retries: int = Field(2, ge=0)
     max_concurrency: int = Field(8, ge=1)
     on_error: Literal["skip", "fail"] = "skip"  # in the proxy: go on to the next model, or fail
+    # an answer without logprobs (some hosted APIs refuse them): escalate it (the policy's rule
+    # while a model is left) or accept it as it is (reason `no_logprobs_accepted`)
+    no_logprobs: Literal["escalate", "accept"] = "escalate"
     n_parallel: int = Field(8, ge=1)  # llamacpp: sequences decoded together
     n_ctx_per_seq: int = Field(1024, ge=128)
     n_threads: int | None = None

@@ -32,10 +32,12 @@ FORMAT = 1
 class Decision:
     """What to do with one model's answer at one λ."""
 
-    decision: Literal["accept", "escalate", "skip"]
+    decision: Literal["accept", "escalate", "skip", "skip_ahead"]
     threshold: float | None  # τ the p_correct was compared with (None when no comparison)
     next_model: str | None  # the model to call next (None when the answer stands)
     reason: str  # confident | not_confident | no_logprobs | last_model | not_in_route
+    # expected utility of each option (cascade policy: "accept" and each later model)
+    values: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,19 +85,22 @@ class Policy:
     def lambdas(self) -> list[float]:
         return list(self._grid)
 
+    kind: str = "route_thresholds"
+
     def row(self, lam: float) -> PolicyRow:
         """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
-        lam = check_lambda(lam)
-        grid = self._grid
-        i = bisect.bisect_left(grid, lam)  # grid[i - 1] < lam <= grid[i]
-        if i == len(grid) or (i > 0 and lam - grid[i - 1] <= grid[i] - lam + 1e-12):
-            i -= 1  # the lower neighbour is nearer, or a (float) tie
-        return self.rows[i]
+        return nearest_row(self.rows, lam)
 
     @cached_property
     def _grid(self) -> tuple[float, ...]:
-        """The λ grid, increasing (validated): what `row` bisects and `lambdas` lists."""
+        """The λ grid, increasing (validated)."""
         return tuple(r.lam for r in self.rows)
+
+    def first(self, lam: float, features: Sequence[float] | None = None) -> Any:
+        """The route's first model (this policy does not read the question)."""
+        from confroute.cascade import Start
+
+        return Start(self.row(lam).route[0], {}, "route")
 
     def route(self, lam: float) -> list[str]:
         return list(self.row(lam).route)
@@ -103,13 +108,14 @@ class Policy:
     def thresholds(self, lam: float) -> dict[str, float]:
         return dict(self.row(lam).thresholds)
 
-    def decide(self, model: str, p_correct: float, lam: float) -> Decision:
+    def after(self, lam: float, model: str) -> str | None:
+        """The route model after `model` at λ (None: none is left)."""
+        return self._next(self.row(lam), model) if model in self.models else None
+
+    def decide(self, model: str, p_correct: float, lam: float,
+               called: Sequence[str] | None = None) -> Decision:
         """Accept, escalate or skip `model`'s answer (calibrated `p_correct`) at trade-off `lam`."""
-        if model not in self.models:
-            raise ValueError(f"model {model!r} is not in the policy's panel {list(self.models)}")
-        p = float(p_correct)
-        if not (math.isnan(p) or 0.0 <= p <= 1.0):
-            raise ValueError(f"p_correct must be in [0, 1] or NaN, got {p_correct}")
+        p = check_answer(self.models, model, p_correct)
         row = self.row(lam)
         if model not in row.route:
             return Decision("skip", None, self._next(row, model), "not_in_route")
@@ -131,22 +137,7 @@ class Policy:
         The row's `accuracy_ci` states the uncertainty; `conservative=True` asks that the lower
         end of that interval reach the target instead of the point estimate.
         """
-        if not 0.0 <= target <= 1.0:
-            raise ValueError(f"target accuracy must be in [0, 1], got {target}")
-
-        def reached(r: PolicyRow) -> float:
-            return r.accuracy_ci[0] if conservative and r.accuracy_ci else r.accuracy
-
-        ok = [r for r in self.rows if reached(r) >= target]
-        if not ok:
-            best = max(self.rows, key=reached)
-            what = "lower 95% bound of accuracy" if conservative else "held-out accuracy"
-            raise ValueError(
-                f"no setting reaches accuracy {target:.3f}; the best {what} is "
-                f"{reached(best):.3f} (λ={best.lam:g}, cost {best.cost:.3f})"
-            )
-        best = min(ok, key=lambda r: (r.cost, -r.accuracy, -r.lam))
-        return best.lam, best
+        return target_row(self.rows, target, conservative)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, stored in the manifest under "policy"."""
@@ -170,6 +161,49 @@ class Policy:
         return later[0] if later else None
 
 
+def nearest_row(rows: Sequence[Any], lam: float) -> Any:
+    """The row whose grid λ (`.lam`, increasing) is nearest to `lam` (ties: the lower λ)."""
+    lam = check_lambda(lam)
+    grid = [r.lam for r in rows]
+    i = bisect.bisect_left(grid, lam)  # grid[i - 1] < lam <= grid[i]
+    if i == len(grid) or (i > 0 and lam - grid[i - 1] <= grid[i] - lam + 1e-12):
+        i -= 1  # the lower neighbour is nearer, or a (float) tie
+    return rows[i]
+
+
+def target_row(rows: Sequence[Any], target: float, conservative: bool = False) -> tuple[float, Any]:
+    """Cheapest (λ, row) whose accuracy (on the rows the policy was fitted on) reaches `target`.
+
+    The row's `accuracy_ci` states the uncertainty; `conservative=True` asks that the lower end of
+    that interval reach the target instead of the point estimate.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target accuracy must be in [0, 1], got {target}")
+
+    def reached(r: Any) -> float:
+        return float(r.accuracy_ci[0] if conservative and r.accuracy_ci else r.accuracy)
+
+    ok = [r for r in rows if reached(r) >= target]
+    if not ok:
+        best = max(rows, key=reached)
+        what = "lower 95% bound of accuracy" if conservative else "held-out accuracy"
+        raise ValueError(
+            f"no setting reaches accuracy {target:.3f}; the best {what} is "
+            f"{reached(best):.3f} (λ={best.lam:g}, cost {best.cost:.3f})"
+        )
+    best = min(ok, key=lambda r: (r.cost, -r.accuracy, -r.lam))
+    return best.lam, best
+
+
+def load_policy(d: Mapping[str, Any]) -> Any:
+    """The manifest's policy table as a Policy (format 1) or a CascadePolicy (format 2)."""
+    if d.get("format") == 2:
+        from confroute.cascade import CascadePolicy
+
+        return CascadePolicy.from_dict(d)
+    return Policy.from_dict(d)
+
+
 def check_lambda(lam: float) -> float:
     """λ as a float in [0, 1], or a ValueError that says so."""
     value = float(lam)
@@ -178,13 +212,29 @@ def check_lambda(lam: float) -> float:
     return value
 
 
-def _validate(models: Sequence[str], rows: Sequence[PolicyRow]) -> None:
-    """ValueError unless usable: sorted λ grid, routes in panel order, finite τ."""
+def check_answer(models: Sequence[str], model: str, p_correct: float) -> float:
+    """p_correct as a float after checking that `model` is in the panel and p is in [0, 1]/NaN."""
+    if model not in models:
+        raise ValueError(f"model {model!r} is not in the policy's panel {list(models)}")
+    p = float(p_correct)
+    if not (math.isnan(p) or 0.0 <= p <= 1.0):
+        raise ValueError(f"p_correct must be in [0, 1] or NaN, got {p_correct}")
+    return p
+
+
+def check_grid(models: Sequence[str], rows: Sequence[Any]) -> None:
+    """ValueError unless the panel names are unique and the rows' λ (`.lam`) are a non-empty,
+    increasing grid in [0, 1] (both policy kinds)."""
     if not models or len(set(models)) != len(models):
         raise ValueError(f"policy needs unique panel model names, got {list(models)}")
     lams = [r.lam for r in rows]
     if not rows or any(not 0 <= x <= 1 for x in lams) or sorted(set(lams)) != lams:
         raise ValueError(f"policy λ grid must be non-empty, increasing and in [0, 1], got {lams}")
+
+
+def _validate(models: Sequence[str], rows: Sequence[PolicyRow]) -> None:
+    """ValueError unless usable: sorted λ grid, routes in panel order, finite τ."""
+    check_grid(models, rows)
     for r in rows:
         pos = [models.index(m) if m in models else -1 for m in r.route]
         if not pos or -1 in pos or pos != sorted(set(pos)):

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     models_dir: Path = Path("models")  # serves models_dir/current (a symlink to a version)
     panel: Path = Path("configs/panel.cpu.yaml")  # backends of /v1/chat/completions
+    # the confidence looper's `algorithm: {type: confidence, ...}` block (looper.py); None: the
+    # calibrated policy with these settings' defaults
+    router_config: Path | None = None
     reload_interval_s: Annotated[float, Field(gt=0)] = 2.0  # poll of models/current, seconds
     # decision log: a SQLite file path (WAL) or a postgresql:// URL
     decision_log: str = "var/decisions.db"

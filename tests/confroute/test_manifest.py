@@ -94,8 +94,8 @@ def _tamper(raw: dict, how: str) -> None:
     names = [m["name"] for m in raw["panel"]["models"]]
     if how == "panel model removed":
         raw["panel"]["models"] = raw["panel"]["models"][1:]
-    elif how == "route to an unknown model":
-        raw["policy"]["rows"][0]["route"] = ["gpt-9"]
+    elif how == "route to an unknown model":  # the cascade policy: a start at an unknown model
+        raw["policy"]["rows"][0]["start"]["gpt-9"] = [0.0, 0.0, 0.0]
     elif how == "no policy rows":
         raw["policy"]["rows"] = []
     elif how == "two models, one file":
@@ -106,7 +106,7 @@ def _tamper(raw: dict, how: str) -> None:
 
 @pytest.mark.parametrize(("how", "words"), [
     ("panel model removed", "do not match the panel"),
-    ("route to an unknown model", "policy: .*not a subset"),
+    ("route to an unknown model", "policy: .*start weights must name panel models"),
     ("no policy rows", "policy: .*non-empty"),
     ("two models, one file", "one file each"),
     ("negative window", "feature_config is not valid: .*group_window >= 1"),

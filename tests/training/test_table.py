@@ -13,7 +13,7 @@ from confroute.features import FEATURE_NAMES, extract_signals
 from confroute.grading import get_grader
 from confroute.panel import Panel, load_panel
 from confroute.traces import Trace, read_traces
-from training.table import META_COLUMNS, build_table, complete_items
+from training.table import GROUP_COLUMN, META_COLUMNS, QUERY_COLUMNS, build_table, complete_items
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "confroute" / "fixtures" / "traces_sample.jsonl"
@@ -36,7 +36,7 @@ def table(traces: list[Trace], panel: Panel) -> pd.DataFrame:
 
 
 def test_columns_and_rows(table: pd.DataFrame, traces: list[Trace]) -> None:
-    assert list(table.columns) == [*META_COLUMNS, *FEATURE_NAMES]
+    assert list(table.columns) == [*META_COLUMNS, *FEATURE_NAMES, *QUERY_COLUMNS, GROUP_COLUMN]
     assert len(table) == len(traces)
     assert set(zip(table["item_id"], table["model"], strict=True)) == {
         (t.item_id, t.model) for t in traces
@@ -128,7 +128,8 @@ def test_models_outside_the_panel_are_ignored(traces: list[Trace], panel: Panel)
 
 def test_empty_input_has_all_columns(panel: Panel) -> None:
     empty = build_table([], panel)
-    assert list(empty.columns) == [*META_COLUMNS, *FEATURE_NAMES] and len(empty) == 0
+    columns = [*META_COLUMNS, *FEATURE_NAMES, *QUERY_COLUMNS, GROUP_COLUMN]
+    assert list(empty.columns) == columns and len(empty) == 0
 
 
 def test_complete_items(table: pd.DataFrame) -> None:

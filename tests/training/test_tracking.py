@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from confroute.manifest import Manifest
 from confroute.panel import load_panel
 from training.config import Sweep, Tracking, TrainConfig
 from training.tracking import DEFAULT_URI, resolve_uri
-from training.train import TrainResult, load_dataset, sweep
+from training.train import TrainResult, load_dataset, read_feature_table, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("CONFROUTE_REFERENCE_TRACES", ROOT / "data/reference-traces"))
@@ -83,6 +84,7 @@ def test_cli_trains_from_a_ready_table_with_extra_signal(
     config = TrainConfig(panel=PANEL, traces=[TRACES], max_items=100)
     table = load_dataset(config, load_panel(PANEL)).table
     table["verifier_score"] = table["answer_logprob"].fillna(-5.0) * 0.5  # a non-logprob signal
+    table.loc[::40, "answer_logprob"] = -np.inf  # what real backends return for some answers
     table.to_csv(tmp_path / "features.csv", index=False)
     (tmp_path / "train.yaml").write_text(
         f"panel: {PANEL}\nclassifier: logistic\nbootstrap: 20\nfigures: false\n")
@@ -97,6 +99,10 @@ def test_cli_trains_from_a_ready_table_with_extra_signal(
     [version] = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
     manifest = Manifest.load(version)
     assert manifest.feature_names[-1] == "verifier_score"
+    read, _ = read_feature_table(tmp_path / "features.csv")  # -inf: the column's finite minimum
+    assert np.isfinite(read["answer_logprob"].dropna()).all()
+    assert read["answer_logprob"].min() == table["answer_logprob"][np.isfinite(
+        table["answer_logprob"])].min()
     verify = ["models", "verify", str(version), "--models-dir", str(tmp_path / "models")]
     assert CliRunner().invoke(app, verify).exit_code == 2  # not this build's FEATURE_NAMES
     assert CliRunner().invoke(app, [*verify, "--table-features"]).exit_code == 0

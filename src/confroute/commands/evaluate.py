@@ -26,6 +26,14 @@ def evaluate(
     exclude_items_from: Path | None = typer.Option(
         None, help="JSON list of item ids to leave out (e.g. the version's fitting items)."),
     mlflow: bool = typer.Option(True, help="Log the report to the version's MLflow run."),
+    learning_curve: bool = typer.Option(
+        False, help="Also refit the whole pipeline on 50, 100, 200 and all training items over "
+                    "repeated item-grouped splits (--config's settings and traces)."),
+    leave_one_set_out: bool = typer.Option(
+        False, help="Also refit on every dataset but one and evaluate on the one left out."),
+    config: Path = typer.Option(Path("configs/train.yaml"),
+                                help="Training config for the refits."),
+    repeats: int = typer.Option(5, min=2, help="Repeated splits of the learning curve."),
 ) -> None:
     """Accuracy and cost per λ, baselines, APGR and the cost/accuracy figure."""
     from confroute.manifest import ManifestError
@@ -34,6 +42,22 @@ def evaluate(
     with user_errors(ManifestError, KeyError):
         report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow)
     Console().print(_summary(report))
+    if report.get("per_dataset"):
+        Console().print(_per_dataset(report["per_dataset"]))
+    if learning_curve or leave_one_set_out:
+        from training.config import load_config
+        from training.generalisation import run_generalisation
+        from training.train import TrainError
+
+        with user_errors(TrainError):
+            cfg = load_config(config).model_copy(update={"traces": list(traces)})
+            gen = run_generalisation(cfg, out, learning_curve, leave_one_set_out, repeats)
+        for key, title in (("learning_curve", "learning curve"),
+                           ("leave_one_set_out", "leave one set out")):
+            if key in gen:
+                Console().print(_generalisation(gen[key]["summary"], title))
+        typer.echo(f"generalisation: {out / 'generalisation.json'}; figures: "
+                   f"{', '.join(gen['figures'])}")
     for line in _targets(report["targets"]):
         typer.echo(line)
     typer.echo(f"{report['n_items']} items ({report['items_source']})")
@@ -54,6 +78,43 @@ def _summary(report: dict[str, Any]) -> Table:
         table.add_row(name, _f(row["apgr"]), _f(row["cost_50"]), _f(row["cost_80"]),
                       f"{min(acc):.3f}-{max(acc):.3f}", f"{min(cost):.3f}-{max(cost):.3f}")
     return table
+
+
+def _per_dataset(per: dict[str, Any]) -> Table:
+    """APGR of the router and the main baselines on each dataset's held-out items."""
+    names = ("router", "single_models", "route_thresholds", "raw_avg_logprob_threshold",
+             "fixed_formula")
+    table = Table("dataset", "items", *names, title="per dataset (held-out items)")
+    for d, row in per.items():
+        apgr = row.get("apgr", {})
+        table.add_row(d, str(row["n_items"]), *(_f(apgr.get(n)) for n in names))
+    return table
+
+
+def _generalisation(summary: list[dict[str, Any]], title: str) -> Table:
+    """Mean APGR (95% t-interval over runs) and the router's gain over the hull and the
+    simplest baseline."""
+    key = "size" if summary and "size" in summary[0] else "left_out"
+    table = Table(key, "train items", "test items", "router", "hull", "route+thresholds",
+                  "gain vs hull [95% CI]", "gain vs one threshold", title=title)
+    for r in summary:
+        table.add_row(str(r[key]), str(r["n_train"]), str(r["n_test"]), _mean(r, "router"),
+                      _mean(r, "single_models"), _mean(r, "route_thresholds"),
+                      _gain(r, "single_models"), _gain(r, "raw_avg_logprob_threshold"))
+    return table
+
+
+def _mean(row: dict[str, Any], name: str) -> str:
+    s = row.get(name)
+    return "-" if s is None else _f(s["mean"])
+
+
+def _gain(row: dict[str, Any], name: str) -> str:
+    g = row.get(f"gain_vs_{name}")
+    if g is None:
+        return "-"
+    ci = g.get("ci95")
+    return _f(g["mean"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _targets(t: dict[str, Any]) -> list[str]:

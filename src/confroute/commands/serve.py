@@ -26,6 +26,9 @@ def serve(
     decision_log: str | None = typer.Option(
         None, help="SQLite file or postgresql:// URL (default var/decisions.db)."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    router_config: Path | None = typer.Option(
+        None, help="The confidence looper's `algorithm: {type: confidence, ...}` YAML "
+                   "(README: migrating from the looper)."),
 ) -> None:
     """Serve /v1/route, /v1/chat/completions, /v1/feedback, /healthz and /metrics.
 
@@ -39,13 +42,18 @@ def serve(
     from confroute.settings import Settings
 
     given: dict[str, Any] = {"host": host, "port": port, "models_dir": models_dir, "panel": panel,
-             "decision_log": decision_log, "log_level": log_level}
+             "decision_log": decision_log, "log_level": log_level,
+             "router_config": router_config}
     from confroute.backends.llamacpp import LlamaCppBackend
     from confroute.modelstore import ModelStoreError
 
     with user_errors(ModelStoreError):
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
         panel_config = load_panel(settings.panel)  # a bad panel: one clear line before starting
+        if settings.router_config is not None:  # a bad router config: likewise
+            from confroute.looper import load_router_config
+
+            load_router_config(settings.router_config)
         for m in panel_config.models:  # an embedded model that cannot be found, likewise
             if m.backend == "llamacpp":
                 LlamaCppBackend.model_file(m.name, m.spec())

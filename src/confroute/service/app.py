@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from confroute.backends import Backend, make_backend
 from confroute.grading import get_grader
+from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
 from confroute.service import chat_format, route
@@ -49,13 +50,21 @@ class Resources:
 def build(settings: Settings, metrics: Metrics) -> Resources:
     """Panel, backends (engines load on first use), decision log and engine."""
     panel = load_panel(settings.panel)
+    looper = load_router_config(settings.router_config).algorithm if settings.router_config \
+        else None
+    conf = looper.confidence if looper else None
+    if conf is not None and conf.on_error is not None:  # the looper's on_error: every model's
+        panel = panel.model_copy(update={"models": [
+            m.model_copy(update={"on_error": conf.on_error}) for m in panel.models]})
+    default_lam = settings.default_cost_quality_tradeoff
+    if conf is not None and conf.cost_quality_tradeoff is not None:
+        default_lam = conf.cost_quality_tradeoff
     backends = {m.name: make_backend(m.name, m.spec()) for m in panel.models}
     dlog = DecisionLog(settings.decision_log, settings.spill_path,
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
-    engine = Engine(settings.models_dir, panel, get_grader(settings.grader),
-                    settings.default_cost_quality_tradeoff)
+    engine = Engine(settings.models_dir, panel, get_grader(settings.grader), default_lam, conf)
     proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars,
-                  settings.explore_rate)
+                  settings.explore_rate, looper.budget if looper else None)
     return Resources(settings, panel, engine, dlog, backends, proxy)
 
 
@@ -134,9 +143,9 @@ def _routes(app: FastAPI) -> None:
     async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestId = None,
                    max_escalations: MaxEscalations = None, deadline_s: Deadline = None) -> Any:
         """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy."""
-        limits = Limits(max_escalations, deadline_s)
         if body.router is not None:
-            limits = Limits(body.router.max_escalations, body.router.deadline_s)
+            max_escalations, deadline_s = body.router.max_escalations, body.router.deadline_s
+        limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
         out = await res.proxy.run(body, limits, request_id or route.new_request_id())
         headers = chat_format.headers(out)
         if body.stream:

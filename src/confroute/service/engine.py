@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from confroute.cascade import CascadePolicy
 from confroute.features import (
+    FEATURE_NAMES,
     FeatureConfig,
     TokenArrays,
     agreement,
@@ -29,9 +32,10 @@ from confroute.features import (
     warm_up,
 )
 from confroute.grading import Grader
+from confroute.looper import Confidence, FormulaPolicy, escalation_order
 from confroute.manifest import MANIFEST, ManifestError
-from confroute.panel import Panel
-from confroute.policy import Decision, Policy, check_lambda
+from confroute.panel import Panel, PanelModel
+from confroute.policy import Decision, Policy, check_lambda, load_policy
 from confroute.scoring import Scorer
 from confroute.service.errors import BadRequest, NotReady
 
@@ -45,7 +49,7 @@ class RouterVersion:
     path: Path
     version: str
     scorer: Scorer
-    policy: Policy
+    policy: Policy | CascadePolicy
     config: FeatureConfig
     models: tuple[str, ...]
     loaded_at: float = field(default_factory=time.time)
@@ -61,6 +65,7 @@ class StageInput:
     finish_reason: str | None = None
     length: int | None = None  # completion tokens, when the server reported them
     previous: Sequence[str | None] = ()  # earlier stages' extracted answers, cheapest first
+    called: Sequence[str] = ()  # models called before this one, in order (the policy's state)
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def load_version(path: Path, panel: Panel | None) -> RouterVersion:
     manifest = scorer.manifest
     if manifest.policy is None:
         raise ManifestError(f"version {manifest.version} has no policy table; retrain it")
-    policy = Policy.from_dict(manifest.policy)
+    policy = load_policy(manifest.policy)
     models = tuple(scorer.models)
     if panel is not None and [m for m in panel.names if m in models] != list(models):
         raise ManifestError(
@@ -107,7 +112,7 @@ class Engine:
     """Holds the served version; decides; reloads."""
 
     def __init__(self, models_dir: Path, panel: Panel | None, grader: Grader,
-                 default_lambda: float) -> None:
+                 default_lambda: float, looper: Confidence | None = None) -> None:
         self.models_dir = models_dir
         self.panel = panel
         self.grader = grader
@@ -117,6 +122,9 @@ class Engine:
         self._key: tuple[str, int] | None = None
         self._failed_key: tuple[str, int] | None = None
         self._aliases = {m.model: m.name for m in panel.models if m.model} if panel else {}
+        # a looper config with a fixed formula replaces the version's policy (same interface)
+        self.looper = looper if looper and looper.confidence_method != "calibrated" else None
+        self._formula: tuple[str, FormulaPolicy] | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -168,6 +176,19 @@ class Engine:
 
     # -- deciding ----------------------------------------------------------------------------
 
+    def policy(self, v: RouterVersion) -> Policy | CascadePolicy | FormulaPolicy:
+        """What decides: the version's policy, or the looper config's fixed formula."""
+        if self.looper is None:
+            return v.policy
+        if self._formula is None or self._formula[0] != v.version:
+            accuracy = dict(v.policy.meta.get("single_accuracy", {}))
+            panel = self.panel or Panel(name="version", models=[
+                PanelModel(name=m) for m in v.models])
+            t = self.default_lambda
+            order = escalation_order(self.looper.escalation_order, panel, accuracy, t)
+            self._formula = (v.version, FormulaPolicy(self.looper, order))
+        return self._formula[1]
+
     def resolve_model(self, v: RouterVersion, name: str) -> str:
         """A panel model by its name, or by the served model name a server reports."""
         if name in v.models:
@@ -185,6 +206,23 @@ class Engine:
             return check_lambda(value)
         except (ValueError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
+
+    def _accepts_bare(self, model: str) -> bool:
+        """The panel's `no_logprobs: accept` for this model (answers without logprobs stand)."""
+        return self.panel is not None and model in self.panel.names and \
+            self.panel.get(model).no_logprobs == "accept"
+
+    def for_target(self, v: RouterVersion, target: float) -> tuple[float, dict[str, Any]]:
+        """The cheapest λ whose fitted accuracy reaches `target`, with the estimate and its 95%
+        interval; 400 naming the best reachable when no setting reaches it."""
+        try:
+            lam, row = v.policy.for_target_accuracy(target)
+        except ValueError as exc:
+            raise BadRequest(f"target_accuracy: {exc}") from None
+        ci = list(row.accuracy_ci) if row.accuracy_ci else None
+        return lam, {"target": target, "lambda": lam, "estimated_accuracy": row.accuracy,
+                     "accuracy_ci95": ci, "estimated_cost": row.cost,
+                     "basis": f"fitted on {row.n_items} training items"}
 
     def answer(self, text: str | None) -> str | None:
         """The extracted final answer of a text (None if none)."""
@@ -224,6 +262,15 @@ class Engine:
         for i, s in enumerate(stages):
             pi = float(p[i])
             clipped = pi if math.isnan(pi) else min(max(pi, 0.0), 1.0)
-            decision = v.policy.decide(s.model, clipped, lams[i])
+            rule = self.policy(v)
+            if isinstance(rule, FormulaPolicy):  # the looper's formula decides, p is reported
+                col = {n: k for k, n in enumerate(FEATURE_NAMES)}
+                x = rows[i][0]
+                judged = rule.score(float(x[col["avg_logprob"]]), float(x[col["margin"]]))
+            else:
+                judged = clipped
+            decision = rule.decide(s.model, judged, lams[i], (*s.called, s.model))
+            if math.isnan(clipped) and decision.decision != "accept" and self._accepts_bare(s.model):
+                decision = Decision("accept", None, None, "no_logprobs_accepted", decision.values)
             out.append(Scored(s.model, rows[i][0], clipped, decision, rows[i][1], v.version))
         return out

@@ -1,13 +1,16 @@
-"""POST /v1/chat/completions: call the panel cheapest first, score each answer, escalate per policy.
+"""POST /v1/chat/completions: pick the first model, score each answer, escalate per policy.
 
-Each route model (policy.route(λ)) is called with logprobs on; its answer is scored like a
-/v1/route request (agree_prev from the earlier stages' answers) and logged. The cascade stops at
-the first accepted answer, at the route's last model, after `max_escalations`, or at the
-deadline (then the latest answer is served). A failing backend is skipped (`on_error: skip`,
-the next model is tried, and if none is left the latest answer is served) or fails the request
-with 502 naming it (`on_error: fail`). An answer without logprobs has p_correct NaN and escalates.
-With `explore_rate` ε > 0, a share ε of accepted answers also goes to the next route model in the
-background; that stage is logged with decision "explore" and never changes the served answer.
+The policy picks the first model from the question (policy.first: the cascade policy reads the
+query features; the route-and-thresholds table starts at its route's first model). Each model is
+called with logprobs on; its answer is scored like a /v1/route request (agree_prev from the
+earlier stages' answers) and the policy says accept, escalate or skip ahead to a later model.
+The cascade stops at the first accepted answer, when no model is left, after
+`max_escalations`, or at the deadline (then the latest answer is served). A failing backend is
+skipped (`on_error: skip`: the next model is tried, and if none is left the latest answer is
+served) or fails the request with 502 naming it (`on_error: fail`). An answer without logprobs
+has p_correct NaN and is never accepted while a model is left. With `explore_rate` ε > 0, a
+share ε of accepted answers also goes to the next model in the background; that stage is logged
+with decision "explore" and never changes the served answer.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from typing import Any
 import msgspec
 
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
+from confroute.cascade import Start
+from confroute.looper import Budget
 from confroute.panel import Panel
+from confroute.query import query_features, question_of
 from confroute.service.decision_log import DecisionLog
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.service.errors import BackendFailed, BadRequest, DeadlineExceeded
@@ -53,13 +59,18 @@ class Cascade:
     lam: float
     stages: list[Stage] = field(default_factory=list)
     served: Stage | None = None
-    stopped: str = ""  # accepted | last_model | max_escalations | deadline | fallback
+    start: Start | None = None  # the policy's first choice and its utilities
+    stopped: str = ""  # accepted | last_model | max_escalations | max_models | max_cost |
+    # deadline | fallback
+    target: dict[str, Any] | None = None  # target_accuracy: the λ chosen and its estimate
 
 
 @dataclass(frozen=True)
 class Limits:
     max_escalations: int | None = None
     deadline_s: float | None = None
+    max_cost: float | None = None  # panel price units; a call that could exceed it is not made
+    max_models: int | None = None
 
 
 def parse_model(name: str, router_model: str) -> float | None:
@@ -81,10 +92,11 @@ class Proxy:
 
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
                  log: DecisionLog, metrics: Metrics, max_chars: int,
-                 explore_rate: float = 0.0) -> None:
+                 explore_rate: float = 0.0, budget: Budget | None = None) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
         self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
+        self.budget = budget  # a looper config's caps: the limits of requests that set none
         self._background: set[asyncio.Task[None]] = set()
 
     async def drain(self) -> None:
@@ -102,26 +114,85 @@ class Proxy:
     async def run(self, req: ChatRequest, limits: Limits, request_id: str) -> Cascade:
         """Call route models until one is accepted or a limit stops the cascade."""
         v = self.engine.require()
+        limits = self._with_budget(limits)
+        policy = self.engine.policy(v)
         model_lam = parse_model(req.model, self.panel.router_model)
         lam = self.engine.lam(req.cost_quality_tradeoff if req.cost_quality_tradeoff is not None
                               else model_lam)
+        target = None
+        if req.target_accuracy is not None:
+            lam, target = self.engine.for_target(v, req.target_accuracy)
         messages = [Message(m.role, m.text()) for m in req.messages]
-        out, params = Cascade(request_id, v, lam), self.params(req)
+        out, params = Cascade(request_id, v, lam, target=target), self.params(req)
         deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
-        route = v.policy.route(lam)
-        for i, model in enumerate(route):
+        out.start = start = policy.first(lam, self._query(policy, messages))
+        model: str | None = start.model
+        i = 0
+        while model is not None:
+            if limits.max_models is not None and len(out.stages) >= limits.max_models:
+                out.stopped = "max_models"
+                break
+            if not self._affordable(out, model, messages, params, limits.max_cost):
+                out.stopped = "max_cost"
+                break
             stage = await self._call(model, messages, params, deadline)
             if stage is None:
                 out.stopped = "deadline"
                 break
             self._score(out, stage, i)
-            stop = self._stop(stage, i, len(route), limits, deadline)
+            nxt = self._next(policy, stage, lam)
+            stop = self._stop(stage, nxt, i, limits, deadline)
             if stop:
                 out.stopped = stop
-                if stop == "accepted" and random.random() < self.explore_rate:
-                    self._explore(out, route[i + 1], i + 1, messages, params)
+                after = policy.after(lam, model)
+                if stop == "accepted" and after and random.random() < self.explore_rate:
+                    self._explore(out, after, i + 1, messages, params)
                 break
+            model, i = nxt, i + 1
         return self._finish(out)
+
+    def _affordable(self, out: Cascade, model: str, messages: list[Message], params: GenParams,
+                    max_cost: float | None) -> bool:
+        """Whether calling `model` cannot take the request past max_cost: its price at a prompt
+        of one token per character and max_tokens completion tokens (an upper bound), on top
+        of what the calls so far cost. The first call must fit, or the request is a 400."""
+        if max_cost is None:
+            return True
+        chars = sum(len(m.content) for m in messages)
+        bound = self.panel.get(model).cost.of(chars, params.max_tokens)
+        if spent(out, self.panel) + bound <= max_cost:
+            return True
+        if not out.stages:
+            raise BadRequest(f"max_cost {max_cost:g} is below the price of calling {model!r} "
+                             f"(up to {bound:g} for this prompt and max_tokens "
+                             f"{params.max_tokens}); raise max_cost or lower max_tokens")
+        return False
+
+    def _with_budget(self, limits: Limits) -> Limits:
+        """The request's limits, the router config's budget where the request set none."""
+        b = self.budget
+        if b is None:
+            return limits
+        return Limits(limits.max_escalations,
+                      limits.deadline_s if limits.deadline_s is not None else b.max_wall_time_s,
+                      limits.max_cost if limits.max_cost is not None else b.max_cost,
+                      limits.max_models if limits.max_models is not None else b.max_models)
+
+    def _query(self, policy: Any, messages: list[Message]) -> list[float] | None:
+        """The question's features (query.py) from the last user message, the version's prompt
+        template stripped; None when there is no user text."""
+        users = [m.content for m in messages if m.role == "user" and m.content]
+        if not users:
+            return None
+        template = policy.meta.get("prompt_template")
+        return query_features(question_of(users[-1], template)).tolist()
+
+    @staticmethod
+    def _next(policy: Any, stage: Stage, lam: float) -> str | None:
+        """The model the policy calls next (after a failed call: the next one it allows)."""
+        if stage.scored is not None:
+            return stage.scored.decision.next_model
+        return policy.after(lam, stage.model)
 
     def _explore(self, out: Cascade, model: str, index: int, messages: list[Message],
                  params: GenParams) -> None:
@@ -171,6 +242,7 @@ class Proxy:
     def _score(self, out: Cascade, stage: Stage, index: int, explore: bool = False) -> None:
         """Decide on the stage's answer (agree_prev from earlier answers) and log it."""
         previous = [s.scored.prediction for s in out.stages if s.scored is not None]
+        called = [s.model for s in out.stages if s.scored is not None]
         if not explore:
             out.stages.append(stage)
         c = stage.completion
@@ -178,7 +250,7 @@ class Proxy:
             return
         arr = token_arrays(c.tokens)
         length = c.usage.completion_tokens or None
-        st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous)
+        st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous, called)
         stage.scored = s = self.engine.decide(out.version, st, out.lam)
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)
@@ -187,12 +259,13 @@ class Proxy:
         self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
 
     @staticmethod
-    def _stop(stage: Stage, index: int, n: int, limits: Limits, deadline: float | None) -> str:
-        """Why the cascade stops after this stage ('' to go on)."""
+    def _stop(stage: Stage, nxt: str | None, index: int, limits: Limits,
+              deadline: float | None) -> str:
+        """Why the cascade stops after this stage ('' to go on to `nxt`)."""
         s = stage.scored
         if s is not None and s.decision.decision == "accept":
             return "accepted" if s.decision.reason != "last_model" else "last_model"
-        if index == n - 1:
+        if nxt is None:
             return "fallback"
         if limits.max_escalations is not None and index >= limits.max_escalations:
             return "max_escalations"
@@ -221,22 +294,39 @@ def usage(out: Cascade) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def stage_cost(stage: Stage, panel: Panel) -> float:
+    """What one call billed at the panel's prices (0 when it failed before answering)."""
+    c = stage.completion
+    return panel.get(stage.model).cost.of(c.usage.prompt_tokens, c.usage.completion_tokens) \
+        if c is not None else 0.0
+
+
+def spent(out: Cascade, panel: Panel) -> float:
+    return sum(stage_cost(s, panel) for s in out.stages)
+
+
 def router_field(out: Cascade, panel: Panel) -> dict[str, Any]:
     """The `router` field: which models were tried, their p_correct, decisions and reasons."""
     tried = []
     for i, s in enumerate(out.stages):
-        entry: dict[str, Any] = {"model": s.model, "stage": i, "latency_s": round(s.latency_s, 4)}
+        entry: dict[str, Any] = {"model": s.model, "stage": i, "latency_s": round(s.latency_s, 4),
+                                 "cost": stage_cost(s, panel)}
         if s.scored is not None:
             d, p = s.scored.decision, s.scored.p_correct
             entry |= {"decision": d.decision, "reason": d.reason, "threshold": d.threshold,
-                      "p_correct": None if p != p else p, "prediction": s.scored.prediction}
+                      "p_correct": None if p != p else p, "prediction": s.scored.prediction,
+                      "next_model": d.next_model}
+            if d.values:
+                entry["values"] = {k: round(float(x), 6) for k, x in d.values.items()}
         else:
             entry |= {"decision": "error", "reason": s.error}
         tried.append(entry)
-    cost = sum(panel.get(s.model).cost.of(s.completion.usage.prompt_tokens,
-                                          s.completion.usage.completion_tokens)
-               for s in out.stages if s.completion is not None)
+    cost = spent(out, panel)
     assert out.served is not None
+    start = None
+    if out.start is not None:
+        start = {"model": out.start.model, "reason": out.start.reason,
+                 "values": {k: round(float(x), 6) for k, x in out.start.values.items()}}
     return {"request_id": out.request_id, "version": out.version.version,
             "cost_quality_tradeoff": out.lam, "model": out.served.model, "stopped": out.stopped,
-            "tried": tried, "cost": cost}
+            "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target}

@@ -6,6 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from confroute.features import FEATURE_NAMES, TokenArrays
+from confroute.policy import Decision
 from confroute.service.decision_log import DecisionLog, DecisionRecord, new_record_id
 from confroute.service.edge import bearer_token, check_key, send_json
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
@@ -82,7 +84,8 @@ def _tokens(req: Request) -> tuple[list[WireToken], str | None, str | None]:
     return tokens, req.response, req.finish_reason
 
 
-def stage_input(req: Request, model: str, previous: Sequence[str | None]) -> StageInput:
+def stage_input(req: Request, model: str, previous: Sequence[str | None],
+                called: Sequence[str] = ()) -> StageInput:
     """The request as a StageInput; 400 when the tokens are missing, empty or impossible."""
     given = [x for x in (req.choices, req.logprobs, req.content, req.tokens, req.compact)
              if x is not None]
@@ -97,7 +100,7 @@ def stage_input(req: Request, model: str, previous: Sequence[str | None]) -> Sta
         arr = token_arrays(tokens)
     _check_values(arr)
     length = req.usage.completion_tokens if req.usage and req.usage.completion_tokens else None
-    return StageInput(model, arr, text, finish, length, previous)
+    return StageInput(model, arr, text, finish, length, previous, called)
 
 
 def _compact(req: Request) -> TokenArrays:
@@ -138,10 +141,35 @@ def reply(s: Scored, request_id: str, stage: int, lam: float, signals: bool) -> 
     d = s.decision
     names = dict(zip(FEATURE_NAMES, (None if math.isnan(v) else v for v in s.signals.tolist()),
                      strict=False)) if signals else None
+    values = {k: round(float(x), 6) for k, x in d.values.items()} if d.values else None
     return RouteDecision(
         request_id, stage, s.model, d.decision, None if math.isnan(s.p_correct) else s.p_correct,
-        d.threshold, d.next_model, d.reason, s.version, lam, s.prediction, names,
+        d.threshold, d.next_model, d.reason, s.version, lam, s.prediction, names, values,
     )
+
+
+def _called(engine: Engine, v: RouterVersion, req: Request, model: str) -> list[str]:
+    """The models called before this answer (`previous_models`), checked against the panel."""
+    if not req.previous_models:
+        return []
+    names = [engine.resolve_model(v, m) for m in req.previous_models]
+    if len(names) != len(req.previous):
+        raise BadRequest(f"previous_models names {len(names)} models for {len(req.previous)} "
+                         "previous answers; give one model per answer")
+    order = [v.models.index(m) for m in (*names, model)]
+    if order != sorted(set(order)):
+        raise BadRequest(f"previous_models {names} and model {model!r} must be distinct panel "
+                         f"models in panel order {list(v.models)}")
+    return names
+
+
+def _capped(s: Scored, req: Request) -> Scored:
+    """The decision with max_models applied: once that many models answered, this one stands."""
+    d = s.decision
+    if req.max_models is None or d.decision == "accept" or len(req.previous) + 1 < req.max_models:
+        return s
+    return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_models",
+                                                d.values))
 
 
 def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request],
@@ -154,9 +182,14 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
     stages, lams = [], []
     for req in reqs:
         model = engine.resolve_model(v, req.model)
-        stages.append(stage_input(req, model, [engine.answer(p) for p in req.previous]))
-        lams.append(engine.lam(req.cost_quality_tradeoff))
-    scored = engine.decide_many(v, stages, lams)
+        called = _called(engine, v, req, model)
+        stages.append(stage_input(req, model, [engine.answer(p) for p in req.previous], called))
+        lam = engine.lam(req.cost_quality_tradeoff)
+        if req.target_accuracy is not None:
+            lam = engine.for_target(v, req.target_accuracy)[0]
+        lams.append(lam)
+    scored = [_capped(s, req) for s, req in zip(engine.decide_many(v, stages, lams), reqs,
+                                                 strict=True)]
     latency = (time.perf_counter() - t0) / len(reqs)
     out = []
     for req, st, s, lam in zip(reqs, stages, scored, lams, strict=True):

@@ -79,7 +79,13 @@ class RouteRequest(msgspec.Struct, Generic[TokenT], gc=False):
     finish_reason: str | None = None
     usage: Usage | None = None
     previous: list[str | None] = []  # earlier stages' answers (or texts), cheapest first
+    # the panel models that gave `previous`, in call order (the cascade policy's state); default:
+    # unknown, and the answer is judged as if its model were called first
+    previous_models: list[str] | None = None
     cost_quality_tradeoff: Lambda | None = None
+    target_accuracy: Lambda | None = None  # instead of cost_quality_tradeoff (see ChatRequest)
+    # accept whatever this answer is once this many models answered (previous + this one)
+    max_models: Annotated[int, msgspec.Meta(ge=1, le=MAX_STAGE)] | None = None
     request_id: RequestIdText | None = None  # ties stages of one query together (for feedback)
     stage: Annotated[int, msgspec.Meta(ge=0, le=MAX_STAGE)] | None = None  # default: len(previous)
     return_signals: bool = False
@@ -95,7 +101,7 @@ class RouteDecision(msgspec.Struct):
     request_id: str
     stage: int
     model: str
-    decision: Literal["accept", "escalate", "skip"]
+    decision: Literal["accept", "escalate", "skip", "skip_ahead"]
     p_correct: float | None  # null when there were no logprobs to judge
     threshold: float | None
     next_model: str | None
@@ -104,6 +110,8 @@ class RouteDecision(msgspec.Struct):
     cost_quality_tradeoff: float
     prediction: str | None
     signals: dict[str, float | None] | None = None
+    # expected utility of each option ("accept" and each later model) under the cascade policy
+    values: dict[str, float] | None = None
 
 
 class RouteBatchResult(msgspec.Struct):
@@ -153,6 +161,12 @@ class ChatRequest(_Open):
     stream: bool = False
     logprobs: bool = False
     cost_quality_tradeoff: float | None = Field(None, ge=0, le=1)
+    # per-request limits: the cheapest λ setting whose fitted accuracy reaches the target (instead
+    # of cost_quality_tradeoff); no call started whose price could exceed what is left of
+    # max_cost (panel prices, at most max_tokens); at most max_models calls
+    target_accuracy: float | None = Field(None, ge=0, le=1)
+    max_cost: float | None = Field(None, ge=0)
+    max_models: int | None = Field(None, ge=1, le=100)
     router: RouterOptions | None = None
 
 

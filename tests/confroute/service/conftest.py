@@ -47,6 +47,32 @@ def known_policy(models: tuple[str, ...] = PANEL) -> Policy:
     return Policy(models, rows)
 
 
+def known_cascade(models: tuple[str, ...] = PANEL) -> dict[str, Any]:
+    """A cascade policy with known decisions over the three-model panel:
+    - start: the small model, unless the question holds 3 or more numbers (then the large one);
+    - λ=0.5: after the small model, accept iff p >= 0.6, else escalate to the medium model
+      (worth 0.3, the large one 0.1); after small+medium, the large one is worth 0.2 + 0.2 p;
+    - λ=0.8: after the small model, accept iff p >= 0.5, else skip ahead to the large one."""
+    from confroute.cascade import CascadePolicy, CascadeRow, State, state_key
+
+    a, b, c = models
+
+    def row(lam: float, after_a: dict[str, tuple[float, float]], tau: float) -> CascadeRow:
+        later = {(a,): after_a, (a, b): {c: (0.2, 0.2)}, (b,): {c: (0.2, 0.2)}}
+        states = {}
+        for called in [(a,), (b,), (c,), (a, b), (a, c), (b, c), (a, b, c)]:
+            opts = later.get(called, {})
+            t = tau if called == (a,) else (0.2 / (1 - lam - 0.2) if opts else 0.0)
+            states[state_key(called)] = State(called, opts, t, 0.3)
+        start = {a: (1.0, 0.0, 0.0), b: (0.0, 0.0, 0.0), c: (0.0, 0.0, 0.4)}
+        return CascadeRow(lam, start, states, accuracy=0.8, cost=0.5, n_items=10)
+
+    rows = (row(0.5, {b: (0.3, 0.0), c: (0.1, 0.0)}, 0.6),
+            row(0.8, {b: (-0.5, 0.0), c: (0.1, 0.0)}, 0.5))
+    return CascadePolicy(models, rows, {"query_mean": [4.0, 1.0], "prompt_template":
+                                        "Solve: {question}"}).to_dict()
+
+
 def synthetic_rows(n: int, seed: int, first: bool) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows whose correctness rises with avg_logprob (so confidence matters)."""
     rng = np.random.default_rng(seed)
@@ -61,7 +87,8 @@ def synthetic_rows(n: int, seed: int, first: bool) -> tuple[np.ndarray, np.ndarr
 
 def build_version(models_dir: Path, *, models: tuple[str, ...] = PANEL,
                   classifier: str = "logistic", calibration: str = "sigmoid",
-                  params: dict[str, Any] | None = None, switch: bool = True) -> Path:
+                  params: dict[str, Any] | None = None, switch: bool = True,
+                  policy: dict[str, Any] | None = None) -> Path:
     """Fit, export and (by default) switch `models_dir/current` to a new version."""
     from training.export import export_version
     from training.fit import CorrectnessClassifier
@@ -76,7 +103,8 @@ def build_version(models_dir: Path, *, models: tuple[str, ...] = PANEL,
     path, _ = export_version(
         models_dir, fitted, rows, panel=panel, feature_names=FEATURE_NAMES,
         feature_config={"group_window": 16, "tail": 16, "bottom_frac": 0.1},
-        policy=known_policy(models).to_dict(), metrics={}, mlflow_run_id=None, switch=switch,
+        policy=policy or known_policy(models).to_dict(), metrics={}, mlflow_run_id=None,
+        switch=switch,
     )
     return path
 

@@ -104,6 +104,16 @@ def test_no_logprobs_escalates_and_the_last_model_answers(make_client: Any) -> N
         assert (first["reason"], first["p_correct"]) == ("no_logprobs", None)
 
 
+def test_no_logprobs_accept_setting(make_client: Any) -> None:
+    """`no_logprobs: accept` on a backend that refuses logprobs: its answer stands."""
+    client = make_client(("nologprobs", "ok:7", "ok:9"), **{SMALL: {"no_logprobs": "accept"}})
+    r = chat(client)
+    assert tried(r) == [(SMALL, "accept")]
+    assert r.json()["router"]["tried"][0]["reason"] == "no_logprobs_accepted"
+    client = make_client(("nologprobs", "ok:7", "ok:9"), **{SMALL: {"no_logprobs": "escalate"}})
+    assert tried(chat(client)) == [(SMALL, "escalate"), (MEDIUM, "accept")]
+
+
 @pytest.mark.parametrize("failure", ["down", "slow", "error"])
 def test_failing_backend_skip_or_fail(make_client: Any, failure: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"

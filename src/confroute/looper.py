@@ -1,0 +1,172 @@
+"""The confidence looper's configuration, accepted as its users write it.
+
+A router config file holds the looper's block (../shared/seeds/confidence-looper-example.yaml
+loads as is):
+
+    algorithm:
+      type: confidence
+      confidence: {confidence_method, threshold, escalation_order, cost_quality_tradeoff,
+                   token_filter, on_error, hybrid_weights: {logprob_weight, margin_weight}}
+      budget: {max_cost, max_models, max_wall_time_s}
+
+What each knob does here, beside the looper (README, "Migrating from the confidence looper"):
+- `confidence_method`: `calibrated` (the default) is confroute's fitted cascade policy;
+  `avg_logprob`, `margin` and `hybrid` are the looper's fixed formulas with one threshold for
+  every model: clamp((lp + 3) / 3, 0, 1), 1 - exp(-m / 3), and their weighted sum.
+- `threshold`: the fixed formulas' one threshold; the looper's defaults (-1.0 for avg_logprob,
+  which accepts every answer, 0.5 for margin and hybrid). Refused with `calibrated`, whose
+  thresholds are fitted per model, state and λ.
+- `escalation_order`: `size` and `small_to_large` (the panel order: confroute panels are
+  declared smallest first), `declared` (the same, said plainly), `cost` (cheapest prompt price
+  first) and `automix` (ascending (1 - t) * quality + t * cost_score, t = cost_quality_tradeoff,
+  quality = the version's fitted accuracy of each model alone). `calibrated` takes the panel
+  order only (its policy was fitted on it).
+- `cost_quality_tradeoff`: the default λ of requests that do not set one. In the looper it only
+  orders models (automix); here it is also the stopping rule of the calibrated policy.
+- `token_filter`: `all` and `stop` read every token but special and stop tokens (what confroute
+  always does); `tool_call_args` is refused (not supported yet).
+- `on_error`: every panel model's `on_error` (skip or fail).
+- `budget`: the per-request limits' defaults (max_cost, max_models, deadline).
+Unknown keys are refused, naming them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from confroute.cascade import Start
+from confroute.panel import Panel, StrictModel, load_yaml_model
+from confroute.policy import Decision, check_answer, check_lambda
+
+METHOD_DEFAULT_THRESHOLD = {"avg_logprob": -1.0, "margin": 0.5, "hybrid": 0.5}
+
+
+class HybridWeights(StrictModel):
+    logprob_weight: float = Field(0.5, ge=0)
+    margin_weight: float = Field(0.5, ge=0)
+
+
+class Budget(StrictModel):
+    """The looper's request-scoped caps that confroute enforces (per-request limits)."""
+
+    max_cost: float | None = Field(None, ge=0)
+    max_models: int | None = Field(None, ge=1)
+    max_wall_time_s: float | None = Field(None, gt=0, le=3600)
+
+
+class Confidence(StrictModel):
+    confidence_method: Literal["calibrated", "avg_logprob", "margin", "hybrid"] = "calibrated"
+    threshold: float | None = None
+    escalation_order: Literal["size", "small_to_large", "declared", "cost", "automix"] = "size"
+    cost_quality_tradeoff: float | None = Field(None, ge=0, le=1)
+    token_filter: Literal["all", "stop", "tool_call_args"] = "all"
+    on_error: Literal["skip", "fail"] | None = None
+    hybrid_weights: HybridWeights = HybridWeights()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Confidence:
+        if self.token_filter == "tool_call_args":
+            raise ValueError("token_filter: tool_call_args is not supported yet (confroute reads "
+                             "every token but special and stop tokens: use all)")
+        if self.confidence_method == "calibrated":
+            if self.threshold is not None:
+                raise ValueError("threshold: the calibrated method fits its thresholds per model "
+                                 "and λ; leave threshold out, or use avg_logprob/margin/hybrid")
+            if self.escalation_order in ("cost", "automix"):
+                raise ValueError(f"escalation_order: {self.escalation_order} with the calibrated "
+                                 "method: its policy follows the panel order (size/declared); "
+                                 "reorder the panel and retrain instead")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError("threshold must be a finite number")
+        return self
+
+
+class Algorithm(StrictModel):
+    type: Literal["confidence"]
+    confidence: Confidence = Confidence()
+    budget: Budget | None = None
+
+
+class RouterConfig(StrictModel):
+    algorithm: Algorithm
+
+
+def load_router_config(path: str | Path) -> RouterConfig:
+    """Read and validate a router config (panel.ConfigError naming the file and key)."""
+    config: RouterConfig = load_yaml_model(path, RouterConfig)
+    return config
+
+
+def formula_score(method: str, avg_logprob: Any, margin: Any,
+                  weights: HybridWeights = HybridWeights()) -> Any:
+    """The looper's fixed confidence formulas, on numbers or arrays (NaN stays NaN: no
+    logprobs). `confroute evaluate`'s fixed-formula baselines are this function."""
+    lp = np.clip((np.asarray(avg_logprob, dtype=float) + 3.0) / 3.0, 0.0, 1.0)
+    mg = np.clip(1.0 - np.exp(-np.asarray(margin, dtype=float) / 3.0), 0.0, 1.0)
+    if method == "avg_logprob":
+        return lp
+    if method == "margin":
+        return mg
+    return weights.logprob_weight * lp + weights.margin_weight * mg
+
+
+def escalation_order(order: str, panel: Panel, accuracy: Mapping[str, float], t: float
+                     ) -> list[str]:
+    """The models in the order they are tried."""
+    names = panel.names
+    if order in ("size", "small_to_large", "declared"):
+        return names
+    price = {m.name: m.cost.per_1k_prompt_tokens + m.cost.per_call for m in panel.models}
+    if order == "cost":
+        return sorted(names, key=lambda n: (price[n], names.index(n)))
+    top = max(price.values()) or 1.0
+    missing = [n for n in names if n not in accuracy]
+    if missing:
+        raise ValueError(f"escalation_order automix needs each model's accuracy; the version "
+                         f"has none for {missing}")
+    return sorted(names, key=lambda n: ((1 - t) * accuracy[n] + t * price[n] / top,
+                                        names.index(n)))
+
+
+class FormulaPolicy:
+    """One threshold on a fixed formula for every model, in a fixed order (the looper's rule).
+    `decide` takes the formula's score where the calibrated policy takes p_correct."""
+
+    kind = "formula"
+
+    def __init__(self, config: Confidence, order: Sequence[str]) -> None:
+        self.config, self.models = config, tuple(order)
+        method = config.confidence_method
+        self.threshold = config.threshold if config.threshold is not None \
+            else METHOD_DEFAULT_THRESHOLD[method]
+        self.meta: dict[str, Any] = {"method": method, "threshold": self.threshold}
+
+    def score(self, avg_logprob: float, margin: float) -> float:
+        return float(formula_score(self.config.confidence_method, avg_logprob, margin,
+                                   self.config.hybrid_weights))
+
+    def first(self, lam: float, features: Sequence[float] | None = None) -> Start:
+        return Start(self.models[0], {}, "escalation_order")
+
+    def after(self, lam: float, model: str) -> str | None:
+        i = self.models.index(model) + 1 if model in self.models else len(self.models)
+        return self.models[i] if i < len(self.models) else None
+
+    def decide(self, model: str, score: float, lam: float,
+               called: Sequence[str] | None = None) -> Decision:
+        check_lambda(lam)
+        s = check_answer(self.models, model, score)
+        nxt = self.after(lam, model)
+        if nxt is None:
+            return Decision("accept", None, None, "last_model")
+        if math.isnan(s):
+            return Decision("escalate", self.threshold, nxt, "no_logprobs")
+        if s >= self.threshold:
+            return Decision("accept", self.threshold, None, "confident")
+        return Decision("escalate", self.threshold, nxt, "not_confident")

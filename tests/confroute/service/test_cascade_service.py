@@ -1,0 +1,166 @@
+"""The cascade policy in the service: the first model from the question, escalate and skip
+ahead in the chat endpoint, and /v1/route judging any model's answer in its state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from confroute.service import create_app
+
+from .conftest import PANEL, build_version, known_cascade, serve_app, settings_for, stub_panel
+from .stub_backend import StubBackend, tokens
+
+SMALL, MEDIUM, LARGE = PANEL
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[str]:
+    with serve_app(StubBackend(), ready_path="/v1/models") as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def cascade_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("cascade-models")
+    build_version(models, policy=known_cascade())
+    return models
+
+
+@pytest.fixture()
+def client(tmp_path: Path, cascade_models: Path, stub: str) -> Iterator[Any]:
+    made: list[TestClient] = []
+
+    def make(modes: tuple[str, str, str]) -> TestClient:
+        panel = stub_panel(tmp_path / f"panel{len(made)}.yaml", stub, modes)
+        c = TestClient(create_app(settings_for(tmp_path, cascade_models, panel)))
+        made.append(c.__enter__())
+        return c
+
+    yield make
+    for c in made:
+        c.__exit__(None, None, None)
+
+
+def chat(c: TestClient, question: str, lam: float) -> Any:
+    r = c.post("/v1/chat/completions", json={
+        "model": f"confroute:{lam}", "messages": [{"role": "user", "content": question}]})
+    assert r.status_code == 200, r.text
+    return r.json()["router"]
+
+
+def test_escalates_then_skips_ahead_by_lambda(client: Any) -> None:
+    c = client(("unsure", "ok:7", "ok:9"))
+    r = chat(c, "What is 3 + 4?", 0.5)
+    assert [(t["model"], t["decision"]) for t in r["tried"]] == [(SMALL, "escalate"),
+                                                                 (MEDIUM, "accept")]
+    assert r["start"]["model"] == SMALL and r["start"]["reason"] == "query_features"
+    assert r["tried"][0]["next_model"] == MEDIUM and "accept" in r["tried"][0]["values"]
+    r = chat(c, "What is 3 + 4?", 0.8)
+    assert [(t["model"], t["decision"]) for t in r["tried"]] == [(SMALL, "skip_ahead"),
+                                                                 (LARGE, "accept")]
+    assert r["cost"] == 4.0  # the medium model was never called (per_call 1 + 3)
+
+
+def test_a_question_that_looks_hard_goes_straight_to_the_big_model(client: Any) -> None:
+    c = client(("ok:1", "ok:2", "ok:6"))
+    r = chat(c, "Solve: What is 1 + 2 + 3?", 0.5)  # 3 numbers; the template is stripped
+    assert r["start"]["model"] == LARGE
+    assert [(t["model"], t["decision"], t["reason"]) for t in r["tried"]] == [
+        (LARGE, "accept", "last_model")]
+    assert r["cost"] == 3.0
+
+
+def test_route_decides_for_any_model_in_its_state(client: Any) -> None:
+    c = client(("ok", "ok", "ok"))
+    unsure = tokens("We add . The answer is : 7", -2.5)
+    r = c.post("/v1/route", json={"model": SMALL, "content": unsure, "cost_quality_tradeoff": 0.8})
+    body = r.json()
+    assert (body["decision"], body["next_model"]) == ("skip_ahead", LARGE), r.text
+    assert set(body["values"]) == {MEDIUM, LARGE, "accept"}
+    r = c.post("/v1/route", json={"model": MEDIUM, "content": unsure, "previous": ["7"],
+                                  "previous_models": [SMALL], "cost_quality_tradeoff": 0.5})
+    assert r.json()["decision"] == "escalate" and r.json()["next_model"] == LARGE, r.text
+    r = c.post("/v1/route", json={"model": LARGE, "content": unsure})
+    assert (r.json()["decision"], r.json()["reason"]) == ("accept", "last_model")
+    for bad, words in (({"previous_models": [SMALL]}, "one model per answer"),
+                       ({"previous": ["7"], "previous_models": [LARGE]}, "in panel order"),
+                       ({"previous": ["7"], "previous_models": ["gpt-9"]}, "unknown model")):
+        r = c.post("/v1/route", json={"model": MEDIUM, "content": unsure, **bad})
+        assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+
+
+def test_limits_max_models_max_cost_and_target_accuracy(client: Any) -> None:
+    """Per-request limits through the real openai client (extra_body), and their 400s."""
+    from openai import APIStatusError, OpenAI
+
+    c = client(("unsure", "unsure", "ok:9"))
+    with serve_app(c.app) as url:
+        oa = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        ask = [{"role": "user", "content": "What is 3 + 4?"}]
+
+        def router(**extra: Any) -> Any:
+            r = oa.chat.completions.create(model="confroute:0.5", messages=ask,
+                                           extra_body=extra)
+            return r.model_extra["router"]
+
+        r = router()
+        assert [t["model"] for t in r["tried"]] == [SMALL, MEDIUM, LARGE]
+        assert [t["cost"] for t in r["tried"]] == [1.0, 2.0, 3.0] and r["cost"] == 6.0
+        r = router(max_models=2)
+        assert [t["model"] for t in r["tried"]] == [SMALL, MEDIUM]
+        assert r["stopped"] == "max_models" and r["model"] == MEDIUM
+        r = router(max_cost=3.5)  # 1 + 2 spent; the large model's 3 would pass 3.5
+        assert r["stopped"] == "max_cost" and r["cost"] == 3.0
+        r = router(target_accuracy=0.8)
+        assert r["target_accuracy"]["lambda"] == 0.8 and r["cost_quality_tradeoff"] == 0.8
+        assert r["target_accuracy"]["estimated_accuracy"] == 0.8
+        for extra, words in (({"max_cost": 0.5}, "max_cost 0.5 is below the price"),
+                             ({"target_accuracy": 0.95}, "no setting reaches accuracy 0.950"),
+                             ({"target_accuracy": 1.5}, "target_accuracy"),
+                             ({"max_cost": -1}, "max_cost"), ({"max_models": 0}, "max_models")):
+            with pytest.raises(APIStatusError) as err:
+                router(**extra)
+            assert err.value.status_code in (400, 422) and words in str(err.value), extra
+
+
+def test_route_target_accuracy_and_max_models(client: Any) -> None:
+    c = client(("ok", "ok", "ok"))
+    unsure = tokens("We add . The answer is : 7", -2.5)
+    r = c.post("/v1/route", json={"model": SMALL, "content": unsure, "target_accuracy": 0.8})
+    assert r.json()["cost_quality_tradeoff"] == 0.8 and r.json()["decision"] == "skip_ahead"
+    r = c.post("/v1/route", json={"model": SMALL, "content": unsure, "max_models": 1})
+    assert (r.json()["decision"], r.json()["reason"]) == ("accept", "max_models"), r.text
+    r = c.post("/v1/route", json={"model": SMALL, "content": unsure, "target_accuracy": 0.99})
+    assert r.status_code == 400 and "no setting reaches" in r.json()["error"]["message"]
+
+
+def test_a_looper_config_runs_as_is(tmp_path: Path, cascade_models: Path, stub: str) -> None:
+    """serve with the looper's block: its formula decides, its budget caps, its on_error holds."""
+    config = tmp_path / "router.yaml"
+    config.write_text("algorithm:\n  type: confidence\n  confidence:\n"
+                      "    confidence_method: hybrid\n    threshold: 0.6\n"
+                      "    escalation_order: small_to_large\n    on_error: fail\n"
+                      "  budget: {max_models: 2}\n")
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "ok:7", "error"))
+    settings = settings_for(tmp_path, cascade_models, panel, router_config=config)
+    with TestClient(create_app(settings)) as c:
+        r = chat(c, "What is 3 + 4?", 0.5)
+        assert [(t["model"], t["decision"]) for t in r["tried"]] == [(SMALL, "escalate"),
+                                                                     (MEDIUM, "accept")]
+        assert r["tried"][0]["threshold"] == 0.6 and r["start"]["reason"] == "escalation_order"
+    panel = stub_panel(tmp_path / "panel2.yaml", stub, ("unsure", "unsure", "error"))
+    with TestClient(create_app(settings_for(tmp_path, cascade_models, panel,
+                                            router_config=config))) as c:
+        r = chat(c, "What is 3 + 4?", 0.5)
+        assert r["stopped"] == "max_models" and len(r["tried"]) == 2  # the budget's cap
+    config.write_text(config.read_text().replace("  budget: {max_models: 2}\n", ""))
+    with TestClient(create_app(settings_for(tmp_path, cascade_models, panel,
+                                            router_config=config))) as c:
+        r = c.post("/v1/chat/completions", json={
+            "model": "confroute", "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
+        assert r.status_code == 502 and LARGE in r.json()["error"]["message"]  # on_error: fail

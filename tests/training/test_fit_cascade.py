@@ -1,0 +1,95 @@
+"""Fitting the cascade policy: it beats every single model where a cascade should, skips ahead
+before generating when the question says so, and the offline replay is what the service does."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from confroute.cascade import CascadePolicy
+from training.fit_cascade import fit_cascade, replay_cascade
+
+MODELS = ("a", "b", "c")
+COST = np.array([0.1, 0.3, 1.0])
+SKILL = np.array([0.4, 0.7, 0.95])  # a model is right on items easier than its skill
+
+
+def world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Items of hidden difficulty d: calibrated-ish p per model, correctness, cost, query."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0, 1, n)
+    logit = 8 * (SKILL[None, :] - d[:, None]) + rng.normal(0, 1.0, (n, 3))
+    p = 1 / (1 + np.exp(-logit))
+    correct = rng.uniform(size=(n, 3)) < p
+    cost = COST[None, :] * rng.uniform(0.8, 1.2, (n, 3))
+    query = np.column_stack([4 + d + rng.normal(0, 0.1, n), np.round(6 * d + rng.normal(0, 2.5, n))])
+    return p, correct, cost, query
+
+
+def utility(correct: np.ndarray, cost: np.ndarray, base: float, lam: float) -> float:
+    return float((1 - lam) * correct.mean() - lam * cost.mean() / base)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> CascadePolicy:
+    p, correct, cost, query = world(400, 0)
+    return fit_cascade(lambda j, before: p[:, j], correct, cost, MODELS, query=query,
+                       lambdas=[0.0, 0.2, 0.3, 0.5, 1.0], n_bootstrap=50)
+
+
+def test_beats_every_single_model_on_new_items(fitted: CascadePolicy) -> None:
+    p, correct, cost, query = world(2000, 1)
+    base = float(cost[:, -1].mean())
+    for lam, escalated in ((0.2, 0.05), (0.3, 0.03), (0.5, 0.0)):
+        out = replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost, query)
+        best_single = max(utility(correct[:, j], cost[:, j], base, lam) for j in range(3))
+        assert utility(out.correct, out.cost, base, lam) > best_single + 0.005, lam
+        two = (out.calls.sum(1) >= 2).mean()
+        assert escalated <= two < 0.5, (lam, two)  # it escalates some requests, not most
+    out = replay_cascade(fitted.row(0.3), MODELS, lambda s: p[:, s[-1]], correct, cost, query)
+    starts_big = out.calls[:, 2] & ~out.calls[:, 0] & ~out.calls[:, 1]
+    assert starts_big.mean() > 0.05  # hard-looking questions go straight to the last model
+    assert np.corrcoef(starts_big, query[:, 1])[0, 1] > 0.3
+
+
+def test_extremes_and_monotone_rules(fitted: CascadePolicy) -> None:
+    p, correct, cost, query = world(2000, 2)
+    acc = {lam: replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost,
+                               query).correct.mean() for lam in fitted.lambdas}
+    assert acc[0.0] >= correct[:, 2].mean() - 0.02  # λ = 0: as accurate as the best model
+    assert acc[1.0] <= correct[:, 0].mean() + 0.02  # λ = 1: the cheapest model's answers
+    for row in fitted.rows:
+        for s in row.states.values():
+            assert 0.0 <= s.threshold <= 2.0
+            assert all(0.0 <= b <= 1.0 - row.lam + 1e-12 for _, b in s.options.values())
+    rows = fitted.to_dict()["rows"]
+    assert all(r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1] for r in rows)
+
+
+def test_offline_replay_is_what_the_service_decides(fitted: CascadePolicy) -> None:
+    p, correct, cost, query = world(300, 3)
+    for lam in (0.2, 0.5):
+        out = replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost, query)
+        for i in range(len(p)):
+            model: str | None = fitted.first(lam, query[i].tolist()).model
+            called: list[str] = []
+            while model is not None:
+                called.append(model)
+                d = fitted.decide(model, float(p[i, MODELS.index(model)]), lam, called)
+                model = d.next_model
+            assert out.calls[i].tolist() == [m in called for m in MODELS], (lam, i)
+            assert out.answered_by[i] == MODELS.index(called[-1])
+
+
+def test_few_items_no_query_and_bad_input() -> None:
+    p, correct, cost, _ = world(40, 4)
+    p[::7, 0] = math.nan  # answers without logprobs
+    pol = fit_cascade(lambda j, before: p[:, j], correct, cost, MODELS, n_bootstrap=0)
+    assert pol.meta["start_uses_query"] is False and pol.rows[0].n_items == 40
+    assert pol.decide("a", math.nan, 0.3).decision in {"escalate", "skip_ahead"}
+    with pytest.raises(ValueError, match="correct and cost must be"):
+        fit_cascade(lambda j, before: p[:, j], correct, cost[:, :2], MODELS)
+    with pytest.raises(ValueError, match="last model's mean cost"):
+        fit_cascade(lambda j, before: p[:, j], correct, cost * 0, MODELS)
