@@ -207,7 +207,7 @@ def cascade_curve(a: EvalArrays, policy: CascadePolicy, base: float) -> Curve:
     outs, extras = [], []
     for row in policy.rows:
         out = replay_cascade(row, a.models, lambda s: a.p_after(s[-1], s[:-1]), a.correct,
-                             a.cost, a.query)
+                             a.cost, a.query, policy.meta.get("query_range"))
         outs.append(out)
         two = float((out.calls.sum(1) >= 2).mean())
         extras.append({

@@ -66,6 +66,8 @@ def fit_cascade(
         raise ValueError("costs must be finite and the last model's mean cost > 0")
     rel = cost / base
     x = _query(query, n)
+    span = [(float(lo), float(hi)) for lo, hi in zip(x[:, 1:].min(0), x[:, 1:].max(0),
+                                                     strict=True)] if query is not None else None
     lams = sorted({float(v) for v in (DEFAULT_LAMBDAS if lambdas is None else lambdas)})
     cache: dict[tuple[int, ...], np.ndarray] = {}
 
@@ -78,7 +80,7 @@ def fit_cascade(
     for lam in lams:
         states, start = _fit_lambda(lam, p_of, correct, rel, x, shrink)
         row = _row(lam, states, start, models)
-        out = replay_cascade(row, models, p_of, correct, cost, query)
+        out = replay_cascade(row, models, p_of, correct, cost, query, span)
         rows.append((row, out))
         outs.append(out)
     cis = bootstrap_ci(np.array([o.correct for o in outs]), n_bootstrap, seed)
@@ -90,6 +92,7 @@ def fit_cascade(
         "fit": "backward induction, one ridge line per (state, later model), slope in [0, 1-λ]",
         "shrink_pseudo_items": shrink, "n_items": n, "n_bootstrap": n_bootstrap, "seed": seed,
         "query_mean": [float(v) for v in mean], "start_uses_query": query is not None,
+        "query_range": span,
         "single_accuracy": {mm: float(correct[:, j].mean()) for j, mm in enumerate(models)}})
 
 
@@ -207,14 +210,20 @@ def _row(lam: float, states: dict, start: dict[int, np.ndarray], models: Sequenc
 def replay_cascade(
     row: CascadeRow, models: Sequence[str], p_of: Callable[[tuple[int, ...]], np.ndarray],
     correct: np.ndarray, cost: np.ndarray, query: np.ndarray | None,
+    query_range: Sequence[tuple[float, float]] | None = None,
 ) -> Replayed:
     """Run one λ's cascade on every item, as CascadePolicy.first and .decide do in the service
-    (without query features every item starts where the intercepts say)."""
+    (without query features every item starts where the intercepts say). Features are clipped
+    to `query_range`, the fitting rows' range, as the service clips them: the start lines are
+    not extrapolated to questions unlike any the policy saw."""
     n, m = correct.shape
     pos = {name: k for k, name in enumerate(models)}
     starts = sorted(row.start, key=pos.__getitem__)
     w = np.array([row.start[s] for s in starts])  # (starts, 1 + features)
     x = _query(query, n) if query is not None else np.ones((n, 1))
+    if query_range is not None and x.shape[1] > 1:
+        lo, hi = np.array(query_range, dtype=float).T
+        x = np.column_stack([x[:, 0], np.clip(x[:, 1:], lo, hi)])
     first = np.array([pos[s] for s in starts])[np.argmax(x @ w[:, : x.shape[1]].T, axis=1)]
     calls = np.zeros((n, m), dtype=bool)
     answered = np.full(n, -1)

@@ -132,6 +132,9 @@ class CascadePolicy:
         reason = "query_features" if features is not None else "no_question"
         if len(x) != len(QUERY_FEATURES) or not all(math.isfinite(v) for v in x):
             x, reason = list(self.meta.get("query_mean", [0.0] * len(QUERY_FEATURES))), "no_question"
+        span = self.meta.get("query_range")  # no extrapolation past the fitting rows' range
+        if span:
+            x = [min(max(v, lo), hi) for v, (lo, hi) in zip(x, span, strict=True)]
         values = {m: w[0] + sum(wi * xi for wi, xi in zip(w[1:], x, strict=True))
                   for m, w in r.start.items()}
         best = max(values, key=lambda m: (values[m], -self.models.index(m)))

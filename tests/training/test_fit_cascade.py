@@ -70,8 +70,13 @@ def test_extremes_and_monotone_rules(fitted: CascadePolicy) -> None:
 
 def test_offline_replay_is_what_the_service_decides(fitted: CascadePolicy) -> None:
     p, correct, cost, query = world(300, 3)
+    query[0] = [9.0, 40.0]  # far outside the fitting rows: both sides clip to their range
+    span = fitted.meta["query_range"]
+    assert span[1][1] < 40 and fitted.first(0.3, [9.0, 40.0]) == fitted.first(0.3, [
+        span[0][1], span[1][1]])
     for lam in (0.2, 0.5):
-        out = replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost, query)
+        out = replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost, query,
+                             span)
         for i in range(len(p)):
             model: str | None = fitted.first(lam, query[i].tolist()).model
             called: list[str] = []
