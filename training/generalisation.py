@@ -51,8 +51,11 @@ def fit_and_score(config: TrainConfig, table: pd.DataFrame, models: list[str],
     rep = evaluate_arrays(arrays, policy, n_boot)
     apgr = {k: v["apgr"] for k, v in rep["apgr"]["methods"].items()}
     router = next((q for q in rep["curve"] if q["lambda"] == 0.3), None)
-    return {"n_train": len(train_items), "n_test": len(arrays.items), "apgr": apgr,
-            "two_calls_at_0.3": router.get("two_or_more_calls") if router else None}
+    out = {"n_train": len(train_items), "n_test": len(arrays.items), "apgr": apgr,
+           "two_calls_at_0.3": router.get("two_or_more_calls") if router else None}
+    if n_boot > 0:  # paired bootstrap over the test items of the router's gain per baseline
+        out["gain_ci"] = {k: v["ci95"] for k, v in rep["apgr"]["router_gain"].items()}
+    return out
 
 
 def _groups(table: pd.DataFrame) -> pd.Series:
@@ -80,9 +83,10 @@ def learning_curve(config: TrainConfig, table: pd.DataFrame, models: list[str],
             "repeats": repeats, "test_size": test_size}
 
 
-def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str]
-                      ) -> dict[str, Any]:
-    """Fit on every dataset but one, evaluate on the one left out; one run per dataset."""
+def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str],
+                      n_boot: int = 200) -> dict[str, Any]:
+    """Fit on every dataset but one, evaluate on the one left out; one run per dataset, the
+    router's gains with a paired bootstrap interval over the left-out items."""
     full = complete_items(table, models)
     sets = sorted(full["dataset"].unique())
     runs = []
@@ -93,7 +97,8 @@ def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str
         groups = _groups(full)
         shared = set(groups[groups.index.isin(test)])
         train = {i for i in train if groups[i] not in shared}
-        runs.append({"left_out": left, **fit_and_score(config, table, models, train, test)})
+        runs.append({"left_out": left,
+                     **fit_and_score(config, table, models, train, test, n_boot)})
     return {"runs": runs, "summary": summarize(runs, "left_out", sets)}
 
 
@@ -119,6 +124,8 @@ def summarize(runs: list[dict[str, Any]], key: str, order: Sequence[str]) -> lis
                                  if r["apgr"].get(m) is not None and
                                  r["apgr"].get("router") is not None], dtype=float)
                 row[f"gain_vs_{m}"] = {**_stats(gain), "share_positive": float((gain > 0).mean())}
+                if len(rs) == 1 and rs[0].get("gain_ci", {}).get(m):  # one run: its bootstrap
+                    row[f"gain_vs_{m}"]["ci95"] = rs[0]["gain_ci"][m]
         out.append(row)
     return out
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from confroute.policy import Decision, check_answer, check_grid, nearest_row, target_row
@@ -111,6 +112,12 @@ class CascadePolicy:
     def __post_init__(self) -> None:
         _validate(self.models, self.rows)
 
+    @cached_property
+    def _following(self) -> dict[str, str | None]:
+        """Each panel model's next one (what `escalate` means; a later one is `skip_ahead`)."""
+        return {m: self.models[i + 1] if i + 1 < len(self.models) else None
+                for i, m in enumerate(self.models)}
+
     @property
     def lambdas(self) -> list[float]:
         return [r.lam for r in self.rows]
@@ -156,13 +163,16 @@ class CascadePolicy:
             return Decision("accept", None, None, "last_model")
         no_lp = math.isnan(p)
         q = state.mean_p if no_lp else p
-        values = {m: a + b * q for m, (a, b) in state.options.items()}
-        nxt = max(values, key=lambda m: (values[m], -self.models.index(m)))
-        accept = (1.0 - r.lam) * q
-        values["accept"] = accept
+        values: dict[str, float] = {}
+        nxt, best = "", -math.inf
+        for m, (a, b) in state.options.items():  # panel order: a tie goes to the cheaper model
+            v = values[m] = a + b * q
+            if v > best:
+                nxt, best = m, v
+        values["accept"] = (1.0 - r.lam) * q
         if not no_lp and p >= state.threshold:
             return Decision("accept", state.threshold, None, "confident", values)
-        following = self.models[self.models.index(model) + 1]
+        following = self._following[model]
         reason = "no_logprobs" if no_lp else "not_confident"
         if nxt == following:
             return Decision("escalate", state.threshold, nxt, reason, values)
