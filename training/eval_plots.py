@@ -12,6 +12,7 @@ _STYLE = {  # baseline -> (label, matplotlib format)
     "raw_avg_logprob_threshold": ("one threshold on raw avg_logprob", "C1.-"),
     "fixed_formula": ("fixed formula (hybrid 0.5/0.5), one threshold", "C2.-"),
     "fixed_formula_any_route": ("fixed formula, best route per cost (frontier)", "C2:"),
+    "route_thresholds": ("route + thresholds (earlier policy)", "C4s:"),
 }
 
 
@@ -45,11 +46,14 @@ def plot_cost_accuracy(report: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     b, table = report["baselines"], report["apgr"]["methods"]
     oc, oa = _xy(b["oracle"]["points"])
-    right = max(q["cost"] for q in report["curve"] + b["fixed_formula"]["points"])
+    extra = b.get("fixed_formula", {}).get("points", [])
+    right = max(q["cost"] for q in report["curve"] + extra)
     ax.plot([*oc, max(right, oc[-1])], [*oa, oa[-1]], ":", color="grey", label="oracle bound")
     ax.plot(b["oracle"]["cost"], b["oracle"]["accuracy"], "*", color="grey", ms=12,
             label="oracle (cheapest correct model)")
     for name, (label, fmt) in _STYLE.items():
+        if name not in b:  # a feature table without the signals of that baseline
+            continue
         apgr = table[name]["apgr"]
         xy = upper_hull(b[name]["points"]) if name.endswith("any_route") else _xy(b[name]["points"])
         ax.plot(*xy, fmt, ms=3, lw=1, label=label + ("" if apgr is None else f" (APGR {apgr:.2f})"))

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.cascade import CascadePolicy
-from confroute.features import FeatureConfig, agreement
+from confroute.features import FEATURE_NAMES, FeatureConfig, agreement
 from confroute.grading import get_grader
 from confroute.looper import HybridWeights, formula_score
 from confroute.manifest import Manifest
@@ -113,19 +113,30 @@ def arrays_from_table(
     items = sorted(set(table["item_id"]))
     per = [table[table["model"] == m].set_index("item_id").loc[items] for m in models]
     X = [r[list(feature_names)].to_numpy(dtype=np.float32) for r in per]
-    preds = [[v if isinstance(v, str) else None for v in r["prediction"]] for r in per]
+    # a user's table may have no prediction column (agree_prev is then taken as given)
+    none: list[str | None] = [None] * len(items)
+    preds = [[v if isinstance(v, str) else None for v in r["prediction"]] if "prediction" in r
+             else none for r in per]
 
     def col(name: str, dtype: type) -> np.ndarray:
+        """A column per model; NaN where a user's table lacks it (its baselines drop out)."""
+        if name not in table:
+            return np.full((len(items), len(models)), np.nan)
         return np.column_stack([r[name].to_numpy(dtype=dtype) for r in per])
 
     p = np.column_stack([predict(m, x) for m, x in zip(models, X, strict=True)])
     query = (per[0][list(QUERY_COLUMNS)].to_numpy(float)
              if all(c in table for c in QUERY_COLUMNS) else None)
+    has_answers = "prediction" in table
+    names = list(feature_names)
     return EvalArrays(list(models), items, p, col("correct", bool), col("cost", float),
                       col("avg_logprob", float), col("margin", float),
-                      route_p=route_scorer(list(models), X, preds, list(feature_names), predict),
-                      stage_p=stage_scorer(list(models), X, preds, list(feature_names), predict),
-                      query=query, datasets=per[0]["dataset"].to_numpy(str))
+                      route_p=route_scorer(list(models), X, preds, names, predict)
+                      if has_answers else None,
+                      stage_p=stage_scorer(list(models), X, preds, names, predict)
+                      if has_answers else None,
+                      query=query, datasets=per[0]["dataset"].to_numpy(str)
+                      if "dataset" in table else None)
 
 
 def stage_scorer(
@@ -255,11 +266,15 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
     singles = single_models(a, base)
     fixed = fixed_formula_score(a.avg_logprob, a.margin)
     curves = {"router": router_curve(a, policy, base), "single_models": singles,
-              "random_mixing": mixing_curve(singles),
-              "raw_avg_logprob_threshold": threshold_curve(a.avg_logprob, a, base),
-              "fixed_formula": threshold_curve(fixed, a, base),
-              "fixed_formula_any_route": any_route_curve(fixed, a, base)}
-    names = list(BASELINES)
+              "random_mixing": mixing_curve(singles)}
+    names = ["single_models", "random_mixing"]
+    if np.isfinite(a.avg_logprob).any():  # a user's table may not have these signals
+        curves["raw_avg_logprob_threshold"] = threshold_curve(a.avg_logprob, a, base)
+        names.append("raw_avg_logprob_threshold")
+    if np.isfinite(fixed).any():
+        curves["fixed_formula"] = threshold_curve(fixed, a, base)
+        curves["fixed_formula_any_route"] = any_route_curve(fixed, a, base)
+        names += ["fixed_formula", "fixed_formula_any_route"]
     earlier = policy.meta.get("route_thresholds") if isinstance(policy, CascadePolicy) else None
     if earlier:  # the previous policy, fitted on the same rows: the gain of the new one
         curves["route_thresholds"] = router_curve(a, Policy.from_dict(earlier), base)
@@ -268,7 +283,8 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
         name: {"description": DESCRIPTIONS[name], "points": curves[name].points}
         for name in names}
     for name in ("fixed_formula", "fixed_formula_any_route"):
-        baselines[name]["weights"] = HYBRID_WEIGHTS
+        if name in baselines:
+            baselines[name]["weights"] = HYBRID_WEIGHTS
     baselines["oracle"] = {"description": DESCRIPTIONS["oracle"], **oracle(a.correct, a.cost / base)}
     methods = {k: c.points for k, c in curves.items()} | {"oracle": baselines["oracle"]["points"]}
     table = apgr_table(methods, singles.points)
@@ -282,7 +298,7 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
         "oracle_bound": oracle_bound({k: v for k, v in methods.items() if k != "oracle"},
                                      baselines["oracle"]["points"]),
         "targets": {"router_vs_baselines": router_vs_baselines(curve, baselines, names),
-                    "apgr_beats_fixed_formula": table["router_gain"]["fixed_formula"],
+                    "apgr_beats_fixed_formula": table["router_gain"].get("fixed_formula"),
                     "match_best_single": match_best_single(curve, baselines)},
     }
 
@@ -353,16 +369,28 @@ def panel_of(manifest: Manifest) -> Panel:
 def run_evaluation(
     version_dir: str | Path, traces: Sequence[str | Path], out_dir: str | Path,
     items_from: Path | None = None, exclude_items_from: Path | None = None, mlflow: bool = True,
+    table_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a version on traces; write report.json and figures into out_dir; return it."""
-    scorer = Scorer.load(version_dir)
+    """Evaluate a version on traces, or on a ready feature table (the columns `train --table`
+    takes: item_id, model, correct, cost and the version's signal columns; infinite values by
+    training.train.clip_infinite's rule); write report.json and figures; return it. With a
+    table the version may be one trained on its own columns (`train --table`)."""
+    scorer = Scorer.load(version_dir, None if table_path is not None else FEATURE_NAMES)
     m = scorer.manifest
     if m.policy is None:
         raise ValueError(f"version {m.version} has no policy table to evaluate")
     policy, panel = load_policy(m.policy), panel_of(m)
     config = FeatureConfig(**m.feature_config)  # type: ignore[arg-type]
-    table, source = select_items(build_table(read_traces(traces), panel, config),
-                                 scorer.path, items_from, exclude_items_from)
+    if table_path is not None:
+        from training.train import read_feature_table
+
+        raw, _ = read_feature_table(table_path)
+        missing = [f for f in m.feature_names if f not in raw]
+        if missing:
+            raise ValueError(f"{table_path}: the version's signal columns {missing} are missing")
+    else:
+        raw = build_table(read_traces(traces), panel, config)
+    table, source = select_items(raw, scorer.path, items_from, exclude_items_from)
     full = complete_items(table, panel.names)
     if full.empty:
         raise ValueError(f"no selected item has a trace from every panel model {panel.names}")
@@ -371,7 +399,8 @@ def run_evaluation(
         "version": m.version, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cost_source": COST_SOURCE, "items_source": source,
         "items_without_every_model": int(table["item_id"].nunique() - len(arrays.items)),
-        "datasets": full.groupby("dataset")["item_id"].nunique().astype(int).to_dict(),
+        "datasets": full.groupby("dataset")["item_id"].nunique().astype(int).to_dict()
+        if "dataset" in full else {},
         **evaluate_arrays(arrays, policy),
         "per_dataset": per_dataset(arrays, policy),
     }

@@ -108,6 +108,43 @@ def test_cli_trains_from_a_ready_table_with_extra_signal(
     assert CliRunner().invoke(app, [*verify, "--table-features"]).exit_code == 0
 
 
+def test_evaluate_judges_a_policy_on_any_labeled_table(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table of two signals that are not logprob summaries (one with -inf), no answers, no
+    datasets: `train --table` then `evaluate --table` on its held-out items, end to end."""
+    config = TrainConfig(panel=PANEL, traces=[TRACES], max_items=120)
+    full = load_dataset(config, load_panel(PANEL)).table
+    table = full[["item_id", "model", "correct", "cost"]].copy()
+    table["verifier_score"] = full["answer_logprob"].fillna(-5.0) * 0.5
+    table["judge"] = full["answer_min_logprob"].fillna(-9.0)
+    table.loc[::30, "judge"] = -np.inf
+    table.to_csv(tmp_path / "mine.csv", index=False)
+    (tmp_path / "train.yaml").write_text(
+        f"panel: {PANEL}\nclassifier: logistic\nbootstrap: 0\nfigures: false\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    models = tmp_path / "models"
+    trained = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml"),
+                                       "--table", str(tmp_path / "mine.csv"), "--out", str(models)])
+    assert trained.exit_code == 0, trained.output
+    [version] = [p for p in models.iterdir() if p.is_dir()]
+    args = ["evaluate", "--version", str(version), "--table", str(tmp_path / "mine.csv"),
+            "--out", str(tmp_path / "eval"), "--no-mlflow"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    held = json.loads((version / "heldout_items.json").read_text())
+    assert report["n_items"] == len(held["items"] if isinstance(held, dict) else held)
+    assert set(report["apgr"]["methods"]) == {"router", "single_models", "random_mixing",
+                                              "route_thresholds", "oracle"}
+    assert "no avg_logprob/margin" in result.output
+    both = CliRunner().invoke(app, [*args, "--traces", str(TRACES)])
+    assert both.exit_code == 2 and "--traces or --table" in both.output
+    table.drop(columns="judge").to_csv(tmp_path / "less.csv", index=False)
+    less = CliRunner().invoke(app, [*args[:4], str(tmp_path / "less.csv"), *args[5:]])
+    assert less.exit_code == 2 and "'judge'" in less.output and "Traceback" not in less.output
+
+
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (tmp_path / "train.yaml").write_text("classifer: lightgbm\n")
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "train.yaml")])

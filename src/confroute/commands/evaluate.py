@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
 
 def evaluate(
     version: Path = typer.Option(Path("models/current"), help="Model version directory."),
-    traces: list[Path] = typer.Option(..., help="Trace files or directories (repeatable)."),
+    traces: list[Path] = typer.Option([], help="Trace files or directories (repeatable)."),
+    table: Path | None = typer.Option(
+        None, help="A ready feature table (CSV/Parquet, the columns `train --table` takes) "
+                   "instead of traces: any labeled data can judge a version's policy."),
     out: Path = typer.Option(..., help="Directory for report.json and the figures."),
     items_from: Path | None = typer.Option(
         None, help="JSON list of item ids to evaluate on (default: the version's "
@@ -38,9 +41,13 @@ def evaluate(
     """Accuracy and cost per λ, baselines, APGR and the cost/accuracy figure."""
     from confroute.manifest import ManifestError
     from training.evaluate import run_evaluation
+    from training.train import TrainError
 
-    with user_errors(ManifestError, KeyError):
-        report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow)
+    with user_errors(ManifestError, KeyError, TrainError):
+        if bool(traces) == (table is not None):
+            raise ValueError("give --traces or --table (one of them)")
+        report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow,
+                                table)
     Console().print(_summary(report))
     if report.get("per_dataset"):
         Console().print(_per_dataset(report["per_dataset"]))
@@ -121,10 +128,14 @@ def _targets(t: dict[str, Any]) -> list[str]:
     """The issue's targets, one line each, with their numbers."""
     gaps = ", ".join(f"{k} {_f(v['worst_gap'])}" for k, v in t["router_vs_baselines"].items())
     g, m = t["apgr_beats_fixed_formula"], t["match_best_single"]
-    ci = g["ci95"]
+    fixed = "APGR gain over the fixed formula: - (the table has no avg_logprob/margin)"
+    if g is not None:
+        ci = g["ci95"]
+        fixed = (f"APGR gain over the fixed formula: {_f(g['gain'])} "
+                 f"(95% CI {_f(ci[0])} to {_f(ci[1])})")
     return [
         f"router minus baseline accuracy at matched cost (worst point): {gaps}",
-        f"APGR gain over the fixed formula: {_f(g['gain'])} (95% CI {_f(ci[0])} to {_f(ci[1])})",
+        fixed,
         f"within 1 point of {m['best_single']} ({m['best_accuracy']:.3f}) at "
         f"{_f(m['router_cost_share'])} of its cost (target <= 0.70; oracle "
         f"{_f(m['oracle_cost_share'])})",
