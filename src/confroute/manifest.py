@@ -102,6 +102,8 @@ class Manifest(_Frozen):
     panel: PanelInfo
     feature_names: list[str]
     feature_config: dict[str, int | float]
+    # the grader the answer_* and agree_prev signals were computed with: the service uses it
+    grader: str = "numeric"
     models: dict[str, ModelEntry]
     policy: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}

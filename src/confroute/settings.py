@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     default_cost_quality_tradeoff: Annotated[float, Field(ge=0, le=1)] = 0.3
     # share of accepted chat answers also run on the next model and logged as "explore"
     explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
-    grader: str = "numeric"  # answer extraction for agree_prev and feedback with a gold answer
+    # answer extraction for agree_prev and feedback with a gold answer: the served version's own
+    # (its manifest's `grader`); a setting that names another is refused, naming both
+    grader: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -79,3 +79,18 @@ def test_an_unknown_embedded_model_is_refused_before_serving(tmp_path: Path) -> 
     (tmp_path / "panel.yaml").write_text(panel)
     code, output = _run("serve", "--panel", str(tmp_path / "panel.yaml"))
     assert code == 2 and "no such model file nope-model" in output, output
+
+
+def test_a_grader_setting_that_conflicts_with_the_manifest_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped version's signals were computed with the numeric grader: serving it with
+    another would feed its classifiers answer_* and agree_prev values they never learned."""
+    monkeypatch.setenv("CONFROUTE_GRADER", "exact")
+    code, output = _run("serve", "--models-dir", str(ROOT / "models"))
+    assert code == 2 and "Traceback" not in output, output
+    assert "CONFROUTE_GRADER=exact conflicts with version" in output and "'numeric'" in output
+    assert len(output.strip().splitlines()) == 1
+    monkeypatch.setenv("CONFROUTE_GRADER", "fuzzy")
+    code, output = _run("serve", "--models-dir", str(ROOT / "models"))
+    assert code == 2 and "unknown grader 'fuzzy'" in output, output

@@ -50,6 +50,7 @@ def serve(
     with user_errors(ModelStoreError):
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
         panel_config = load_panel(settings.panel)  # a bad panel: one clear line before starting
+        _check_grader(settings)  # a grader the served version was not trained with: likewise
         if settings.router_config is not None:  # a bad router config: likewise
             from confroute.looper import load_router_config
 
@@ -61,3 +62,18 @@ def serve(
                         format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
                 log_level=settings.log_level, timeout_graceful_shutdown=30)
+
+
+def _check_grader(settings: Any) -> None:
+    """Refuse a CONFROUTE_GRADER that is unknown or names another grader than the version in
+    models_dir/current was trained with (its signals would not be what its classifiers learned)."""
+    if settings.grader is None:
+        return
+    from confroute.grading import get_grader
+    from confroute.manifest import CURRENT, Manifest
+    from confroute.service.engine import check_grader
+
+    get_grader(settings.grader)
+    current = settings.models_dir / CURRENT
+    if (current / "manifest.json").is_file():
+        check_grader(settings.grader, Manifest.load(current))

@@ -15,7 +15,6 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from confroute.backends import Backend, make_backend
-from confroute.grading import get_grader
 from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
@@ -62,7 +61,7 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     backends = {m.name: make_backend(m.name, m.spec()) for m in panel.models}
     dlog = DecisionLog(settings.decision_log, settings.spill_path,
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
-    engine = Engine(settings.models_dir, panel, get_grader(settings.grader), default_lam, conf)
+    engine = Engine(settings.models_dir, panel, settings.grader, default_lam, conf)
     proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars,
                   settings.explore_rate, looper.budget if looper else None)
     return Resources(settings, panel, engine, dlog, backends, proxy)

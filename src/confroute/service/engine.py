@@ -31,9 +31,9 @@ from confroute.features import (
     signals_from_arrays,
     warm_up,
 )
-from confroute.grading import Grader
+from confroute.grading import Grader, get_grader
 from confroute.looper import Confidence, FormulaPolicy, escalation_order
-from confroute.manifest import MANIFEST, ManifestError
+from confroute.manifest import MANIFEST, Manifest, ManifestError
 from confroute.panel import Panel, PanelModel
 from confroute.policy import Decision, Policy, check_lambda, load_policy
 from confroute.scoring import Scorer
@@ -80,10 +80,21 @@ class Scored:
     version: str
 
 
-def load_version(path: Path, panel: Panel | None) -> RouterVersion:
+def check_grader(setting: str | None, manifest: Manifest) -> None:
+    """ManifestError when a grader setting names another grader than the version was trained
+    with: its answer_* and agree_prev signals would be computed differently from what its
+    classifiers learned."""
+    if setting is not None and setting != manifest.grader:
+        raise ManifestError(
+            f"CONFROUTE_GRADER={setting} conflicts with version {manifest.version}, whose signals "
+            f"were computed with the {manifest.grader!r} grader; unset it or retrain")
+
+
+def load_version(path: Path, panel: Panel | None, grader: str | None = None) -> RouterVersion:
     """Verify and load a version directory; ManifestError (or ValueError) says why it is refused."""
     scorer = Scorer.load(path)
     manifest = scorer.manifest
+    check_grader(grader, manifest)
     if manifest.policy is None:
         raise ManifestError(f"version {manifest.version} has no policy table; retrain it")
     policy = load_policy(manifest.policy)
@@ -111,11 +122,16 @@ def current_key(models_dir: Path) -> tuple[str, int] | None:
 class Engine:
     """Holds the served version; decides; reloads."""
 
-    def __init__(self, models_dir: Path, panel: Panel | None, grader: Grader,
+    def __init__(self, models_dir: Path, panel: Panel | None, grader: Grader | str | None,
                  default_lambda: float, looper: Confidence | None = None) -> None:
         self.models_dir = models_dir
         self.panel = panel
-        self.grader = grader
+        # a name: the setting, checked against each version's manifest (None: the manifest's);
+        # a Grader: used as given (tests and benchmarks that build an Engine by hand)
+        self._grader_setting = grader if isinstance(grader, str) else None
+        self._fixed_grader = not isinstance(grader, str | None)
+        self.grader: Grader = grader if not isinstance(grader, str | None) else \
+            get_grader(grader or "numeric")
         self.default_lambda = default_lambda
         self.current: RouterVersion | None = None
         self.last_error: str | None = None
@@ -135,13 +151,15 @@ class Engine:
             self.last_error = f"no model version at {self.models_dir}/current"
             raise ManifestError(self.last_error + ": train one (confroute train)")
         try:
-            new = load_version(Path(key[0]), self.panel)
+            new = load_version(Path(key[0]), self.panel, self._grader_setting)
         except Exception as exc:  # whatever breaks loading (onnxruntime too) refuses the version
             self._failed_key = key
             self.last_error = f"refused version at {key[0]}: {exc}"
             log.error("%s; still serving %s", self.last_error, self.version or "nothing")
             raise ManifestError(self.last_error) from exc
         self.current, self._key, self.last_error = new, key, None
+        if not self._fixed_grader:
+            self.grader = get_grader(new.scorer.manifest.grader)
         log.info("serving model version %s from %s", new.version, new.path)
         return new
 

@@ -164,3 +164,15 @@ def test_a_looper_config_runs_as_is(tmp_path: Path, cascade_models: Path, stub: 
         r = c.post("/v1/chat/completions", json={
             "model": "confroute", "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
         assert r.status_code == 502 and LARGE in r.json()["error"]["message"]  # on_error: fail
+
+
+def test_the_engine_refuses_a_version_trained_with_another_grader(cascade_models: Path) -> None:
+    from confroute.manifest import ManifestError
+    from confroute.service.engine import Engine
+
+    engine = Engine(cascade_models, None, "exact", 0.3)
+    with pytest.raises(ManifestError, match="CONFROUTE_GRADER=exact conflicts with version"):
+        engine.reload()
+    assert engine.current is None and "conflicts" in (engine.last_error or "")
+    ok = Engine(cascade_models, None, None, 0.3)
+    assert ok.reload().version and type(ok.grader).__name__ == "NumericGrader"
