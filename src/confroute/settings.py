@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # model weighs as much as one right answer, and on the reference panel the policy then
     # serves SmolLM2's answers (2% right) to 42% of requests because nothing else pays for itself
     default_cost_quality_tradeoff: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # enforce: the router's answer is served; shadow: `shadow_model` (default: the last panel
+    # model) is always served, and what the router would have done is logged (endpoint "shadow")
+    # and counted in /metrics (confroute_shadow_cost, confroute_shadow_requests)
+    mode: Literal["enforce", "shadow"] = "enforce"
+    shadow_model: str | None = None
     # share of accepted chat answers also run on the next model and logged as "explore"
     explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     # answer extraction for agree_prev and feedback with a gold answer: the served version's own

@@ -51,6 +51,9 @@ def serve(
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
         panel_config = load_panel(settings.panel)  # a bad panel: one clear line before starting
         _check_grader(settings)  # a grader the served version was not trained with: likewise
+        if settings.shadow_model is not None and settings.shadow_model not in panel_config.names:
+            raise ValueError(f"shadow_model {settings.shadow_model!r} is not in panel "
+                             f"{panel_config.name!r}: {panel_config.names}")
         if settings.router_config is not None:  # a bad router config: likewise
             from confroute.looper import load_router_config
 

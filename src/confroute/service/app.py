@@ -62,8 +62,14 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     dlog = DecisionLog(settings.decision_log, settings.spill_path,
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
     engine = Engine(settings.models_dir, panel, settings.grader, default_lam, conf)
+    shadow = None
+    if settings.mode == "shadow":
+        shadow = settings.shadow_model or panel.names[-1]
+        if shadow not in panel.names:
+            raise ValueError(f"shadow_model {shadow!r} is not in panel {panel.name!r}: "
+                             f"{panel.names}")
     proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars,
-                  settings.explore_rate, looper.budget if looper else None)
+                  settings.explore_rate, looper.budget if looper else None, shadow)
     return Resources(settings, panel, engine, dlog, backends, proxy)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -31,12 +32,21 @@ async def apply_feedback(log: DecisionLog, grader: Grader, fb: Feedback) -> dict
     if fb.gold is not None:
         records = [FeedbackRecord(fb.request_id, s.stage, grader.is_correct(s.prediction, fb.gold),
                                   now, fb.gold) for s in stages if s.decision != "error"]
+        # shadow mode: the router's would-be stages of this request are graded as well
+        sid = f"{fb.request_id}:shadow"
+        with contextlib.suppress(Exception):  # the served stages' labels do not wait on these
+            records += [FeedbackRecord(sid, s.stage, grader.is_correct(s.prediction, fb.gold),
+                                       now, fb.gold)
+                        for s in await asyncio.to_thread(log.stages, sid)
+                        if s.decision != "error"]
     else:
         assert fb.correct is not None
         records = [FeedbackRecord(fb.request_id, served_stage(stages).stage, fb.correct, now)]
     for r in records:
         log.submit(r)
     models = {s.stage: s.model for s in stages}
-    return {"request_id": fb.request_id,
-            "labels": [{"stage": r.stage, "model": models[r.stage], "correct": r.correct}
-                       for r in records]}
+    labels = [{"stage": r.stage, "model": models[r.stage], "correct": r.correct}
+              for r in records if r.request_id == fb.request_id]
+    shadow = [{"stage": r.stage, "correct": r.correct} for r in records
+              if r.request_id != fb.request_id]
+    return {"request_id": fb.request_id, "labels": labels, **({"shadow": shadow} if shadow else {})}

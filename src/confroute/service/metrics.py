@@ -74,6 +74,12 @@ class Metrics:
                                registry=r)
         self.version = Gauge("confroute_version_info", "the model version served", ["version"],
                              registry=r)
+        self.shadow_requests = Counter(
+            "confroute_shadow_requests", "shadow mode: requests by the model whose answer the "
+            "router would have served", ["would_answer"], registry=r)
+        self.shadow_cost = Counter(
+            "confroute_shadow_cost", "shadow mode: summed panel cost of what was served (the "
+            "fixed model) and of what the router would have called", ["kind"], registry=r)
 
     def watch_log(self, source: Callable[[], DecisionLog | None]) -> None:
         """Report the decision log's health at each scrape (source: the log, once it exists)."""
@@ -87,6 +93,11 @@ class Metrics:
             self.no_logprobs.labels(model).inc()
         else:
             self.p_correct.labels(model).observe(p_correct)
+
+    def shadow(self, would_answer: str, served_cost: float, would_cost: float) -> None:
+        self.shadow_requests.labels(would_answer).inc()
+        self.shadow_cost.labels("served").inc(served_cost)
+        self.shadow_cost.labels("would_be").inc(would_cost)
 
     def serving(self, version: str) -> None:
         self.version.clear()

@@ -61,7 +61,8 @@ class Cascade:
     served: Stage | None = None
     start: Start | None = None  # the policy's first choice and its utilities
     stopped: str = ""  # accepted | last_model | max_escalations | max_models | max_cost |
-    # deadline | fallback
+    # deadline | fallback | shadow
+    endpoint: str = "chat"  # what its decision-log records say: chat, or shadow (would-be)
     target: dict[str, Any] | None = None  # target_accuracy: the λ chosen and its estimate
 
 
@@ -92,11 +93,13 @@ class Proxy:
 
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
                  log: DecisionLog, metrics: Metrics, max_chars: int,
-                 explore_rate: float = 0.0, budget: Budget | None = None) -> None:
+                 explore_rate: float = 0.0, budget: Budget | None = None,
+                 shadow: str | None = None) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
         self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
         self.budget = budget  # a looper config's caps: the limits of requests that set none
+        self.shadow = shadow  # shadow mode: the model always served (None: the router decides)
         self._background: set[asyncio.Task[None]] = set()
 
     async def drain(self) -> None:
@@ -125,6 +128,17 @@ class Proxy:
         messages = [Message(m.role, m.text()) for m in req.messages]
         out, params = Cascade(request_id, v, lam, target=target), self.params(req)
         deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
+        if self.shadow is not None:
+            return await self._serve_shadow(out, policy, messages, params, limits, deadline)
+        await self._cascade(out, policy, messages, params, limits, deadline)
+        return self._finish(out)
+
+    async def _cascade(self, out: Cascade, policy: Any, messages: list[Message],
+                       params: GenParams, limits: Limits, deadline: float | None,
+                       reuse: Stage | None = None) -> None:
+        """The router's cascade into `out`: first model, then accept / escalate / skip ahead.
+        `reuse`: an answer already in hand (shadow mode's served call) stands in for its call."""
+        lam = out.lam
         out.start = start = policy.first(lam, self._query(policy, messages))
         model: str | None = start.model
         i = 0
@@ -135,7 +149,9 @@ class Proxy:
             if not self._affordable(out, model, messages, params, limits.max_cost):
                 out.stopped = "max_cost"
                 break
-            stage = await self._call(model, messages, params, deadline)
+            stage = Stage(model, reuse.latency_s, reuse.completion, error=reuse.error) \
+                if reuse is not None and reuse.model == model else \
+                await self._call(model, messages, params, deadline)
             if stage is None:
                 out.stopped = "deadline"
                 break
@@ -145,11 +161,41 @@ class Proxy:
             if stop:
                 out.stopped = stop
                 after = policy.after(lam, model)
-                if stop == "accepted" and after and random.random() < self.explore_rate:
+                if stop == "accepted" and after and out.endpoint == "chat" and \
+                        random.random() < self.explore_rate:
                     self._explore(out, after, i + 1, messages, params)
                 break
             model, i = nxt, i + 1
-        return self._finish(out)
+
+    async def _serve_shadow(self, out: Cascade, policy: Any, messages: list[Message],
+                            params: GenParams, limits: Limits, deadline: float | None
+                            ) -> Cascade:
+        """Shadow mode: serve the fixed model's answer; in the background, run the router's
+        cascade on the same request (reusing that answer where the cascade reaches the fixed
+        model), log its stages with endpoint "shadow" and count what it would have cost."""
+        assert self.shadow is not None
+        stage = await self._call(self.shadow, messages, params, deadline)
+        if stage is None:
+            out.stopped = "deadline"
+            return self._finish(out)
+        self._score(out, stage, 0)
+        out.stopped = "shadow"
+        served = self._finish(out)
+        # its own request id, so stage numbers never clash with the served call's; gold feedback
+        # for the request grades it too (feedback.py)
+        would = Cascade(shadow_id(out.request_id), out.version, out.lam, endpoint="shadow")
+
+        async def run() -> None:
+            with contextlib.suppress(BackendFailed, BadRequest):  # counted; nothing to serve
+                await self._cascade(would, policy, messages, params, limits, None, reuse=stage)
+                answered = [s for s in would.stages if s.completion is not None]
+                self.metrics.shadow(answered[-1].model if answered else "none",
+                                    spent(served, self.panel), spent(would, self.panel))
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return served
 
     def _affordable(self, out: Cascade, model: str, messages: list[Message], params: GenParams,
                     max_cost: float | None) -> bool:
@@ -254,8 +300,8 @@ class Proxy:
         stage.scored = s = self.engine.decide(out.version, st, out.lam)
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)
-        rec = record(s, out.request_id, index, out.lam, stage.latency_s, c.response, "chat",
-                     self.max_chars)
+        rec = record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
+                     out.endpoint, self.max_chars)
         self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
 
     @staticmethod
@@ -294,6 +340,11 @@ def usage(out: Cascade) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def shadow_id(request_id: str) -> str:
+    """The request id a shadow-mode request's would-be stages are logged under."""
+    return f"{request_id}:shadow"
+
+
 def stage_cost(stage: Stage, panel: Panel) -> float:
     """What one call billed at the panel's prices (0 when it failed before answering)."""
     c = stage.completion
@@ -329,4 +380,5 @@ def router_field(out: Cascade, panel: Panel) -> dict[str, Any]:
                  "values": {k: round(float(x), 6) for k, x in out.start.values.items()}}
     return {"request_id": out.request_id, "version": out.version.version,
             "cost_quality_tradeoff": out.lam, "model": out.served.model, "stopped": out.stopped,
-            "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target}
+            "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target,
+            "mode": "shadow" if out.stopped == "shadow" else "enforce"}

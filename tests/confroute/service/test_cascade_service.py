@@ -176,3 +176,65 @@ def test_the_engine_refuses_a_version_trained_with_another_grader(cascade_models
     assert engine.current is None and "conflicts" in (engine.last_error or "")
     ok = Engine(cascade_models, None, None, 0.3)
     assert ok.reload().version and type(ok.grader).__name__ == "NumericGrader"
+
+
+def test_shadow_mode_serves_the_fixed_model_and_logs_what_the_router_would_do(
+    tmp_path: Path, cascade_models: Path
+) -> None:
+    """Shadow mode through the real openai client: the reply is the large model's; the router's
+    would-be cascade is logged (endpoint "shadow") and counted, reusing the served answer when
+    it reaches the large model instead of calling it again."""
+    import httpx
+    from openai import OpenAI
+
+    from .test_decision_log import wait_for
+
+    backend = StubBackend()
+    with serve_app(backend, ready_path="/v1/models") as stub_url:
+        for modes, lam, would in ((("unsure", "ok:7", "ok:9"), 0.5, [SMALL, MEDIUM]),
+                                  (("unsure", "unsure", "ok:9"), 0.5, [SMALL, MEDIUM, LARGE])):
+            run = tmp_path / f"run{len(would)}"
+            run.mkdir()
+            panel = stub_panel(run / "panel.yaml", stub_url + "/v1", modes)
+            settings = settings_for(run, cascade_models, panel, mode="shadow")
+            backend.calls.clear()
+            with serve_app(create_app(settings)) as url:
+                oa = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+                reply = oa.chat.completions.create(
+                    model=f"confroute:{lam}",
+                    messages=[{"role": "user", "content": "What is 3 + 4?"}])
+                router = reply.model_extra["router"]
+                assert router["mode"] == "shadow" and router["model"] == LARGE
+                assert reply.choices[0].message.content.endswith("The answer is : 9")
+
+                db = run / "decisions.db"
+                n = len(would)
+                wait_for(lambda db=db, n=n: len(_shadow_rows(db)) == n)
+                assert [m for _, m, _ in _shadow_rows(db)] == would
+                metrics = httpx_get(url + "/metrics")
+                assert f'confroute_shadow_requests_total{{would_answer="{would[-1]}"}} 1.0' \
+                    in metrics
+                assert 'confroute_shadow_cost_total{kind="served"} 3.0' in metrics
+                spent = {2: 3.0, 3: 6.0}[len(would)]  # per_call 1 + 2 (+ 3: the reused answer)
+                assert f'confroute_shadow_cost_total{{kind="would_be"}} {spent}' in metrics
+                fb = httpx.post(url + "/v1/feedback", json={"request_id": router["request_id"],
+                                                             "gold": "9"}, timeout=10).json()
+                assert [x["correct"] for x in fb["labels"]] == [True]  # the served large model
+                # the would-be stages are graded too: only the large model's 9 is right
+                assert [x["correct"] for x in fb["shadow"]] == [m == LARGE for m in would]
+            assert backend.calls[f"{modes[2]}"] == 1  # the large model was called once
+
+
+def _shadow_rows(db: Path) -> list[tuple[Any, ...]]:
+    """The would-be stages (logged under '<request id>:shadow')."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT stage, model, decision FROM decisions WHERE "
+                            "endpoint = 'shadow' ORDER BY stage").fetchall()
+
+
+def httpx_get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=10).text
