@@ -97,6 +97,9 @@ def since_version(url: str, version: str) -> float:
     return min(d.created for d in first)
 
 
+SHADOW_SUFFIX = ":shadow"  # service.proxy.shadow_id
+
+
 def log_rows(
     decisions: Sequence[LoggedDecision], panel: Panel, grader: Grader | None = None
 ) -> pd.DataFrame:
@@ -104,6 +107,9 @@ def log_rows(
     latest: dict[tuple[str, str], LoggedDecision] = {}
     gold: dict[str, str] = {}
     for d in decisions:
+        # shadow mode's would-be stages ('<id>:shadow') are more answers to the same request; the
+        # served answer they reused is the same answer, kept once
+        d = msgspec.structs.replace(d, request_id=d.request_id.removesuffix(SHADOW_SUFFIX))
         if d.decision != "error" and d.model in panel.names:
             latest[(d.request_id, d.model)] = d  # oldest first: the last one wins
         if d.gold is not None:
