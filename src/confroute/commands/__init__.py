@@ -5,4 +5,4 @@ import typer
 models_app = typer.Typer(
     help="Reference-panel model files and exported router versions.", no_args_is_help=True
 )
-report_app = typer.Typer(help="Reports on traces.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports on traces and on live traffic.", no_args_is_help=True)

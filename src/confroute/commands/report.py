@@ -98,3 +98,56 @@ def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     console.print(f"wrote {path}")
+
+
+@report_app.command("traffic")
+def traffic(
+    log: str = typer.Option(..., help="The service's decision log: SQLite file or postgresql:// URL."),
+    panel: Path = typer.Option(PANEL, help="Panel: model order and prices."),
+    since: str | None = typer.Option(None, help="Only decisions since: 24h, 7d, an ISO time."),
+    out: Path | None = typer.Option(None, help="Write traffic.json and p_correct.png here."),
+) -> None:
+    """Requests, who answered, escalation and skip-ahead rates, cost against always calling the
+    last model, accuracy and calibration where feedback exists, shadow mode's would-be figures."""
+    from confroute.panel import load_panel
+    from training.inrows import LogError, parse_since, read_log
+    from training.traffic import p_correct_figure, traffic_report
+
+    with user_errors(LogError):
+        cfg = load_panel(panel)
+        decisions = read_log(log, parse_since(since))
+        rep = traffic_report(decisions, cfg)
+        Console().print(_traffic_table(rep))
+        for key in ("cost_basis", "always_last_basis"):
+            console.print(f"{key.replace('_', ' ')}: {rep[key]}")
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            rep["figures"] = [p_correct_figure(decisions, cfg, out / "p_correct.png").name]
+            _write(out / "traffic.json", json.dumps(rep, indent=1) + "\n")
+
+
+def _traffic_table(rep: dict[str, object]) -> Table:
+    table = Table("figure", "value", title=f"traffic: {rep['requests']} requests")
+
+    def f(x: object) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    for key in ("escalation_rate", "skip_ahead_rate", "two_or_more_calls", "cost",
+                "always_last_cost", "relative_cost", "saved", "labeled_requests", "accuracy"):
+        if key in rep:
+            table.add_row(key.replace("_", " "), f(rep[key]))
+    for m, share in dict(rep.get("answered", {})).items():  # type: ignore[call-overload]
+        table.add_row(f"answered by {m}", f(share))
+    for m, c in dict(rep.get("calibration", {})).items():  # type: ignore[call-overload]
+        ece = f" ECE {c['ece']:.3f} (calibrated p would show <= {c['ece_if_calibrated_p95']:.3f})" \
+            if "ece" in c else ""
+        table.add_row(f"labeled {m}", f"{c['rows']} rows, accuracy {c['accuracy']:.3f}, "
+                                      f"mean p {c['mean_p']:.3f}{ece}")
+    sh = rep.get("shadow")
+    if isinstance(sh, dict):
+        table.add_row("shadow requests", f(sh["requests"]))
+        table.add_row("shadow: would-be / served cost", f(sh["would_be_relative_cost"]))
+        table.add_row("shadow: would-be accuracy", f(sh["would_be_accuracy"]))
+        for m, share in sh["would_answer"].items():
+            table.add_row(f"shadow: would be answered by {m}", f(share))
+    return table

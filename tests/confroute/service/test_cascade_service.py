@@ -238,3 +238,46 @@ def httpx_get(url: str) -> str:
     import httpx
 
     return httpx.get(url, timeout=10).text
+
+
+def test_report_traffic_on_a_log_the_service_wrote(tmp_path: Path, cascade_models: Path,
+                                                   stub: str) -> None:
+    """`confroute report traffic` on the decision log of a running service: enforce requests
+    (one escalated, one skipped ahead, one with gold feedback), then shadow-mode requests."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from confroute.cli import app as cli
+
+    from .test_decision_log import wait_for
+
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "ok:7", "ok:9"))
+    settings = settings_for(tmp_path, cascade_models, panel)
+    with TestClient(create_app(settings)) as c:
+        first = chat(c, "What is 3 + 4?", 0.5)  # small escalates, medium (7) accepted: cost 3
+        chat(c, "What is 3 + 4?", 0.8)  # small skips ahead to large (9): cost 1 + 3
+        r = c.post("/v1/feedback", json={"request_id": first["request_id"], "gold": "7"})
+        assert r.status_code == 200, r.text
+    with TestClient(create_app(settings_for(tmp_path, cascade_models, panel,
+                                            mode="shadow"))) as c:
+        chat(c, "What is 3 + 4?", 0.5)  # served: large (3); would be small + medium (3)
+        db = tmp_path / "decisions.db"
+        wait_for(lambda: len(_shadow_rows(db)) == 2)
+    out = tmp_path / "traffic"
+    result = CliRunner().invoke(cli, ["report", "traffic", "--log", str(tmp_path / "decisions.db"),
+                                      "--panel", str(panel), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((out / "traffic.json").read_text())
+    assert rep["requests"] == 3 and (out / "p_correct.png").is_file()
+    assert rep["answered"] == {SMALL: 0.0, MEDIUM: 1 / 3, LARGE: 2 / 3}
+    assert rep["escalation_rate"] == pytest.approx(1 / 3)
+    assert rep["skip_ahead_rate"] == pytest.approx(1 / 3)
+    assert rep["cost"] == pytest.approx(3 + 4 + 3)
+    assert rep["always_last_cost"] == pytest.approx(9.0)  # the large model costs 3 a call
+    assert rep["labeled_requests"] == 1 and rep["accuracy"] == 1.0
+    sh = rep["shadow"]
+    assert sh["requests"] == 1 and sh["would_answer"][MEDIUM] == 1.0
+    assert sh["served_cost"] == 3.0 and sh["would_be_cost"] == 3.0
+    bad = CliRunner().invoke(cli, ["report", "traffic", "--log", str(tmp_path / "none.db")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output

@@ -1,0 +1,169 @@
+"""`confroute report traffic`: what the router did on live traffic, from its decision log.
+
+Per request (a request id; shadow mode's would-be stages, logged under '<id>:shadow', are read
+as the same request's would-be cascade): which model's answer was served (the last accepted
+stage, else the last answered one, as feedback reads it), whether it escalated or skipped ahead,
+and what it cost. Cost is the panel's per-token price times the answer's completion tokens (the
+logged `length` signal); the log holds no prompt tokens, so prompt prices are left out, which
+says so in the report. "Always the last model" costs each request the last model's logged cost
+where it was called, else its mean logged cost (the basis is stated beside the figure). Where
+feedback exists: accuracy of the served answers, and per model the ECE of p_correct on labeled
+rows against the ECE a perfectly calibrated p would show on as many rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from confroute.features import FEATURE_NAMES
+from confroute.panel import Panel
+from confroute.service.decision_store import LoggedDecision
+from training import metrics as M
+from training.inrows import SHADOW_SUFFIX
+
+_LENGTH = FEATURE_NAMES.index("length")
+
+
+def stage_cost(d: LoggedDecision, panel: Panel) -> float:
+    """Completion-token price of one logged answer (0 for a model outside the panel)."""
+    tokens = d.signals[_LENGTH] if len(d.signals) > _LENGTH else None
+    n = 0 if tokens is None or not math.isfinite(tokens) else int(tokens)
+    return panel.get(d.model).cost.of(0, n) if d.model in panel.names else 0.0
+
+
+def served(stages: Sequence[LoggedDecision]) -> LoggedDecision:
+    accepted = [s for s in stages if s.decision == "accept"]
+    answered = [s for s in stages if s.decision not in ("error", "explore")]
+    return (accepted or answered or list(stages))[-1]
+
+
+@dataclass(frozen=True)
+class Req:
+    """One request as the report reads it."""
+
+    served: str
+    calls: int
+    escalated: bool
+    skipped_ahead: bool
+    cost: float
+    last_cost: float | None
+    correct: bool | None
+
+
+def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[str, Any]:
+    """The report's numbers (JSON-safe)."""
+    by_req: dict[str, list[LoggedDecision]] = defaultdict(list)
+    shadow: dict[str, list[LoggedDecision]] = defaultdict(list)
+    for d in decisions:
+        if d.request_id.endswith(SHADOW_SUFFIX):
+            shadow[d.request_id.removesuffix(SHADOW_SUFFIX)].append(d)
+        else:
+            by_req[d.request_id].append(d)
+    last = panel.names[-1]
+    last_costs = [stage_cost(d, panel) for d in decisions if d.model == last]
+    mean_last = float(np.mean(last_costs)) if last_costs else None
+    reqs = []
+    for logged in by_req.values():
+        stages = sorted(logged, key=lambda s: s.stage)
+        real = [s for s in stages if s.decision != "explore"]
+        if not real:
+            continue
+        s = served(real)
+        own_last = [stage_cost(x, panel) for x in stages if x.model == last]
+        reqs.append(Req(s.model, len(real), any(x.decision == "escalate" for x in real),
+                        any(x.decision == "skip_ahead" for x in real),
+                        sum(stage_cost(x, panel) for x in stages),
+                        own_last[0] if own_last else mean_last, s.correct))
+    n = len(reqs)
+    out: dict[str, Any] = {
+        "requests": n, "panel": panel.names,
+        "cost_basis": "panel price per completion token x the answer's logged length; prompt "
+                      "tokens are not in the log (left out)",
+        "always_last_basis": (f"{last}'s own logged cost where it was called, else its mean "
+                              f"logged cost ({len(last_costs)} calls)") if last_costs
+        else f"{last} never called: no comparison"}
+    if not n:
+        return out
+    cost = float(sum(r.cost for r in reqs))
+    out |= {
+        "answered": {m: sum(r.served == m for r in reqs) / n for m in panel.names},
+        "escalation_rate": sum(r.escalated for r in reqs) / n,
+        "skip_ahead_rate": sum(r.skipped_ahead for r in reqs) / n,
+        "two_or_more_calls": sum(r.calls >= 2 for r in reqs) / n,
+        "cost": cost, "cost_per_request": cost / n}
+    if mean_last is not None:
+        always = float(sum(r.last_cost or 0.0 for r in reqs))
+        out |= {"always_last_cost": always, "relative_cost": cost / always if always else None,
+                "saved": always - cost}
+    labeled = [r for r in reqs if r.correct is not None]
+    out["labeled_requests"] = len(labeled)
+    if labeled:
+        out["accuracy"] = sum(bool(r.correct) for r in labeled) / len(labeled)
+    out["calibration"] = _calibration(decisions, panel)
+    if shadow:
+        out["shadow"] = _shadow(shadow, by_req, panel)
+    return out
+
+
+def _calibration(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[str, Any]:
+    """Per model, on labeled rows with a p_correct: rows, accuracy, mean p, ECE and the ECE a
+    perfectly calibrated p would show on as many rows (95th percentile)."""
+    out = {}
+    for m in panel.names:
+        rows = [d for d in decisions if d.model == m and d.correct is not None
+                and d.p_correct is not None and math.isfinite(d.p_correct)]
+        if not rows:
+            continue
+        y = np.array([bool(d.correct) for d in rows])
+        p = np.array([d.p_correct for d in rows], dtype=float)
+        entry: dict[str, Any] = {"rows": len(rows), "accuracy": float(y.mean()),
+                                 "mean_p": float(p.mean())}
+        if len(rows) >= 10:
+            bins = min(10, len(rows) // 5)
+            entry["ece"] = float(M.ece(y, p, bins))
+            entry["ece_if_calibrated_p95"] = float(M.ece_if_calibrated(p, bins)[1])
+        out[m] = entry
+    return out
+
+
+def _shadow(shadow: dict[str, list[LoggedDecision]], by_req: dict[str, list[LoggedDecision]],
+            panel: Panel) -> dict[str, Any]:
+    """Shadow mode's would-be figures: who would have answered, at what cost, how accurately."""
+    would = [served(sorted(stages, key=lambda s: s.stage)) for stages in shadow.values()]
+    would_cost = sum(stage_cost(s, panel) for stages in shadow.values() for s in stages)
+    served_cost = sum(stage_cost(s, panel) for rid in shadow for s in by_req.get(rid, []))
+    n = len(would)
+    labeled = [w for w in would if w.correct is not None]
+    return {"requests": n,
+            "would_answer": {m: sum(w.model == m for w in would) / n for m in panel.names},
+            "served_cost": served_cost, "would_be_cost": would_cost,
+            "would_be_relative_cost": would_cost / served_cost if served_cost else None,
+            "would_be_accuracy": (sum(bool(w.correct) for w in labeled) / len(labeled))
+            if labeled else None, "labeled": len(labeled)}
+
+
+def p_correct_figure(decisions: Sequence[LoggedDecision], panel: Panel, path: Path) -> Path:
+    """p_correct histogram per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panel.names), figsize=(4 * len(panel.names), 3),
+                             squeeze=False)
+    for ax, m in zip(axes[0], panel.names, strict=True):
+        p = [d.p_correct for d in decisions if d.model == m and d.p_correct is not None
+             and math.isfinite(d.p_correct)]
+        ax.hist(p, bins=20, range=(0, 1), color="C0")
+        ax.set(title=f"{m} ({len(p)})", xlabel="p_correct")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
