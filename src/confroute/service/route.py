@@ -163,13 +163,27 @@ def _called(engine: Engine, v: RouterVersion, req: Request, model: str) -> list[
     return names
 
 
-def _capped(s: Scored, req: Request) -> Scored:
-    """The decision with max_models applied: once that many models answered, this one stands."""
+def _capped(s: Scored, req: Request, engine: Engine) -> Scored:
+    """The decision with the request's limits applied: once max_models answered, or when the
+    next call could take the request past max_cost, this answer stands."""
     d = s.decision
-    if req.max_models is None or d.decision == "accept" or len(req.previous) + 1 < req.max_models:
+    if d.decision == "accept" or d.next_model is None:
         return s
-    return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_models",
-                                                d.values))
+    if req.max_models is not None and len(req.previous) + 1 >= req.max_models:
+        return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_models",
+                                               d.values))
+    panel = engine.panel
+    if req.max_cost is not None and panel is not None and d.next_model in panel.names:
+        prompt = req.usage.prompt_tokens or 0 if req.usage else 0
+        spent = req.cost_so_far
+        if spent is None:
+            done = req.usage.completion_tokens or 0 if req.usage else 0
+            spent = panel.get(s.model).cost.of(prompt, done) if s.model in panel.names else 0.0
+        bound = panel.get(d.next_model).cost.of(prompt, panel.decoding.max_tokens)
+        if spent + bound > req.max_cost:
+            return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_cost",
+                                                   d.values))
+    return s
 
 
 def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request],
@@ -188,8 +202,8 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
         if req.target_accuracy is not None:
             lam = engine.for_target(v, req.target_accuracy)[0]
         lams.append(lam)
-    scored = [_capped(s, req) for s, req in zip(engine.decide_many(v, stages, lams), reqs,
-                                                 strict=True)]
+    scored = [_capped(s, req, engine) for s, req in zip(engine.decide_many(v, stages, lams),
+                                                         reqs, strict=True)]
     latency = (time.perf_counter() - t0) / len(reqs)
     out = []
     for req, st, s, lam in zip(reqs, stages, scored, lams, strict=True):

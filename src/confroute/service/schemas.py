@@ -86,6 +86,11 @@ class RouteRequest(msgspec.Struct, Generic[TokenT], gc=False):
     target_accuracy: Lambda | None = None  # instead of cost_quality_tradeoff (see ChatRequest)
     # accept whatever this answer is once this many models answered (previous + this one)
     max_models: Annotated[int, msgspec.Meta(ge=1, le=MAX_STAGE)] | None = None
+    # panel price units: the next call is not recommended when its price (at this prompt's
+    # tokens and the panel's max_tokens) would take cost_so_far past max_cost; cost_so_far
+    # defaults to this answer's own price from `usage`
+    max_cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    cost_so_far: Annotated[float, msgspec.Meta(ge=0)] | None = None
     request_id: RequestIdText | None = None  # ties stages of one query together (for feedback)
     stage: Annotated[int, msgspec.Meta(ge=0, le=MAX_STAGE)] | None = None  # default: len(previous)
     return_signals: bool = False

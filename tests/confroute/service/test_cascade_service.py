@@ -137,6 +137,16 @@ def test_route_target_accuracy_and_max_models(client: Any) -> None:
     assert (r.json()["decision"], r.json()["reason"]) == ("accept", "max_models"), r.text
     r = c.post("/v1/route", json={"model": SMALL, "content": unsure, "target_accuracy": 0.99})
     assert r.status_code == 400 and "no setting reaches" in r.json()["error"]["message"]
+    # max_cost: the large model costs 3 a call (per_call), the small one's answer 1
+    at = {"model": SMALL, "content": unsure, "cost_quality_tradeoff": 0.8,
+          "usage": {"prompt_tokens": 10, "completion_tokens": 7}}
+    assert c.post("/v1/route", json={**at, "max_cost": 4.0}).json()["decision"] == "skip_ahead"
+    r = c.post("/v1/route", json={**at, "max_cost": 3.5}).json()  # 1 spent + 3 > 3.5
+    assert (r["decision"], r["reason"]) == ("accept", "max_cost"), r
+    r = c.post("/v1/route", json={**at, "max_cost": 10.0, "cost_so_far": 8.0}).json()
+    assert r["reason"] == "max_cost"
+    r = c.post("/v1/route", json={**at, "max_cost": -1})
+    assert r.status_code == 400 and "$.max_cost" in r.json()["error"]["message"]
 
 
 def test_a_looper_config_runs_as_is(tmp_path: Path, cascade_models: Path, stub: str) -> None:
