@@ -31,7 +31,7 @@ import pandas as pd
 from confroute.features import FEATURE_NAMES
 from confroute.grading import Grader
 from confroute.panel import Panel
-from confroute.service.decision_store import LoggedDecision, open_store
+from confroute.service.decision_store import SHADOW_SUFFIX, LoggedDecision, open_store
 from training.table import META_COLUMNS
 from training.train import Dataset, split_items
 
@@ -95,9 +95,6 @@ def since_version(url: str, version: str) -> float:
     if not first:
         raise LogError(f"version {version!r} made no logged decision in {redact(url)}")
     return min(d.created for d in first)
-
-
-SHADOW_SUFFIX = ":shadow"  # service.proxy.shadow_id
 
 
 def log_rows(

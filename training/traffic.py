@@ -24,9 +24,9 @@ import numpy as np
 
 from confroute.features import FEATURE_NAMES
 from confroute.panel import Panel
-from confroute.service.decision_store import LoggedDecision
+from confroute.service.decision_store import SHADOW_SUFFIX, LoggedDecision
+from confroute.service.feedback import served_stage as served
 from training import metrics as M
-from training.inrows import SHADOW_SUFFIX
 
 _LENGTH = FEATURE_NAMES.index("length")
 
@@ -36,12 +36,6 @@ def stage_cost(d: LoggedDecision, panel: Panel) -> float:
     tokens = d.signals[_LENGTH] if len(d.signals) > _LENGTH else None
     n = 0 if tokens is None or not math.isfinite(tokens) else int(tokens)
     return panel.get(d.model).cost.of(0, n) if d.model in panel.names else 0.0
-
-
-def served(stages: Sequence[LoggedDecision]) -> LoggedDecision:
-    accepted = [s for s in stages if s.decision == "accept"]
-    answered = [s for s in stages if s.decision not in ("error", "explore")]
-    return (accepted or answered or list(stages))[-1]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,14 @@ from typing import Any, ClassVar, Protocol
 
 import msgspec
 
+SHADOW_SUFFIX = ":shadow"  # shadow mode logs a request's would-be stages under '<id>:shadow'
+
+
+def shadow_id(request_id: str) -> str:
+    """The request id a shadow-mode request's would-be stages are logged under (their stage
+    numbers never clash with the served call's)."""
+    return request_id + SHADOW_SUFFIX
+
 
 class DecisionRecord(msgspec.Struct, tag="decision"):
     """One decision about one model's answer, as written to the log."""

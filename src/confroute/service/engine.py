@@ -40,6 +40,7 @@ from confroute.scoring import Scorer
 from confroute.service.errors import BadRequest, NotReady
 
 log = logging.getLogger("confroute.service")
+_AVG_LOGPROB, _MARGIN = FEATURE_NAMES.index("avg_logprob"), FEATURE_NAMES.index("margin")
 
 
 @dataclass(frozen=True)
@@ -282,9 +283,8 @@ class Engine:
             clipped = pi if math.isnan(pi) else min(max(pi, 0.0), 1.0)
             rule = self.policy(v)
             if isinstance(rule, FormulaPolicy):  # the looper's formula decides, p is reported
-                col = {n: k for k, n in enumerate(FEATURE_NAMES)}
                 x = rows[i][0]
-                judged = rule.score(float(x[col["avg_logprob"]]), float(x[col["margin"]]))
+                judged = rule.score(float(x[_AVG_LOGPROB]), float(x[_MARGIN]))
             else:
                 judged = clipped
             decision = rule.decide(s.model, judged, lams[i], (*s.called, s.model))

@@ -5,19 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from confroute.grading import Grader
-from confroute.service.decision_log import DecisionLog, FeedbackRecord, StageInfo
+from confroute.service.decision_log import DecisionLog, FeedbackRecord
+from confroute.service.decision_store import shadow_id
 from confroute.service.errors import NotFound, NotReady
 from confroute.service.schemas import Feedback
 
 
-def served_stage(stages: list[StageInfo]) -> StageInfo:
-    """The stage whose answer was served: the last accepted one, else the last answered one."""
+class _Staged(Protocol):
+    @property
+    def decision(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Staged)
+
+
+def served_stage(stages: Sequence[S]) -> S:
+    """The stage whose answer was served: the last accepted one, else the last answered one
+    (an explored answer is never served). Feedback and `confroute report traffic` both read it."""
     accepted = [s for s in stages if s.decision == "accept"]
-    answered = [s for s in stages if s.decision != "error"]
-    return (accepted or answered or stages)[-1]
+    answered = [s for s in stages if s.decision not in ("error", "explore")]
+    return (accepted or answered or list(stages))[-1]
 
 
 async def apply_feedback(log: DecisionLog, grader: Grader, fb: Feedback) -> dict[str, Any]:
@@ -33,7 +44,7 @@ async def apply_feedback(log: DecisionLog, grader: Grader, fb: Feedback) -> dict
         records = [FeedbackRecord(fb.request_id, s.stage, grader.is_correct(s.prediction, fb.gold),
                                   now, fb.gold) for s in stages if s.decision != "error"]
         # shadow mode: the router's would-be stages of this request are graded as well
-        sid = f"{fb.request_id}:shadow"
+        sid = shadow_id(fb.request_id)
         with contextlib.suppress(Exception):  # the served stages' labels do not wait on these
             records += [FeedbackRecord(sid, s.stage, grader.is_correct(s.prediction, fb.gold),
                                        now, fb.gold)

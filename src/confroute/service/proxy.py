@@ -30,6 +30,7 @@ from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.query import query_features, question_of
 from confroute.service.decision_log import DecisionLog
+from confroute.service.decision_store import shadow_id
 from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.service.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.service.metrics import Metrics
@@ -338,11 +339,6 @@ def usage(out: Cascade) -> dict[str, int]:
     p = sum(c.usage.prompt_tokens for c in done)
     c = sum(c.usage.completion_tokens for c in done)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def shadow_id(request_id: str) -> str:
-    """The request id a shadow-mode request's would-be stages are logged under."""
-    return f"{request_id}:shadow"
 
 
 def stage_cost(stage: Stage, panel: Panel) -> float:
