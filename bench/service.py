@@ -298,8 +298,8 @@ def timed(fn: Any, n: int) -> dict[str, float]:
 
 
 def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
+    from confroute.engine import Engine, StageInput
     from confroute.grading import NumericGrader
-    from confroute.service.engine import Engine, StageInput
     from confroute.service.route import decode
     from confroute.tokens import token_arrays
 

@@ -28,10 +28,11 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
+from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
 from confroute.grading import Grader
 from confroute.panel import Panel
-from confroute.service.decision_store import SHADOW_SUFFIX, LoggedDecision, open_store
 from training.table import META_COLUMNS
 from training.train import Dataset, split_items
 

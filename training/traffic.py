@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
+from confroute.decisions.records import served_stage as served
 from confroute.features import FEATURE_NAMES
 from confroute.panel import Panel
-from confroute.service.decision_store import SHADOW_SUFFIX, LoggedDecision
-from confroute.service.feedback import served_stage as served
 from training import metrics as M
 
 _LENGTH = FEATURE_NAMES.index("length")

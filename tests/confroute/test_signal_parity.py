@@ -154,7 +154,7 @@ def test_compact_form_edge_cases_match_objects(case: str) -> None:
 
 def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
     """The whole per-answer computation of the engine equals features.extract_signals."""
-    from confroute.service.engine import Engine, StageInput
+    from confroute.engine import Engine, StageInput
 
     engine = Engine.__new__(Engine)
     engine.grader = NumericGrader()

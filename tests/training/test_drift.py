@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from confroute.cli import app as cli
 from confroute.commands.retrain import drift_table
+from confroute.decisions.records import DecisionRecord, FeedbackRecord, Record
+from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
 from confroute.panel import load_panel
-from confroute.service.decision_store import DecisionRecord, FeedbackRecord, Record, open_store
 from confroute.traces import read_traces
 from training.drift import calibration, drift_report, psi
 from training.table import build_table

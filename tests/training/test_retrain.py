@@ -11,9 +11,10 @@ import yaml
 from typer.testing import CliRunner
 
 from confroute.cli import app as cli
+from confroute.decisions.records import DecisionRecord, FeedbackRecord, Record
+from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
 from confroute.panel import load_panel
-from confroute.service.decision_store import DecisionRecord, FeedbackRecord, Record, open_store
 from confroute.traces import read_traces
 from training.gate import Comparison, Gate, judge
 from training.inrows import (

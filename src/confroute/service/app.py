@@ -15,15 +15,15 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from confroute.backends import Backend, make_backend
+from confroute.decisions.feedback import apply_feedback
+from confroute.decisions.log import DecisionLog
+from confroute.engine import Engine
 from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
 from confroute.service import chat_format, route
-from confroute.service.decision_log import DecisionLog
 from confroute.service.edge import EdgeMiddleware, KeyIfAll, KeyRequired
-from confroute.service.engine import Engine
 from confroute.service.errors import Conflict, install_error_handlers
-from confroute.service.feedback import apply_feedback
 from confroute.service.metrics import Metrics
 from confroute.service.proxy import Limits, Proxy
 from confroute.service.schemas import MAX_REQUEST_ID, ChatRequest, Feedback, route_openapi
@@ -162,7 +162,8 @@ def _routes(app: FastAPI) -> None:
     @app.post("/v1/feedback", dependencies=[KeyRequired])
     async def feedback(body: Feedback, res: ResourcesDep) -> dict[str, Any]:
         """Label a request: `correct` for the answer served, or `gold` to grade every stage."""
-        return await apply_feedback(res.log, res.engine.grader, body)
+        return await apply_feedback(res.log, res.engine.grader, body.request_id, body.correct,
+                                    body.gold)
 
     @app.get("/v1/models")
     async def models(res: ResourcesDep) -> dict[str, Any]:

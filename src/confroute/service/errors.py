@@ -16,51 +16,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from confroute.errors import (
+    BackendFailed,
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    NotFound,
+    NotReady,
+    RoutingError,
+    Unauthorized,
+)
+
 log = logging.getLogger("confroute.service")
 
 
-class ServiceError(Exception):
-    """A request that cannot be served; `status` and `kind` choose the HTTP answer."""
-
-    status = 500
-    kind = "server_error"
-
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers
-
-
-class BadRequest(ServiceError):
-    status, kind = 400, "invalid_request_error"
+# The one map from a domain error to its HTTP answer: (status, OpenAI error type).
+HTTP_STATUS: dict[type[RoutingError], tuple[int, str]] = {
+    BadRequest: (400, "invalid_request_error"),
+    Unauthorized: (401, "authentication_error"),
+    NotFound: (404, "not_found_error"),
+    Conflict: (409, "conflict"),
+    BackendFailed: (502, "backend_error"),
+    NotReady: (503, "not_ready"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+}
 
 
-class Unauthorized(ServiceError):
-    status, kind = 401, "authentication_error"
-
-
-class NotFound(ServiceError):
-    status, kind = 404, "not_found_error"
-
-
-class Conflict(ServiceError):
-    status, kind = 409, "conflict"
-
-
-class PayloadTooLarge(ServiceError):
-    status, kind = 413, "request_too_large"
-
-
-class BackendFailed(ServiceError):
-    status, kind = 502, "backend_error"
-
-
-class NotReady(ServiceError):
-    status, kind = 503, "not_ready"
-
-
-class DeadlineExceeded(ServiceError):
-    status, kind = 504, "deadline_exceeded"
+def http_status(exc: RoutingError) -> tuple[int, str]:
+    """(status, type) of a domain error; an unmapped kind is a bug, so a 500."""
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 500, "server_error"
 
 
 def error_body(status: int, kind: str, message: str) -> dict[str, Any]:
@@ -72,8 +59,15 @@ def error_json(status: int, kind: str, message: str) -> bytes:
     return msgspec.json.encode(error_body(status, kind, message))
 
 
-def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.kind, exc.message), exc.status, exc.headers)
+def error_response(exc: RoutingError) -> JSONResponse:
+    status, kind = http_status(exc)
+    return JSONResponse(error_body(status, kind, exc.message), status, exc.headers)
+
+
+def error_reply(exc: RoutingError) -> tuple[bytes, int]:
+    """A domain error as (JSON body, status), for the plain ASGI replies."""
+    status, kind = http_status(exc)
+    return error_json(status, kind, exc.message), status
 
 
 _AT_PATH = re.compile(r"at `(\$[^`]*)`")
@@ -114,10 +108,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-async def _service_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        log.warning("%s: %s", exc.kind, exc.message)
+async def _routing_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RoutingError)
+    status, kind = http_status(exc)
+    if status >= 500:
+        log.warning("%s: %s", kind, exc.message)
     return error_response(exc)
 
 
@@ -138,7 +133,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every expected error to its 4xx/5xx answer."""
-    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RoutingError, _routing_error)
     app.add_exception_handler(msgspec.ValidationError, _msgspec_error)
     app.add_exception_handler(msgspec.DecodeError, _msgspec_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -26,13 +26,13 @@ import msgspec
 
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
 from confroute.cascade import Start
+from confroute.decisions.log import DecisionLog
+from confroute.decisions.records import shadow_id
+from confroute.engine import Engine, RouterVersion, Scored, StageInput
+from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.query import query_features, question_of
-from confroute.service.decision_log import DecisionLog
-from confroute.service.decision_store import shadow_id
-from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
-from confroute.service.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.service.metrics import Metrics
 from confroute.service.route import record
 from confroute.service.schemas import ChatRequest

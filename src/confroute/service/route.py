@@ -14,12 +14,13 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from confroute.decisions.log import DecisionLog, DecisionRecord, new_record_id
+from confroute.engine import Engine, RouterVersion, Scored, StageInput
+from confroute.errors import BadRequest, RoutingError
 from confroute.features import FEATURE_NAMES, TokenArrays
 from confroute.policy import Decision
-from confroute.service.decision_log import DecisionLog, DecisionRecord, new_record_id
 from confroute.service.edge import bearer_token, check_key, send_json
-from confroute.service.engine import Engine, RouterVersion, Scored, StageInput
-from confroute.service.errors import BadRequest, ServiceError, bad_body, error_json
+from confroute.service.errors import bad_body, error_json, error_reply
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
     MAX_REQUEST_ID,
@@ -231,9 +232,8 @@ class RouteEndpoint:
         try:
             body = await self._handle(scope, receive)
             status, headers = 200, None
-        except ServiceError as exc:
-            body, status, headers = error_json(exc.status, exc.kind, exc.message), exc.status, \
-                exc.headers
+        except RoutingError as exc:
+            (body, status), headers = error_reply(exc), exc.headers
         except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
             body, status, headers = error_json(exc.status_code, "request_too_large",
                                                str(exc.detail)), exc.status_code, None

@@ -9,7 +9,6 @@ the tests know the decisions: λ=0 escalates every answer, λ=1 accepts the chea
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import uvicorn
 import yaml
+from support import free_port
 
 from confroute.features import FEATURE_NAMES
 from confroute.manifest import PanelInfo, PanelModelInfo
@@ -161,12 +161,6 @@ def settings_for(tmp_path: Path, models_dir: Path, panel: Path, **kw: Any) -> Se
                             "spill_path": tmp_path / "spill.jsonl", "reload_interval_s": 0.2,
                             "log_retry_s": 0.2}
     return Settings(models_dir=models_dir, panel=panel, **(base | kw))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -177,8 +177,8 @@ def test_a_looper_config_runs_as_is(tmp_path: Path, cascade_models: Path, stub: 
 
 
 def test_the_engine_refuses_a_version_trained_with_another_grader(cascade_models: Path) -> None:
+    from confroute.engine import Engine
     from confroute.manifest import ManifestError
-    from confroute.service.engine import Engine
 
     engine = Engine(cascade_models, None, "exact", 0.3)
     with pytest.raises(ManifestError, match="CONFROUTE_GRADER=exact conflicts with version"):
@@ -196,8 +196,7 @@ def test_shadow_mode_serves_the_fixed_model_and_logs_what_the_router_would_do(
     it reaches the large model instead of calling it again."""
     import httpx
     from openai import OpenAI
-
-    from .test_decision_log import wait_for
+    from support import wait_for
 
     backend = StubBackend()
     with serve_app(backend, ready_path="/v1/models") as stub_url:
@@ -256,11 +255,10 @@ def test_report_traffic_on_a_log_the_service_wrote(tmp_path: Path, cascade_model
     (one escalated, one skipped ahead, one with gold feedback), then shadow-mode requests."""
     import json
 
+    from support import wait_for
     from typer.testing import CliRunner
 
     from confroute.cli import app as cli
-
-    from .test_decision_log import wait_for
 
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "ok:7", "ok:9"))
     settings = settings_for(tmp_path, cascade_models, panel)

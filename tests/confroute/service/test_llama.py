@@ -20,7 +20,7 @@ import pytest
 from openai import OpenAI
 
 from confroute import modelstore
-from confroute.service.decision_log import DecisionLog
+from confroute.decisions.log import DecisionLog
 
 from .conftest import build_version, free_port, running_service, settings_for, write_panel
 

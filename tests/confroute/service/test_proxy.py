@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
+from support import wait_for
 
+from confroute.decisions.log import DecisionLog
 from confroute.service import create_app
-from confroute.service.decision_log import DecisionLog
 
 from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
 from .stub_backend import StubBackend
-from .test_decision_log import wait_for
 
 QUESTION: Any = [{"role": "user", "content": "What is 3 + 4?"}]
 SMALL, MEDIUM, LARGE = PANEL

@@ -15,14 +15,14 @@ import httpx
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
+from support import wait_for
 
+from confroute.decisions.log import DecisionLog
 from confroute.manifest import MANIFEST, switch_current
 from confroute.service import create_app
-from confroute.service.decision_log import DecisionLog
 from confroute.traces import Trace
 
 from .conftest import PANEL, running_service, settings_for, write_panel
-from .test_decision_log import wait_for
 
 
 def clone_version(src: Path, models_dir: Path, name: str) -> Path:

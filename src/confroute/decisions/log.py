@@ -26,15 +26,8 @@ from pathlib import Path
 
 import msgspec
 
-from confroute.service.decision_store import (
-    DecisionRecord,
-    FeedbackRecord,
-    LoggedDecision,
-    Record,
-    StageInfo,
-    Store,
-    open_store,
-)
+from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
+from confroute.decisions.store import Store, open_store
 
 __all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "LoggedDecision",
            "StageInfo", "new_record_id"]

@@ -1,4 +1,4 @@
-"""Decision-log storage: record types, and one store per database (SQLite file, PostgreSQL URL).
+"""Decision-log storage: one store per database (SQLite file, PostgreSQL URL).
 
 The schema (same columns in both databases; REAL is DOUBLE PRECISION and the id BIGSERIAL in
 PostgreSQL, `correct` is 0/1 in SQLite and BOOLEAN in PostgreSQL):
@@ -33,79 +33,7 @@ from typing import Any, ClassVar, Protocol
 
 import msgspec
 
-SHADOW_SUFFIX = ":shadow"  # shadow mode logs a request's would-be stages under '<id>:shadow'
-
-
-def shadow_id(request_id: str) -> str:
-    """The request id a shadow-mode request's would-be stages are logged under (their stage
-    numbers never clash with the served call's)."""
-    return request_id + SHADOW_SUFFIX
-
-
-class DecisionRecord(msgspec.Struct, tag="decision"):
-    """One decision about one model's answer, as written to the log."""
-
-    record_id: str
-    request_id: str
-    stage: int
-    model: str
-    signals: list[float | None]
-    p_correct: float | None
-    threshold: float | None
-    decision: str
-    reason: str
-    lam: float | None
-    version: str
-    latency_s: float
-    created: float
-    prediction: str | None = None
-    response: str | None = None
-    endpoint: str = "route"
-
-
-class FeedbackRecord(msgspec.Struct, tag="feedback"):
-    """A label for one stage of a request."""
-
-    request_id: str
-    stage: int
-    correct: bool
-    created: float
-    gold: str | None = None
-
-
-Record = DecisionRecord | FeedbackRecord
-
-
-class LoggedDecision(msgspec.Struct, frozen=True):
-    """A decision read back, with its feedback joined (correct/gold None when unlabeled)."""
-
-    request_id: str
-    stage: int
-    model: str
-    signals: list[float]  # FEATURE_NAMES order, NaN where undefined
-    p_correct: float
-    threshold: float | None
-    decision: str
-    reason: str
-    lam: float | None
-    version: str
-    latency_s: float
-    created: float
-    prediction: str | None
-    response: str | None
-    endpoint: str
-    correct: bool | None
-    gold: str | None
-
-
-class StageInfo(msgspec.Struct, frozen=True):
-    """What feedback needs to know about one logged stage."""
-
-    stage: int
-    model: str
-    decision: str
-    prediction: str | None
-
+from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
 
 _COLUMNS = (
     "record_id", "request_id", "stage", "model", "signals", "p_correct", "threshold", "decision",

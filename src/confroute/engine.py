@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from confroute.cascade import CascadePolicy
+from confroute.errors import BadRequest, NotReady
 from confroute.features import (
     FEATURE_NAMES,
     FeatureConfig,
@@ -37,7 +38,6 @@ from confroute.manifest import MANIFEST, Manifest, ManifestError
 from confroute.panel import Panel, PanelModel
 from confroute.policy import Decision, Policy, check_lambda, load_policy
 from confroute.scoring import Scorer
-from confroute.service.errors import BadRequest, NotReady
 
 log = logging.getLogger("confroute.service")
 _AVG_LOGPROB, _MARGIN = FEATURE_NAMES.index("avg_logprob"), FEATURE_NAMES.index("margin")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_for
 
+from confroute.decisions.log import DecisionLog, DecisionRecord, FeedbackRecord
+from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
-from confroute.service.decision_log import DecisionLog, DecisionRecord, FeedbackRecord
-from confroute.service.decision_store import open_store
 
-from .conftest import free_port
 from .pg import PgServer, remove, start_postgres
 
 
@@ -24,13 +24,6 @@ def rec(request_id: str, stage: int = 0, version: str = "v1", created: float | N
     return DecisionRecord(f"{request_id}-{stage}-{time.monotonic_ns()}", request_id, stage,
                           "smollm2-135m", signals, 0.7, 0.5, "accept", "confident", 0.5, version,
                           0.001, created or time.time(), prediction, "The answer is: 18", "route")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _roundtrip(url: str, spill: Path) -> None:

@@ -1,0 +1,101 @@
+"""What the decision log holds: one record per decision and per label, and what is read back.
+
+The stores (store.py) write and read these; the log (log.py) queues them; training reads
+`LoggedDecision` rows through `confroute.decisions`, never through the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+import msgspec
+
+SHADOW_SUFFIX = ":shadow"  # shadow mode logs a request's would-be stages under '<id>:shadow'
+
+
+def shadow_id(request_id: str) -> str:
+    """The request id a shadow-mode request's would-be stages are logged under (their stage
+    numbers never clash with the served call's)."""
+    return request_id + SHADOW_SUFFIX
+
+
+class DecisionRecord(msgspec.Struct, tag="decision"):
+    """One decision about one model's answer, as written to the log."""
+
+    record_id: str
+    request_id: str
+    stage: int
+    model: str
+    signals: list[float | None]
+    p_correct: float | None
+    threshold: float | None
+    decision: str
+    reason: str
+    lam: float | None
+    version: str
+    latency_s: float
+    created: float
+    prediction: str | None = None
+    response: str | None = None
+    endpoint: str = "route"
+
+
+class FeedbackRecord(msgspec.Struct, tag="feedback"):
+    """A label for one stage of a request."""
+
+    request_id: str
+    stage: int
+    correct: bool
+    created: float
+    gold: str | None = None
+
+
+Record = DecisionRecord | FeedbackRecord
+
+
+class LoggedDecision(msgspec.Struct, frozen=True):
+    """A decision read back, with its feedback joined (correct/gold None when unlabeled)."""
+
+    request_id: str
+    stage: int
+    model: str
+    signals: list[float]  # FEATURE_NAMES order, NaN where undefined
+    p_correct: float
+    threshold: float | None
+    decision: str
+    reason: str
+    lam: float | None
+    version: str
+    latency_s: float
+    created: float
+    prediction: str | None
+    response: str | None
+    endpoint: str
+    correct: bool | None
+    gold: str | None
+
+
+class StageInfo(msgspec.Struct, frozen=True):
+    """What feedback needs to know about one logged stage."""
+
+    stage: int
+    model: str
+    decision: str
+    prediction: str | None
+
+
+class _Staged(Protocol):
+    @property
+    def decision(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Staged)
+
+
+def served_stage(stages: Sequence[S]) -> S:
+    """The stage whose answer was served: the last accepted one, else the last answered one
+    (an explored answer is never served). Feedback and `confroute report traffic` both read it."""
+    accepted = [s for s in stages if s.decision == "accept"]
+    answered = [s for s in stages if s.decision not in ("error", "explore")]
+    return (accepted or answered or list(stages))[-1]
