@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from confroute.features import FeatureConfig
+from confroute.manifest import FeatureSpec
 from confroute.panel import StrictModel, load_yaml_model
 
 ClassifierKind = Literal["lightgbm", "logistic"]
@@ -34,17 +34,6 @@ class LogisticParams(StrictModel):
 
     C: Annotated[float, Field(gt=0)] = 1.0
     max_iter: Annotated[int, Field(ge=10)] = 1000
-
-
-class Features(StrictModel):
-    """Windowed-signal sizes passed to the shared feature code (and stored in the manifest)."""
-
-    group_window: Annotated[int, Field(ge=1)] = 16
-    tail: Annotated[int, Field(ge=1)] = 16
-    bottom_frac: Annotated[float, Field(gt=0, le=1)] = 0.10
-
-    def to_config(self) -> FeatureConfig:
-        return FeatureConfig(self.group_window, self.tail, self.bottom_frac)
 
 
 class Tracking(StrictModel):
@@ -93,7 +82,7 @@ class TrainConfig(StrictModel):
     switch_current: bool = True  # point models/current at the new version
     lightgbm: LightGBMParams = LightGBMParams()
     logistic: LogisticParams = LogisticParams()
-    features: Features = Features()
+    features: FeatureSpec = FeatureSpec()  # written into the manifest as is
     tracking: Tracking = Tracking()
     sweep: Sweep = Sweep()
 

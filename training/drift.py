@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from confroute.features import FEATURE_NAMES, FeatureConfig
+from confroute.features import FEATURE_NAMES
+from confroute.manifest import FeatureSpec
 from confroute.panel import Panel
 from confroute.scoring import Scorer
 from confroute.traces import read_traces
@@ -170,7 +171,7 @@ def with_p_correct(frame: pd.DataFrame, scorer: Scorer | None) -> pd.DataFrame:
     return frame.assign(p_correct=p)
 
 
-def reference_frame(path: Path, panel: Panel, config: FeatureConfig) -> pd.DataFrame:
+def reference_frame(path: Path, panel: Panel, spec: FeatureSpec) -> pd.DataFrame:
     """The training data's feature rows: a CSV/Parquet table, or traces through build_table."""
     from training.table import build_table
     from training.train import read_feature_table
@@ -185,7 +186,7 @@ def reference_frame(path: Path, panel: Panel, config: FeatureConfig) -> pd.DataF
         return frame
     if not path.exists():
         raise FileNotFoundError(f"reference {path} does not exist (traces or a feature table)")
-    table = build_table(read_traces(path), panel, config)
+    table = build_table(read_traces(path), panel, spec)
     if table.empty:
         raise ValueError(f"reference {path}: no traces of the panel's models {panel.names}")
     return table
@@ -202,8 +203,8 @@ def log_drift(
         raise LogError(f"no logged decisions in {redact(url)}"
                        + (" in the --since window" if since is not None else ""))
     recent["correct"] = [math.nan if c is None else float(c) for c in recent["correct"]]
-    config = FeatureConfig(**scorer.manifest.feature_config) if scorer else FeatureConfig()  # type: ignore[arg-type]
-    ref = with_p_correct(reference_frame(reference, panel, config), scorer)
+    spec = scorer.manifest.feature_config if scorer else FeatureSpec()
+    ref = with_p_correct(reference_frame(reference, panel, spec), scorer)
     report = drift_report(ref, with_p_correct(recent, scorer))
     report.update(version=scorer.version if scorer else None, reference=str(reference),
                   log=redact(url), since=since, n_recent=len(recent),

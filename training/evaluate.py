@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.cascade import CascadePolicy
-from confroute.features import FEATURE_NAMES, FeatureConfig, agreement
+from confroute.features import FEATURE_NAMES, agreement
 from confroute.grading import get_grader
 from confroute.looper import HybridWeights, formula_score
 from confroute.manifest import Manifest
@@ -107,7 +107,7 @@ class EvalArrays:
 
 def arrays_from_table(
     table: pd.DataFrame, models: Sequence[str], feature_names: Sequence[str],
-    predict: Callable[[str, np.ndarray], np.ndarray],
+    predict: Callable[[str, np.ndarray], np.ndarray], grader: str = "numeric",
 ) -> EvalArrays:
     """Pivot a feature table (training.table.build_table) into arrays, scoring each model's rows."""
     items = sorted(set(table["item_id"]))
@@ -131,9 +131,9 @@ def arrays_from_table(
     names = list(feature_names)
     return EvalArrays(list(models), items, p, col("correct", bool), col("cost", float),
                       col("avg_logprob", float), col("margin", float),
-                      route_p=route_scorer(list(models), X, preds, names, predict)
+                      route_p=route_scorer(list(models), X, preds, names, predict, grader)
                       if has_answers else None,
-                      stage_p=stage_scorer(list(models), X, preds, names, predict)
+                      stage_p=stage_scorer(list(models), X, preds, names, predict, grader)
                       if has_answers else None,
                       query=query, datasets=per[0]["dataset"].to_numpy(str)
                       if "dataset" in table else None)
@@ -142,11 +142,12 @@ def arrays_from_table(
 def stage_scorer(
     models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
     feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
+    grader: str = "numeric",
 ) -> Callable[[int, tuple[int, ...]], np.ndarray]:
     """(model j, earlier calls) -> p of j with agree_prev over those calls' answers, as the
     service computes it (cached per call sequence)."""
     col = feature_names.index("agree_prev") if "agree_prev" in feature_names else None
-    grader = get_grader("numeric")
+    judge = get_grader(grader)
     cache: dict[tuple[int, ...], np.ndarray] = {}
 
     def scored(j: int, before: tuple[int, ...]) -> np.ndarray:
@@ -154,7 +155,7 @@ def stage_scorer(
         if key not in cache:
             x = X[j].copy()
             if col is not None:
-                x[:, col] = [agreement(preds[j][i], [preds[b][i] for b in before], grader)
+                x[:, col] = [agreement(preds[j][i], [preds[b][i] for b in before], judge)
                              for i in range(len(x))]
             cache[key] = predict(models[j], x)
         return cache[key]
@@ -165,11 +166,12 @@ def stage_scorer(
 def route_scorer(
     models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
     feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
+    grader: str = "numeric",
 ) -> Callable[[Sequence[int]], np.ndarray] | None:
     """p per route, agree_prev recomputed over the route's earlier answers (cached per prefix)."""
     if "agree_prev" not in feature_names:
         return None
-    scored = stage_scorer(models, X, preds, feature_names, predict)
+    scored = stage_scorer(models, X, preds, feature_names, predict, grader)
 
     def route_p(route: Sequence[int]) -> np.ndarray:
         p = np.full((len(X[0]), len(models)), np.nan)
@@ -380,7 +382,6 @@ def run_evaluation(
     if m.policy is None:
         raise ValueError(f"version {m.version} has no policy table to evaluate")
     policy, panel = load_policy(m.policy), panel_of(m)
-    config = FeatureConfig(**m.feature_config)  # type: ignore[arg-type]
     if table_path is not None:
         from training.train import read_feature_table
 
@@ -389,12 +390,13 @@ def run_evaluation(
         if missing:
             raise ValueError(f"{table_path}: the version's signal columns {missing} are missing")
     else:
-        raw = build_table(read_traces(traces), panel, config)
+        raw = build_table(read_traces(traces), panel, m.feature_config)
     table, source = select_items(raw, scorer.path, items_from, exclude_items_from)
     full = complete_items(table, panel.names)
     if full.empty:
         raise ValueError(f"no selected item has a trace from every panel model {panel.names}")
-    arrays = arrays_from_table(full, panel.names, m.feature_names, scorer.predict)
+    arrays = arrays_from_table(full, panel.names, m.feature_names, scorer.predict,
+                               m.feature_config.grader)
     report: dict[str, Any] = {
         "version": m.version, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cost_source": COST_SOURCE, "items_source": source,

@@ -24,7 +24,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from confroute.manifest import Manifest, ModelEntry, PanelInfo, file_hashes, switch_current
+from confroute.manifest import (
+    FeatureSpec,
+    Manifest,
+    ModelEntry,
+    PanelInfo,
+    file_hashes,
+    switch_current,
+)
 from confroute.scoring import Scorer
 from training.fit import CorrectnessClassifier
 
@@ -116,7 +123,7 @@ def export_version(
     *,
     panel: PanelInfo,
     feature_names: Sequence[str],
-    feature_config: dict[str, int | float],
+    feature_config: FeatureSpec,
     policy: dict[str, Any] | None,
     metrics: dict[str, dict[str, Any]],
     mlflow_run_id: str | None,

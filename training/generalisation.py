@@ -47,7 +47,7 @@ def fit_and_score(config: TrainConfig, table: pd.DataFrame, models: list[str],
     def predict(model: str, x: np.ndarray) -> np.ndarray:
         return fitted[model].predict_proba(x)[:, 1]
 
-    arrays = arrays_from_table(held, models, list(FEATURE_NAMES), predict)
+    arrays = arrays_from_table(held, models, list(FEATURE_NAMES), predict, config.features.grader)
     rep = evaluate_arrays(arrays, policy, n_boot)
     apgr = {k: v["apgr"] for k, v in rep["apgr"]["methods"].items()}
     router = next((q for q in rep["curve"] if q["lambda"] == 0.3), None)
@@ -154,7 +154,7 @@ def run_generalisation(config: TrainConfig, out_dir: Any, curve: bool = True, lo
     from training.table import build_table
 
     panel = load_panel(config.panel)
-    table = build_table(read_traces(config.traces), panel, config.features.to_config())
+    table = build_table(read_traces(config.traces), panel, config.features)
     quiet = config.model_copy(update={"bootstrap": 0, "figures": False})
     report: dict[str, Any] = {"panel": panel.name, "models": panel.names,
                               "datasets": sorted(table["dataset"].unique())}

@@ -114,16 +114,19 @@ def log_rows(
             gold[d.request_id] = d.gold
     if grader is not None:
         latest = {k: _graded(d, gold.get(d.request_id), grader) for k, d in latest.items()}
-    width = len(FEATURE_NAMES)
-    kept = [d for d in latest.values() if len(d.signals) == width]
+    # signals are read by name: one this build added is NaN in older rows (the classifiers take
+    # NaN), one it dropped is ignored; a row sharing no name with this build cannot be used
+    kept = [d for d in latest.values() if set(d.signals) & set(FEATURE_NAMES)]
     if len(kept) < len(latest):
-        raise LogError(f"{len(latest) - len(kept)} logged decisions have signals of another "
-                       f"width than this build's {width} features; read them with that build")
+        raise LogError(f"{len(latest) - len(kept)} logged decisions share no signal name with "
+                       f"this build's {len(FEATURE_NAMES)} features (an unnamed log of another "
+                       f"width); read them with the build that wrote them")
     order = {m: i for i, m in enumerate(panel.names)}
     meta = pd.DataFrame([_meta(d, panel, order[d.model]) for d in kept],
                         columns=[*META_COLUMNS, "decision", "version", "lam", "created",
                                  "p_logged", "labeled"])
-    signals = np.array([d.signals for d in kept], dtype=float).reshape(len(kept), width)
+    signals = np.array([[d.signals.get(n, math.nan) for n in FEATURE_NAMES] for d in kept],
+                       dtype=float).reshape(len(kept), len(FEATURE_NAMES))
     return pd.concat([meta, pd.DataFrame(signals, columns=list(FEATURE_NAMES))], axis=1)
 
 
@@ -135,7 +138,7 @@ def _graded(d: LoggedDecision, gold: str | None, grader: Grader) -> LoggedDecisi
 
 
 def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:
-    length = d.signals[FEATURE_NAMES.index("length")]
+    length = d.signals.get("length")
     tokens = 0 if length is None or math.isnan(length) else int(length)
     cost = panel.get(d.model).cost.of(0, tokens)
     return (d.request_id, LOG_SOURCE, d.model, stage, d.correct, d.prediction, 0, tokens, cost,

@@ -229,7 +229,7 @@ def fit_candidate(
                 .to_numpy(float) for m in fitted}
     version_dir, _ = export_version(
         out, fitted, held_out, panel=panel_info(panel), feature_names=data.features,
-        feature_config=train.features.model_dump(), policy=policy, metrics=metrics,
+        feature_config=train.features, policy=policy, metrics=metrics,
         mlflow_run_id=run_id, switch=False)
     return version_dir, note
 

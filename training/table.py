@@ -18,8 +18,9 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from confroute.features import FEATURE_NAMES, FeatureConfig, extract_signals
+from confroute.features import FEATURE_NAMES, extract_signals
 from confroute.grading import Grader, get_grader
+from confroute.manifest import FeatureSpec
 from confroute.panel import Panel
 from confroute.query import QUERY_FEATURES, query_features, question_of
 from confroute.traces import Trace
@@ -37,15 +38,16 @@ _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
 
 def build_table(
-    traces: Iterable[Trace], panel: Panel, config: FeatureConfig = FeatureConfig()
+    traces: Iterable[Trace], panel: Panel, spec: FeatureSpec = FeatureSpec()
 ) -> pd.DataFrame:
-    """Feature table of every trace whose model is in the panel (others are ignored)."""
+    """Feature table of every trace whose model is in the panel (others are ignored), each answer
+    regraded and its row computed as the spec says (the spec the manifest then records)."""
     order = {name: i for i, name in enumerate(panel.names)}
     by_item: dict[str, dict[str, Trace]] = defaultdict(dict)
     for t in traces:
         if t.model in order:
             by_item[t.item_id][t.model] = t
-    grader = get_grader("numeric")
+    grader, config = get_grader(spec.grader), spec.config()
     rows, feats, queries, groups = [], [], [], []
     for item_id, per_model in by_item.items():
         previous: list[str | None] = []

@@ -24,16 +24,13 @@ import numpy as np
 
 from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
 from confroute.decisions.records import served_stage as served
-from confroute.features import FEATURE_NAMES
 from confroute.panel import Panel
 from training import metrics as M
-
-_LENGTH = FEATURE_NAMES.index("length")
 
 
 def stage_cost(d: LoggedDecision, panel: Panel) -> float:
     """Completion-token price of one logged answer (0 for a model outside the panel)."""
-    tokens = d.signals[_LENGTH] if len(d.signals) > _LENGTH else None
+    tokens = d.signals.get("length")
     n = 0 if tokens is None or not math.isfinite(tokens) else int(tokens)
     return panel.get(d.model).cost.of(0, n) if d.model in panel.names else 0.0
 

@@ -115,7 +115,7 @@ def load_dataset(config: TrainConfig, panel: Panel) -> Dataset:
         if not traces:
             where = [str(p) for p in config.traces]
             raise TrainError(f"no traces (*.jsonl, *.jsonl.gz, *.traces.npz) in {where}")
-        table = build_table(traces, panel, config.features.to_config())
+        table = build_table(traces, panel, config.features)
         features = list(FEATURE_NAMES)
     table = table[table["model"].isin(panel.names)].reset_index(drop=True)
     if config.max_items is not None:
@@ -202,7 +202,7 @@ def fit_policy_table(
         raise TrainError("no training item was answered by every panel model; cannot fit a policy")
     correct = wide.loc[complete, "correct"][models].to_numpy(bool)
     cost = wide.loc[complete, "cost"][models].to_numpy(float)
-    scorer = _stage_p(data, fitted, models, complete)
+    scorer = _stage_p(data, fitted, models, complete, config.features.grader)
     route_p = _route_p(scorer, models, len(complete)) if scorer else None
     table = fit_policy(p.loc[complete, models].to_numpy(float), correct, cost, models,
                        config.lambdas, route_p=route_p).to_dict()
@@ -240,7 +240,8 @@ def _route_p(scorer: Callable[[int, tuple[int, ...]], np.ndarray], models: list[
 
 
 def _stage_p(
-    data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str], items: pd.Index
+    data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str], items: pd.Index,
+    grader: str = "numeric",
 ) -> Callable[[int, tuple[int, ...]], np.ndarray] | None:
     """Out-of-fold p of model j after the calls `before`, agree_prev recomputed over those calls'
     answers as the service computes it (a call that skipped a cheaper model never saw its answer)."""
@@ -264,7 +265,7 @@ def _stage_p(
         out[pos >= 0] = fitted[model].oof_proba(x[pos >= 0], pos[pos >= 0])
         return out
 
-    return stage_scorer(models, X, preds, data.features, predict)
+    return stage_scorer(models, X, preds, data.features, predict, grader)
 
 
 def figures(data: Dataset, fitted: dict[str, CorrectnessClassifier], out: Path, bins: int) -> None:
@@ -319,7 +320,7 @@ def build_version(
     held_out = {m: _rows(data, m, test=True)[data.features].to_numpy(float) for m in fitted}
     version_dir, diffs = export_version(
         config.models_dir, fitted, held_out, panel=panel_info(panel),
-        feature_names=data.features, feature_config=config.features.model_dump(), policy=policy,
+        feature_names=data.features, feature_config=config.features, policy=policy,
         metrics=metrics, mlflow_run_id=run_id,
         # the service computes FEATURE_NAMES: a version on other columns cannot serve, so it is
         # exported (for offline use) without becoming current

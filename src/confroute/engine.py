@@ -23,15 +23,7 @@ import numpy as np
 
 from confroute.cascade import CascadePolicy
 from confroute.errors import BadRequest, NotReady
-from confroute.features import (
-    FEATURE_NAMES,
-    FeatureConfig,
-    TokenArrays,
-    agreement,
-    answer_token_slice,
-    signals_from_arrays,
-    warm_up,
-)
+from confroute.features import FEATURE_NAMES, FeatureConfig, TokenArrays, answer_features, warm_up
 from confroute.grading import Grader, get_grader
 from confroute.looper import Confidence, FormulaPolicy, escalation_order
 from confroute.manifest import MANIFEST, Manifest, ManifestError
@@ -105,7 +97,7 @@ def load_version(path: Path, panel: Panel | None, grader: str | None = None) -> 
             f"version {manifest.version} was trained for panel {list(models)}, but the configured "
             f"panel {panel.name!r} has {panel.names}"
         )
-    config = FeatureConfig(**manifest.feature_config)  # type: ignore[arg-type]
+    config = manifest.feature_config.config()
     warm_up()
     return RouterVersion(path, manifest.version, scorer, policy, config, models)
 
@@ -250,16 +242,9 @@ class Engine:
 
     def signals(self, v: RouterVersion, s: StageInput) -> tuple[np.ndarray, str | None]:
         """The feature row of one answer (FEATURE_NAMES order) and its extracted answer."""
-        arr = s.arrays
-        ext = self.grader.extract(arr.text or s.text or "")
-        span = (ext.start, ext.end) if ext is not None and arr.text else None
-        prediction = ext.value if ext else None
-        x = signals_from_arrays(
-            arr, answer=answer_token_slice(arr, span), answer_found=ext is not None,
-            truncated=s.finish_reason == "length", length=s.length,
-            agree_prev=agreement(prediction, s.previous, self.grader), config=v.config,
-        )
-        return x, prediction
+        return answer_features(s.arrays, text=s.text, finish_reason=s.finish_reason,
+                               length=s.length, previous=s.previous, grader=self.grader,
+                               config=v.config)
 
     def decide(self, v: RouterVersion, s: StageInput, lam: float) -> Scored:
         """Score one answer and apply the policy at λ."""

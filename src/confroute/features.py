@@ -226,6 +226,40 @@ def agreement(prediction: str | None, previous: Sequence[str | None], grader: Gr
     return float(np.mean([p is not None and grader.is_correct(prediction, p) for p in previous]))
 
 
+def answer_features(
+    arr: TokenArrays,
+    *,
+    text: str | None = None,
+    finish_reason: str | None = None,
+    length: int | None = None,
+    previous: Sequence[str | None] = (),
+    grader: Grader | None = None,
+    config: FeatureConfig = FeatureConfig(),
+    prediction: str | None = None,
+) -> tuple[np.ndarray, str | None]:
+    """The one path from an answer to its feature row (FEATURE_NAMES order) and its answer.
+
+    `arr`: the answer's tokens; `text`: its text when the tokens carry none; `length`: completion
+    tokens when the server reported them; `previous`: the earlier stages' extracted answers,
+    cheapest first; `prediction`: an answer already extracted (a trace's), else the grader's.
+    Training (through `extract_signals`), the engine and the evaluation all call this."""
+    grader = grader or NumericGrader()
+    ext: Extraction | None = grader.extract(arr.text or text or "")
+    if prediction is None:
+        prediction = ext.value if ext is not None else None
+    span = (ext.start, ext.end) if ext is not None and arr.text else None
+    row = signals_from_arrays(
+        arr,
+        answer=answer_token_slice(arr, span),
+        answer_found=ext is not None,
+        truncated=finish_reason == "length",
+        length=length,
+        agree_prev=agreement(prediction, previous, grader),
+        config=config,
+    )
+    return row, prediction
+
+
 def extract_signals(
     trace: Trace,
     *,
@@ -234,18 +268,9 @@ def extract_signals(
     config: FeatureConfig = FeatureConfig(),
 ) -> np.ndarray:
     """Every signal of one trace, in FEATURE_NAMES order. `previous`: cheaper models' answers."""
-    grader = grader or NumericGrader()
-    arr = token_arrays(trace.tokens)
-    ext: Extraction | None = grader.extract(arr.text or trace.response)
-    own = ext.value if ext is not None else None
-    prediction = trace.prediction if trace.prediction is not None else own
-    span = (ext.start, ext.end) if ext is not None and arr.text else None
-    return signals_from_arrays(
-        arr,
-        answer=answer_token_slice(arr, span),
-        answer_found=ext is not None,
-        truncated=trace.finish_reason == "length",
-        length=trace.usage.completion_tokens or None,
-        agree_prev=agreement(prediction, previous, grader),
-        config=config,
+    row, _ = answer_features(
+        token_arrays(trace.tokens), text=trace.response, finish_reason=trace.finish_reason,
+        length=trace.usage.completion_tokens or None, previous=previous, grader=grader,
+        config=config, prediction=trace.prediction,
     )
+    return row

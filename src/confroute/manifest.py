@@ -66,6 +66,35 @@ class Identity(_Frozen):
 Calibration = Annotated[Isotonic | Sigmoid | Identity, Field(discriminator="method")]
 
 
+_DEFAULT = FeatureConfig()
+
+
+class FeatureSpec(_Frozen):
+    """How a version's signals are computed: window sizes, which tokens are read, the grader.
+
+    Written from the training config into the manifest; the service computes every answer's row
+    with exactly this (a conflicting CONFROUTE_GRADER is refused). The bounds are
+    FeatureConfig's, checked once, there."""
+
+    group_window: int = _DEFAULT.group_window
+    tail: int = _DEFAULT.tail
+    bottom_frac: float = _DEFAULT.bottom_frac
+    # the one filter implemented: every token but special and stop tokens (the looper's `all`
+    # and `stop` both mean this; see looper.py)
+    token_filter: Literal["non_special"] = "non_special"
+    # the grader the answer_* and agree_prev signals were computed with
+    grader: Literal["numeric", "exact", "choice"] = "numeric"
+
+    @model_validator(mode="after")
+    def _windows(self) -> FeatureSpec:
+        self.config()  # FeatureConfig's ValueError names the bounds
+        return self
+
+    def config(self) -> FeatureConfig:
+        """The numeric windows, as the feature kernel takes them."""
+        return FeatureConfig(self.group_window, self.tail, self.bottom_frac)
+
+
 class ModelEntry(_Frozen):
     """One panel model: ONNX file (input "X", output "p_correct"), calibration, metrics."""
 
@@ -101,15 +130,28 @@ class Manifest(_Frozen):
     created: str
     panel: PanelInfo
     feature_names: list[str]
-    feature_config: dict[str, int | float]
-    # the grader the answer_* and agree_prev signals were computed with: the service uses it
-    grader: str = "numeric"
+    feature_config: FeatureSpec = FeatureSpec()
     models: dict[str, ModelEntry]
     policy: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     mlflow_run_id: str | None = None
     libraries: dict[str, str] = {}
     files: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grader_in_spec(cls, data: Any) -> Any:
+        """Versions written before the typed spec kept the grader beside it: move it in."""
+        if isinstance(data, dict) and "grader" in data and isinstance(data.get("feature_config"),
+                                                                      dict):
+            data = dict(data)
+            data["feature_config"] = {**data["feature_config"], "grader": data.pop("grader")}
+        return data
+
+    @property
+    def grader(self) -> str:
+        """The grader this version's signals were computed with (the service uses it)."""
+        return self.feature_config.grader
 
     @classmethod
     def load(cls, version_dir: str | Path) -> Manifest:
@@ -206,10 +248,6 @@ def _check_models(m: Manifest) -> None:
         if list(policy.models) != list(m.panel.names):
             raise ManifestError(f"version {m.version}: the policy is over {list(policy.models)}, "
                                 f"the panel is {m.panel.names}")
-    try:
-        FeatureConfig(**m.feature_config)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:  # an unknown key, or a window out of range
-        raise ManifestError(f"version {m.version}: feature_config is not valid: {exc}") from None
 
 
 def resolve_version(models_dir: str | Path, version: str | None = None) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from confroute.features import FEATURE_NAMES, FeatureConfig, extract_signals
+from confroute.features import FEATURE_NAMES, extract_signals
 from confroute.manifest import Calibration, Identity, Isotonic, Manifest, ManifestError, verify
 from confroute.traces import Trace
 
@@ -80,7 +80,7 @@ class Scorer:
         """P(correct) per trace; agreement uses the cheaper models' traces of the same item."""
         if list(self.manifest.feature_names) != list(FEATURE_NAMES):
             raise ManifestError(f"version {self.version} was trained on a custom feature table")
-        config = FeatureConfig(**self.manifest.feature_config)  # type: ignore[arg-type]
+        config = self.manifest.feature_config.config()
         rank = {name: i for i, name in enumerate(self.models)}
         answers: dict[str, dict[int, str | None]] = defaultdict(dict)
         for t in traces:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from confroute.cli import app
-from confroute.features import FEATURE_NAMES
+from confroute.features import FEATURE_NAMES, FeatureConfig
 from confroute.manifest import (
     CURRENT,
     Manifest,
@@ -109,7 +109,7 @@ def _tamper(raw: dict, how: str) -> None:
     ("route to an unknown model", "policy: .*start weights must name panel models"),
     ("no policy rows", "policy: .*non-empty"),
     ("two models, one file", "one file each"),
-    ("negative window", "feature_config is not valid: .*group_window >= 1"),
+    ("negative window", "invalid manifest at feature_config: .*group_window >= 1"),
 ])
 def test_a_manifest_that_does_not_hang_together_is_refused(copy: Path, how: str,
                                                            words: str) -> None:
@@ -155,3 +155,25 @@ def test_cli_verify(copy: Path) -> None:
     onnx.write_bytes(b"tampered")
     bad = runner.invoke(app, ["models", "verify", copy.name, "--models-dir", str(copy.parent)])
     assert bad.exit_code == 2 and "was modified" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_version_written_before_the_typed_spec_still_loads(copy: Path) -> None:
+    """Older manifests kept the grader beside a bare window dict: it moves into the spec."""
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["grader"] = "exact"
+    raw["feature_config"] = {k: raw["feature_config"][k] for k in ("group_window", "tail",
+                                                                   "bottom_frac")}
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    m = Manifest.load(copy)
+    assert m.grader == m.feature_config.grader == "exact"
+    assert m.feature_config.config() == FeatureConfig()
+    assert "grader" not in m.model_dump() and m.model_dump()["feature_config"]["grader"] == "exact"
+
+
+def test_an_unknown_grader_or_token_filter_is_refused(copy: Path) -> None:
+    for key, value in (("grader", "fuzzy"), ("token_filter", "tool_call_args")):
+        raw = json.loads((copy / "manifest.json").read_text())
+        raw["feature_config"][key] = value
+        (copy / "manifest.json").write_text(json.dumps(raw))
+        with pytest.raises(ManifestError, match=f"invalid manifest at feature_config.{key}"):
+            Manifest.load(copy)

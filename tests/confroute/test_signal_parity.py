@@ -156,8 +156,7 @@ def test_end_to_end_signals_equal_extract_signals(traces: list[Trace]) -> None:
     """The whole per-answer computation of the engine equals features.extract_signals."""
     from confroute.engine import Engine, StageInput
 
-    engine = Engine.__new__(Engine)
-    engine.grader = NumericGrader()
+    engine = Engine(Path("unused"), None, NumericGrader(), default_lambda=0.3)
     version: Any = type("V", (), {"config": FeatureConfig()})()
     for t in traces:
         st = StageInput(t.model, token_arrays(t.tokens), t.response, t.finish_reason,

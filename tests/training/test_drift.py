@@ -101,7 +101,8 @@ def _write_log(path: Path, rows: pd.DataFrame, shift: float) -> str:
     for i, r in enumerate(rows.itertuples()):
         x = [None if np.isnan(v) else float(v) for v in rows.loc[r.Index, list(FEATURE_NAMES)]]
         x[col] = None if x[col] is None else x[col] + shift
-        records.append(DecisionRecord(f"r{i}", f"q{i}", 0, r.model, x, 0.5, 0.5, "accept",
+        named = dict(zip(FEATURE_NAMES, x, strict=True))
+        records.append(DecisionRecord(f"r{i}", f"q{i}", 0, r.model, named, 0.5, 0.5, "accept",
                                       "confident", 0.5, "v1", 0.001, 1000.0 + i,
                                       r.prediction if isinstance(r.prediction, str) else None))
         if i % 2 == 0:

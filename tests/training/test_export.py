@@ -93,6 +93,7 @@ def test_manifest_records_what_the_service_needs(tmp_path: Path, data: Dataset) 
     heldout = json.loads((built.version_dir / HELDOUT_ITEMS).read_text())
     assert set(heldout) == set(data.table.loc[data.test, "item_id"])  # what evaluate replays
     assert {"lightgbm", "onnxruntime", "scikit-learn"} <= set(raw["libraries"])
-    assert raw["feature_config"] == {"group_window": 16, "tail": 16, "bottom_frac": 0.1}
+    assert raw["feature_config"] == {"group_window": 16, "tail": 16, "bottom_frac": 0.1,
+                                     "token_filter": "non_special", "grader": "numeric"}
     assert all(m["cost"] for m in raw["panel"]["models"])
     assert Manifest.load(built.version_dir).policy == raw["policy"]

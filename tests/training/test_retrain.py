@@ -39,7 +39,8 @@ def _records(t0: float, version: str = "v1", decision: str = "accept") -> list[D
     table = build_table(read_traces(TRACES), load_panel(PANEL))
     out = []
     for i, row in table.iterrows():
-        signals = [None if math.isnan(v) else float(v) for v in row[list(FEATURE_NAMES)]]
+        signals = {n: None if math.isnan(v) else float(v)
+                   for n, v in zip(FEATURE_NAMES, row[list(FEATURE_NAMES)], strict=True)}
         out.append(DecisionRecord(
             f"{version}-{i}", str(row["item_id"]), int(row["stage"]), str(row["model"]), signals,
             0.5, 0.5, decision, "confident", 0.5, version, 0.001, t0 + int(i), row["prediction"]))
@@ -229,3 +230,52 @@ def test_replay_utility_follows_the_policy() -> None:
     assert got["accuracy"] == pytest.approx(2 / 3)
     assert got["cost"] == pytest.approx((1 + 4 + 4) / 3 / 3)
     assert got["utility"] == pytest.approx(0.5 * 2 / 3 - 0.5 * 1.0)
+
+
+def test_a_log_from_a_build_with_one_signal_fewer_trains_this_build(tmp_path: Path) -> None:
+    """Signals are logged by name: rows written by a build without `agree_prev` (and with a
+    signal this build dropped) read back with agree_prev NaN, and this build's classifiers fit
+    on them, every FEATURE_NAMES column present."""
+    from training.config import TrainConfig
+    from training.train import Dataset, fit_panel
+
+    panel = load_panel(PANEL)
+    table = build_table(read_traces(ROOT / "data/reference-traces/multiarith_test.traces.npz"),
+                        panel)
+    records: list[Record] = []
+    for i, row in table.iterrows():
+        old = {n: None if math.isnan(v) else float(v)
+               for n, v in zip(FEATURE_NAMES, row[list(FEATURE_NAMES)], strict=True)
+               if n != "agree_prev"}
+        old["retired_signal"] = 1.0
+        rid = str(row["item_id"])
+        records.append(DecisionRecord(f"old-{i}", rid, int(row["stage"]), str(row["model"]), old,
+                                      0.5, 0.5, "escalate", "not_confident", 0.5, "v-old", 0.001,
+                                      1000.0 + int(i), row["prediction"]))
+        records.append(FeedbackRecord(rid, int(row["stage"]), bool(row["correct"]), 2000.0))
+    rows = log_rows(read_log(_log(tmp_path / "log.db", records)), panel)
+    assert len(rows) == len(table) and "retired_signal" not in rows
+    assert rows["agree_prev"].isna().all() and rows["avg_logprob"].notna().all()
+    test = (rows["item_id"].rank(method="dense") % 5 == 0).to_numpy()
+    fitted = fit_panel(TrainConfig(classifier="logistic"), Dataset(rows, list(FEATURE_NAMES), test),
+                       panel.names)
+    for model, clf in fitted.items():
+        x = rows.loc[test & (rows["model"] == model).to_numpy(), list(FEATURE_NAMES)]
+        p = clf.predict_proba(x.to_numpy(float))[:, 1]
+        assert len(p) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_an_unnamed_log_of_todays_width_reads_by_todays_names(tmp_path: Path) -> None:
+    """Logs written before signals were named hold a bare array: same width, today's names."""
+    import json
+    import sqlite3
+
+    url = _log(tmp_path / "log.db", _records(1000.0)[:2])
+    with sqlite3.connect(url) as conn:
+        conn.execute("UPDATE decisions SET signals = ?", (json.dumps([0.25] * len(FEATURE_NAMES)),))
+    rows = read_log(url)
+    assert all(r.signals == dict.fromkeys(FEATURE_NAMES, 0.25) for r in rows)
+    with sqlite3.connect(url) as conn:
+        conn.execute("UPDATE decisions SET signals = ?", (json.dumps([0.25, 0.5]),))
+    with pytest.raises(LogError, match="share no signal name"):
+        log_rows(read_log(url), load_panel(PANEL))

@@ -27,7 +27,7 @@ class DecisionRecord(msgspec.Struct, tag="decision"):
     request_id: str
     stage: int
     model: str
-    signals: list[float | None]
+    signals: dict[str, float | None]  # by name (None: NaN), so a later build reads it by name
     p_correct: float | None
     threshold: float | None
     decision: str
@@ -60,7 +60,9 @@ class LoggedDecision(msgspec.Struct, frozen=True):
     request_id: str
     stage: int
     model: str
-    signals: list[float]  # FEATURE_NAMES order, NaN where undefined
+    # by name, NaN where undefined; a signal the logging build did not have is absent (a log
+    # written before signals were named holds FEATURE_NAMES order: see store.py)
+    signals: dict[str, float]
     p_correct: float
     threshold: float | None
     decision: str

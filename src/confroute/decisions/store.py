@@ -7,7 +7,8 @@ PostgreSQL, `correct` is 0/1 in SQLite and BOOLEAN in PostgreSQL):
               record_id TEXT UNIQUE,        -- makes replaying the spill buffer idempotent
               request_id TEXT, stage INTEGER,  -- stage: 0 for the first (cheapest) model called
               model TEXT,
-              signals TEXT,                 -- JSON array in FEATURE_NAMES order, null for NaN
+              signals TEXT,                 -- JSON object {signal name: value}, null for NaN
+                                            -- (older logs: an array in FEATURE_NAMES order)
               p_correct REAL, threshold REAL, -- NULL when undefined (no logprobs; last model)
               decision TEXT,                -- accept | escalate | skip | error
               reason TEXT,                  -- confident | not_confident | no_logprobs | ...
@@ -34,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
+from confroute.features import FEATURE_NAMES
 
 _COLUMNS = (
     "record_id", "request_id", "stage", "model", "signals", "p_correct", "threshold", "decision",
@@ -266,8 +268,20 @@ def _text(s: str | None) -> str | None:
     return s.replace("\x00", "\ufffd") if isinstance(s, str) and "\x00" in s else s
 
 
+def _signals(raw: str) -> dict[str, float]:
+    """A logged signal column by name. Logs written before signals were named hold an array in
+    the FEATURE_NAMES order of that build: read by today's names when the widths agree, else
+    kept under positional names ('#0', '#1', ...), which no build's features match."""
+    value = json.loads(raw)
+    if isinstance(value, dict):
+        return {str(k): math.nan if v is None else float(v) for k, v in value.items()}
+    names = FEATURE_NAMES if len(value) == len(FEATURE_NAMES) else \
+        tuple(f"#{i}" for i in range(len(value)))
+    return {n: math.nan if v is None else float(v) for n, v in zip(names, value, strict=True)}
+
+
 def _logged(row: tuple[Any, ...]) -> LoggedDecision:
-    signals = [math.nan if v is None else float(v) for v in json.loads(row[3])]
+    signals = _signals(row[3])
     p = math.nan if row[4] is None else float(row[4])
     correct = None if row[15] is None else bool(row[15])
     return LoggedDecision(*row[:3], signals, p, *row[5:15], correct, row[16])  # type: ignore[call-arg]

@@ -126,10 +126,16 @@ def _check_values(arr: TokenArrays) -> None:
                              f"{float(np.nanmax(a)):g}")
 
 
+def named_signals(s: Scored) -> dict[str, float | None]:
+    """An answer's signals by name (None for NaN), as replies show and the log stores them."""
+    return {n: None if math.isnan(v) else v
+            for n, v in zip(FEATURE_NAMES, s.signals.tolist(), strict=True)}
+
+
 def record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
            text: str | None, endpoint: str, max_chars: int) -> DecisionRecord:
     """The decision-log record of one decision."""
-    signals = [None if math.isnan(v) else v for v in s.signals.tolist()]
+    signals = named_signals(s)
     p = None if math.isnan(s.p_correct) else s.p_correct
     return DecisionRecord(
         new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
@@ -140,8 +146,7 @@ def record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
 
 def reply(s: Scored, request_id: str, stage: int, lam: float, signals: bool) -> RouteDecision:
     d = s.decision
-    names = dict(zip(FEATURE_NAMES, (None if math.isnan(v) else v for v in s.signals.tolist()),
-                     strict=False)) if signals else None
+    names = named_signals(s) if signals else None
     values = {k: round(float(x), 6) for k, x in d.values.items()} if d.values else None
     return RouteDecision(
         request_id, stage, s.model, d.decision, None if math.isnan(s.p_correct) else s.p_correct,

@@ -19,8 +19,8 @@ from .pg import PgServer, remove, start_postgres
 
 def rec(request_id: str, stage: int = 0, version: str = "v1", created: float | None = None,
         prediction: str | None = "18") -> DecisionRecord:
-    signals: list[float | None] = [0.5] * len(FEATURE_NAMES)
-    signals[-1] = None  # agree_prev undefined for the first model
+    signals: dict[str, float | None] = dict.fromkeys(FEATURE_NAMES, 0.5)
+    signals["agree_prev"] = None  # undefined for the first model
     return DecisionRecord(f"{request_id}-{stage}-{time.monotonic_ns()}", request_id, stage,
                           "smollm2-135m", signals, 0.7, 0.5, "accept", "confident", 0.5, version,
                           0.001, created or time.time(), prediction, "The answer is: 18", "route")
@@ -38,7 +38,7 @@ def _roundtrip(url: str, spill: Path) -> None:
     assert log.flush(10)
     rows = log.read(since=t0 - 1)
     assert [r.request_id for r in rows] == [f"r{i}" for i in range(20)]
-    assert math.isnan(rows[0].signals[-1]) and rows[0].signals[0] == 0.5
+    assert math.isnan(rows[0].signals["agree_prev"]) and rows[0].signals[FEATURE_NAMES[0]] == 0.5
     labeled = [r for r in rows if r.correct is not None]
     assert [(r.request_id, r.stage, r.correct) for r in labeled] == [("r3", 1, False)]
     assert [r.request_id for r in log.read(version="v0")] == ["old"]

@@ -21,6 +21,7 @@ from openai import OpenAI
 
 from confroute import modelstore
 from confroute.decisions.log import DecisionLog
+from confroute.features import FEATURE_NAMES
 
 from .conftest import build_version, free_port, running_service, settings_for, write_panel
 
@@ -86,7 +87,7 @@ def test_escalates_across_real_llama_cpp_servers(tmp_path: Path, two_model_versi
     assert 0.0 <= router["tried"][0]["p_correct"] <= 1.0  # real logprobs were scored
     assert raw.headers["x-confroute-tried"] == f"{SMALL},{MEDIUM}" and resp.choices[0].message.content
     rows = DecisionLog(settings.decision_log, tmp_path / "x.jsonl").read()
-    assert [(r.model, r.signals[0]) for r in rows] == [(SMALL, 1.0), (MEDIUM, 1.0)]
+    assert [(r.model, r.signals[FEATURE_NAMES[0]]) for r in rows] == [(SMALL, 1.0), (MEDIUM, 1.0)]
 
 
 def test_embedded_llama_cpp_backend_streams(tmp_path: Path, two_model_version: Path) -> None:

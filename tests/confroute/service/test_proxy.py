@@ -17,6 +17,7 @@ from openai import OpenAI
 from support import wait_for
 
 from confroute.decisions.log import DecisionLog
+from confroute.features import FEATURE_NAMES
 from confroute.service import create_app
 
 from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
@@ -204,4 +205,4 @@ def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir
     mine = [r for r in rows if r.request_id == router["request_id"]]
     assert [(r.stage, r.model, r.decision, r.correct, r.endpoint) for r in mine] == [
         (0, SMALL, "escalate", False, "chat"), (1, MEDIUM, "accept", True, "chat")]
-    assert mine[1].prediction == "7" and mine[0].signals[0] == 1.0
+    assert mine[1].prediction == "7" and mine[0].signals[FEATURE_NAMES[0]] == 1.0
