@@ -33,7 +33,7 @@ from confroute.features import FEATURE_NAMES
 from confroute.panel import StrictModel
 from confroute.policy import Policy, load_policy
 from confroute.scoring import Scorer
-from training import metrics as M
+from training import quality as M
 from training.export import jsonable
 from training.fit_cascade import Replayed, replay_cascade
 from training.fit_policy import Outcome, replay

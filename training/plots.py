@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.metrics import bin_index
+from training.quality import bin_index
 
 
 def _save(fig: Figure, path: Path, tight: bool = True) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
 from confroute.decisions.records import served_stage as served
 from confroute.panel import Panel
-from training import metrics as M
+from training import quality as M
 
 
 def stage_cost(d: LoggedDecision, panel: Panel) -> float:

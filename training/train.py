@@ -24,8 +24,8 @@ from confroute.features import FEATURE_NAMES
 from confroute.manifest import PanelInfo, PanelModelInfo
 from confroute.panel import Panel, load_panel
 from confroute.traces import read_traces
-from training import metrics as M
 from training import plots, tracking
+from training import quality as M
 from training.config import TrainConfig
 from training.export import export_version
 from training.fit import CorrectnessClassifier

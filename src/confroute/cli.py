@@ -14,13 +14,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_AREAS = ("generate", "models", "report", "train", "evaluate", "serve", "retrain")
-for _area in _AREAS:
-    try:
-        importlib.import_module(f"confroute.commands.{_area}").register(app)
-    except ModuleNotFoundError as exc:  # an area still being built in this checkout
-        if exc.name != f"confroute.commands.{_area}":
-            raise
+for _area in ("generate", "models", "report", "train", "evaluate", "serve", "retrain"):
+    importlib.import_module(f"confroute.commands.{_area}").register(app)
 app.add_typer(models_app, name="models")
 app.add_typer(report_app, name="report")
 

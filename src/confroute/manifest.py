@@ -9,7 +9,6 @@ that says which.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from confroute.features import FEATURE_NAMES, FeatureConfig
+from confroute.modelstore import sha256_file
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
@@ -171,15 +171,6 @@ class Manifest(_Frozen):
         path = Path(version_dir) / MANIFEST
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
         return path
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_hashes(version_dir: str | Path, names: Sequence[str]) -> dict[str, str]:

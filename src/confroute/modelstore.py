@@ -80,9 +80,10 @@ def _source(name: str) -> ModelSource:
         raise ModelStoreError(f"unknown reference model {name!r}; known: {known}") from None
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+def sha256_file(path: str | Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks (`progress` gets each block's size)."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         while chunk := fh.read(1 << 22):
             h.update(chunk)
             if progress:
@@ -164,7 +165,7 @@ def _assemble(
     return h.hexdigest()
 
 
-def verify(name: str) -> bool:
+def is_verified(name: str) -> bool:
     """Whether the cached file of `name` exists and has the expected sha256."""
     path = model_path(name)
     return path.exists() and sha256_file(path) == _source(name).sha256

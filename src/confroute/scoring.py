@@ -8,7 +8,6 @@ LightGBM or scikit-learn is imported here, so a serving-only install stays small
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from confroute.features import FEATURE_NAMES, extract_signals
+from confroute.features import FEATURE_NAMES
 from confroute.manifest import Calibration, Identity, Isotonic, Manifest, ManifestError, verify
-from confroute.traces import Trace
 
 
 @dataclass(frozen=True)
@@ -75,26 +73,6 @@ class Scorer:
         if h is not None and (len(x) > 1 or not x[0, h] >= 0.5):  # one scored row: no extra pass
             p[~(x[:, h] >= 0.5)] = np.nan  # NaN or 0: no logprobs
         return p
-
-    def predict_traces(self, traces: Sequence[Trace]) -> np.ndarray:
-        """P(correct) per trace; agreement uses the cheaper models' traces of the same item."""
-        if list(self.manifest.feature_names) != list(FEATURE_NAMES):
-            raise ManifestError(f"version {self.version} was trained on a custom feature table")
-        config = self.manifest.feature_config.config()
-        rank = {name: i for i, name in enumerate(self.models)}
-        answers: dict[str, dict[int, str | None]] = defaultdict(dict)
-        for t in traces:
-            if t.model in rank:
-                answers[t.item_id][rank[t.model]] = t.prediction
-        out = np.full(len(traces), np.nan)
-        for i, t in enumerate(traces):
-            if t.model not in rank:
-                raise KeyError(f"model {t.model!r} is not in version {self.version}: {self.models}")
-            seen = answers[t.item_id]
-            previous = [seen.get(j) for j in range(rank[t.model])]
-            x = extract_signals(t, previous=previous, config=config)
-            out[i] = self.predict(t.model, x)[0]
-        return out
 
 
 def _open(path: Path, manifest: Manifest, name: str) -> _Model:

@@ -48,7 +48,7 @@ def test_pull_assembles_and_verifies(cache: Path, monkeypatch: pytest.MonkeyPatc
     path = modelstore.pull("fake-model", progress=lambda *a: seen.append(a))
     assert path == cache / "models" / "fake-model.gguf" == modelstore.model_path("fake-model")
     assert path.read_bytes() == PART1 + PART2
-    assert modelstore.verify("fake-model")
+    assert modelstore.is_verified("fake-model")
     assert [s for s in seen if s[0] == "download"] == [("download", 1, 2), ("download", 2, 2)]
     assert seen[-1] == ("assemble", len(PART1 + PART2), len(PART1 + PART2))
     assert not list((cache / "models").glob("*.part"))
@@ -61,7 +61,7 @@ def test_sha256_mismatch_is_refused_and_removed(
     with pytest.raises(ModelStoreError, match=r"fake-model: sha256 [0-9a-f]{64} does not match"):
         modelstore.pull("fake-model")
     assert list((cache / "models").iterdir()) == []  # neither the model nor a partial file
-    assert not modelstore.verify("fake-model")
+    assert not modelstore.is_verified("fake-model")
     assert "fake-model" not in [name for name, _, _ in modelstore.cached()]
 
 
@@ -69,7 +69,7 @@ def test_a_corrupted_cached_file_fails_verify(cache: Path, monkeypatch: pytest.M
     _register(monkeypatch, hashlib.sha256(PART1 + PART2).hexdigest())
     path = modelstore.pull("fake-model")
     path.write_bytes(b"x" * path.stat().st_size)  # same size, other bytes
-    assert not modelstore.verify("fake-model")
+    assert not modelstore.is_verified("fake-model")
 
 
 def test_a_wrong_size_cached_file_is_pulled_again(

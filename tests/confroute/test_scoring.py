@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confroute.features import FEATURE_NAMES
+from confroute.features import FEATURE_NAMES, extract_signals
 from confroute.manifest import ManifestError
 from confroute.panel import load_panel
 from confroute.scoring import Scorer
@@ -68,7 +68,12 @@ def test_traces_score_like_the_training_table(data: Dataset, built: Built) -> No
     scorer = Scorer.load(built.version_dir)
     items = set(data.table["item_id"].unique()[:10])
     traces = [t for t in read_traces(TRACES) if t.item_id in items]
-    got = scorer.predict_traces(traces)
+    rank = {m: i for i, m in enumerate(scorer.models)}
+    answers = {(t.item_id, rank[t.model]): t.prediction for t in traces}
+    config = scorer.manifest.feature_config.config()
+    got = [scorer.predict(t.model, extract_signals(
+        t, previous=[answers.get((t.item_id, j)) for j in range(rank[t.model])], config=config,
+    ))[0] for t in traces]
     rows = data.table.set_index(["item_id", "model"])
     for t, p in zip(traces, got, strict=True):
         x = rows.loc[(t.item_id, t.model), data.features].to_numpy(float)

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from confroute.cascade import CascadePolicy
 from confroute.panel import ConfigError, load_panel
 from confroute.policy import Policy, load_policy
-from training import metrics as M
+from training import quality as M
 from training.config import TrainConfig, load_config
 from training.fit import CorrectnessClassifier
 from training.table import item_groups

@@ -18,7 +18,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -26,7 +25,14 @@ from pathlib import Path
 
 import msgspec
 
-from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
+from confroute.decisions.records import (
+    DecisionRecord,
+    FeedbackRecord,
+    LoggedDecision,
+    Record,
+    StageInfo,
+    new_record_id,
+)
 from confroute.decisions.store import Store, open_store
 
 __all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "LoggedDecision",
@@ -34,10 +40,6 @@ __all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "Logg
 
 log = logging.getLogger("confroute.decision_log")
 _STOP = object()
-
-
-def new_record_id() -> str:
-    return uuid.uuid4().hex
 
 
 class LogHealth(msgspec.Struct):

@@ -6,10 +6,18 @@ The stores (store.py) write and read these; the log (log.py) queues them; traini
 
 from __future__ import annotations
 
+import math
+import time
+import uuid
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
+
+from confroute.features import FEATURE_NAMES
+
+if TYPE_CHECKING:  # the engine's result type; the engine never imports the decision log
+    from confroute.engine import Scored
 
 SHADOW_SUFFIX = ":shadow"  # shadow mode logs a request's would-be stages under '<id>:shadow'
 
@@ -101,3 +109,26 @@ def served_stage(stages: Sequence[S]) -> S:
     accepted = [s for s in stages if s.decision == "accept"]
     answered = [s for s in stages if s.decision not in ("error", "explore")]
     return (accepted or answered or list(stages))[-1]
+
+
+def new_record_id() -> str:
+    """A unique id per record: replaying a spill file twice writes each record once."""
+    return uuid.uuid4().hex
+
+
+def named_signals(s: Scored) -> dict[str, float | None]:
+    """An answer's signals by name (None for NaN), as replies show and the log stores them."""
+    return {n: None if math.isnan(v) else v
+            for n, v in zip(FEATURE_NAMES, s.signals.tolist(), strict=True)}
+
+
+def decision_record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
+           text: str | None, endpoint: str, max_chars: int) -> DecisionRecord:
+    """The decision-log record of one decision (the route endpoint's and the runner's)."""
+    signals = named_signals(s)
+    p = None if math.isnan(s.p_correct) else s.p_correct
+    return DecisionRecord(
+        new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
+        s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
+        s.prediction, text[:max_chars] if text and max_chars else None, endpoint,
+    )

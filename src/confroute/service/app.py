@@ -21,13 +21,14 @@ from confroute.engine import Engine
 from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
+from confroute.runner import CascadeRunner, ChatTask, Limits
 from confroute.service import chat_format, route
 from confroute.service.edge import EdgeMiddleware, KeyIfAll, KeyRequired
 from confroute.service.errors import Conflict, install_error_handlers
 from confroute.service.metrics import Metrics
-from confroute.service.proxy import Limits, Proxy
 from confroute.service.schemas import MAX_REQUEST_ID, ChatRequest, Feedback, route_openapi
 from confroute.settings import Settings
+from confroute.traces import Message
 
 log = logging.getLogger("confroute.service")
 ENDPOINTS = frozenset({"/v1/route", "/v1/route/batch", "/v1/chat/completions", "/v1/feedback",
@@ -43,7 +44,7 @@ class Resources:
     engine: Engine
     log: DecisionLog
     backends: dict[str, Backend]
-    proxy: Proxy
+    runner: CascadeRunner
 
 
 def build(settings: Settings, metrics: Metrics) -> Resources:
@@ -68,9 +69,9 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
         if shadow not in panel.names:
             raise ValueError(f"shadow_model {shadow!r} is not in panel {panel.name!r}: "
                              f"{panel.names}")
-    proxy = Proxy(panel, backends, engine, dlog, metrics, settings.log_response_chars,
-                  settings.explore_rate, looper.budget if looper else None, shadow)
-    return Resources(settings, panel, engine, dlog, backends, proxy)
+    runner = CascadeRunner(panel, backends, engine, dlog, metrics, settings.log_response_chars,
+                          settings.explore_rate, looper.budget if looper else None, shadow)
+    return Resources(settings, panel, engine, dlog, backends, runner)
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         watcher.cancel()
-        await res.proxy.drain()
+        await res.runner.drain()
         await _close(res.backends)
         await asyncio.to_thread(res.log.close)
 
@@ -151,7 +152,12 @@ def _routes(app: FastAPI) -> None:
         if body.router is not None:
             max_escalations, deadline_s = body.router.max_escalations, body.router.deadline_s
         limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
-        out = await res.proxy.run(body, limits, request_id or route.new_request_id())
+        model_lam = chat_format.parse_model(body.model, res.panel.router_model)
+        lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
+        task = ChatTask([Message(m.role, m.text()) for m in body.messages], lam,
+                        body.target_accuracy, body.max_completion_tokens or body.max_tokens,
+                        body.temperature, body.seed)
+        out = await res.runner.run(task, limits, request_id or route.new_request_id())
         headers = chat_format.headers(out)
         if body.stream:
             events = chat_format.sse(out, res.panel)

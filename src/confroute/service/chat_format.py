@@ -8,8 +8,9 @@ from typing import Any
 
 import msgspec
 
+from confroute.errors import BadRequest
 from confroute.panel import Panel
-from confroute.service.proxy import Cascade, router_field, usage
+from confroute.runner import Cascade, spent, stage_cost, usage
 
 _encode = msgspec.json.Encoder().encode
 _CHUNK_TOKENS = 8  # tokens per streamed content chunk
@@ -70,3 +71,45 @@ async def sse(out: Cascade, panel: Panel) -> AsyncIterator[bytes]:
         yield _chunk(base, {"content": piece}, None)
     yield _chunk(base, {}, c.finish_reason, usage=usage(out), router=router_field(out, panel))
     yield b"data: [DONE]\n\n"
+
+
+def parse_model(name: str, router_model: str) -> float | None:
+    """`confroute` or `confroute:0.3` (λ); anything else is an unknown model."""
+    base, sep, lam = name.partition(":")
+    if base != router_model:
+        raise BadRequest(f"unknown model {name!r}; use {router_model!r} or "
+                         f"'{router_model}:<cost_quality_tradeoff in [0, 1]>'")
+    if not sep:
+        return None
+    try:
+        return float(lam)
+    except ValueError:
+        raise BadRequest(f"model {name!r}: {lam!r} is not a number in [0, 1]") from None
+
+
+def router_field(out: Cascade, panel: Panel) -> dict[str, Any]:
+    """The `router` field: which models were tried, their p_correct, decisions and reasons."""
+    tried = []
+    for i, s in enumerate(out.stages):
+        entry: dict[str, Any] = {"model": s.model, "stage": i, "latency_s": round(s.latency_s, 4),
+                                 "cost": stage_cost(s, panel)}
+        if s.scored is not None:
+            d, p = s.scored.decision, s.scored.p_correct
+            entry |= {"decision": d.decision, "reason": d.reason, "threshold": d.threshold,
+                      "p_correct": None if p != p else p, "prediction": s.scored.prediction,
+                      "next_model": d.next_model}
+            if d.values:
+                entry["values"] = {k: round(float(x), 6) for k, x in d.values.items()}
+        else:
+            entry |= {"decision": "error", "reason": s.error}
+        tried.append(entry)
+    cost = spent(out, panel)
+    assert out.served is not None
+    start = None
+    if out.start is not None:
+        start = {"model": out.start.model, "reason": out.start.reason,
+                 "values": {k: round(float(x), 6) for k, x in out.start.values.items()}}
+    return {"request_id": out.request_id, "version": out.version.version,
+            "cost_quality_tradeoff": out.lam, "model": out.served.model, "stopped": out.stopped,
+            "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target,
+            "mode": "shadow" if out.stopped == "shadow" else "enforce"}

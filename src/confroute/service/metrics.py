@@ -94,6 +94,12 @@ class Metrics:
         else:
             self.p_correct.labels(model).observe(p_correct)
 
+    def backend_call(self, model: str, seconds: float) -> None:
+        self.backend_latency.labels(model).observe(seconds)
+
+    def backend_error(self, model: str, kind: str) -> None:
+        self.backend_errors.labels(model, kind).inc()
+
     def shadow(self, would_answer: str, served_cost: float, would_cost: float) -> None:
         self.shadow_requests.labels(would_answer).inc()
         self.shadow_cost.labels("served").inc(served_cost)

@@ -14,10 +14,11 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from confroute.decisions.log import DecisionLog, DecisionRecord, new_record_id
+from confroute.decisions.log import DecisionLog
+from confroute.decisions.records import decision_record, named_signals
 from confroute.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.errors import BadRequest, RoutingError
-from confroute.features import FEATURE_NAMES, TokenArrays
+from confroute.features import TokenArrays
 from confroute.policy import Decision
 from confroute.service.edge import bearer_token, check_key, send_json
 from confroute.service.errors import bad_body, error_json, error_reply
@@ -126,24 +127,6 @@ def _check_values(arr: TokenArrays) -> None:
                              f"{float(np.nanmax(a)):g}")
 
 
-def named_signals(s: Scored) -> dict[str, float | None]:
-    """An answer's signals by name (None for NaN), as replies show and the log stores them."""
-    return {n: None if math.isnan(v) else v
-            for n, v in zip(FEATURE_NAMES, s.signals.tolist(), strict=True)}
-
-
-def record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
-           text: str | None, endpoint: str, max_chars: int) -> DecisionRecord:
-    """The decision-log record of one decision."""
-    signals = named_signals(s)
-    p = None if math.isnan(s.p_correct) else s.p_correct
-    return DecisionRecord(
-        new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
-        s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
-        s.prediction, text[:max_chars] if text and max_chars else None, endpoint,
-    )
-
-
 def reply(s: Scored, request_id: str, stage: int, lam: float, signals: bool) -> RouteDecision:
     d = s.decision
     names = named_signals(s) if signals else None
@@ -216,7 +199,7 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
         rid = req.request_id or (header_id if len(reqs) == 1 else None) or new_request_id()
         stage = req.stage if req.stage is not None else len(req.previous)
         metrics.decision(s.model, s.decision.decision, s.p_correct)
-        log.submit(record(s, rid, stage, lam, latency, st.text or st.arrays.text, "route",
+        log.submit(decision_record(s, rid, stage, lam, latency, st.text or st.arrays.text, "route",
                           max_chars))
         out.append(reply(s, rid, stage, lam, req.return_signals))
     return out

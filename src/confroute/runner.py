@@ -1,4 +1,6 @@
-"""POST /v1/chat/completions: pick the first model, score each answer, escalate per policy.
+"""Running a cascade over the panel's backends: pick the first model, score each answer,
+escalate per policy. The HTTP layer (service/app.py, chat_format.py) turns a chat request into a
+`ChatTask` and the finished `Cascade` into OpenAI's reply; nothing here knows HTTP.
 
 The policy picks the first model from the question (policy.first: the cascade policy reads the
 query features; the route-and-thresholds table starts at its route's first model). Each model is
@@ -20,22 +22,19 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
 from confroute.cascade import Start
 from confroute.decisions.log import DecisionLog
-from confroute.decisions.records import shadow_id
+from confroute.decisions.records import decision_record, shadow_id
 from confroute.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.query import query_features, question_of
-from confroute.service.metrics import Metrics
-from confroute.service.route import record
-from confroute.service.schemas import ChatRequest
 from confroute.tokens import token_arrays
 from confroute.traces import Message
 
@@ -67,6 +66,30 @@ class Cascade:
     target: dict[str, Any] | None = None  # target_accuracy: the λ chosen and its estimate
 
 
+class RunObserver(Protocol):
+    """What a cascade reports as it runs (the service's Prometheus metrics implement it)."""
+
+    def backend_call(self, model: str, seconds: float) -> None: ...
+
+    def backend_error(self, model: str, kind: str) -> None: ...
+
+    def decision(self, model: str, decision: str, p_correct: float) -> None: ...
+
+    def shadow(self, would_answer: str, served_cost: float, would_cost: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatTask:
+    """One chat request as the runner sees it (the HTTP layer builds it from the body)."""
+
+    messages: list[Message]
+    lam: float | None = None  # cost_quality_tradeoff; None: the default
+    target_accuracy: float | None = None  # picks λ instead, when set
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+
+
 @dataclass(frozen=True)
 class Limits:
     max_escalations: int | None = None
@@ -75,25 +98,11 @@ class Limits:
     max_models: int | None = None
 
 
-def parse_model(name: str, router_model: str) -> float | None:
-    """`confroute` or `confroute:0.3` (λ); anything else is an unknown model."""
-    base, sep, lam = name.partition(":")
-    if base != router_model:
-        raise BadRequest(f"unknown model {name!r}; use {router_model!r} or "
-                         f"'{router_model}:<cost_quality_tradeoff in [0, 1]>'")
-    if not sep:
-        return None
-    try:
-        return float(lam)
-    except ValueError:
-        raise BadRequest(f"model {name!r}: {lam!r} is not a number in [0, 1]") from None
-
-
-class Proxy:
+class CascadeRunner:
     """Runs cascades over the panel's backends."""
 
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
-                 log: DecisionLog, metrics: Metrics, max_chars: int,
+                 log: DecisionLog, metrics: RunObserver, max_chars: int,
                  explore_rate: float = 0.0, budget: Budget | None = None,
                  shadow: str | None = None) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
@@ -107,27 +116,25 @@ class Proxy:
         """Let background explorations finish (at shutdown)."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def params(self, req: ChatRequest) -> GenParams:
+    def params(self, task: ChatTask) -> GenParams:
         d = self.panel.decoding
         return GenParams(
-            max_tokens=req.max_completion_tokens or req.max_tokens or d.max_tokens,
-            temperature=d.temperature if req.temperature is None else req.temperature,
-            top_logprobs=d.top_logprobs, seed=req.seed or 0,
+            max_tokens=task.max_tokens or d.max_tokens,
+            temperature=d.temperature if task.temperature is None else task.temperature,
+            top_logprobs=d.top_logprobs, seed=task.seed or 0,
         )
 
-    async def run(self, req: ChatRequest, limits: Limits, request_id: str) -> Cascade:
+    async def run(self, task: ChatTask, limits: Limits, request_id: str) -> Cascade:
         """Call route models until one is accepted or a limit stops the cascade."""
         v = self.engine.require()
         limits = self._with_budget(limits)
         policy = self.engine.policy(v)
-        model_lam = parse_model(req.model, self.panel.router_model)
-        lam = self.engine.lam(req.cost_quality_tradeoff if req.cost_quality_tradeoff is not None
-                              else model_lam)
+        lam = self.engine.lam(task.lam)
         target = None
-        if req.target_accuracy is not None:
-            lam, target = self.engine.for_target(v, req.target_accuracy)
-        messages = [Message(m.role, m.text()) for m in req.messages]
-        out, params = Cascade(request_id, v, lam, target=target), self.params(req)
+        if task.target_accuracy is not None:
+            lam, target = self.engine.for_target(v, task.target_accuracy)
+        messages = task.messages
+        out, params = Cascade(request_id, v, lam, target=target), self.params(task)
         deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
         if self.shadow is not None:
             return await self._serve_shadow(out, policy, messages, params, limits, deadline)
@@ -274,14 +281,14 @@ class Proxy:
                 return None
             return self._failed(model, spec.on_error, exc, time.perf_counter() - t0)
         dt = time.perf_counter() - t0
-        self.metrics.backend_latency.labels(model).observe(dt)
+        self.metrics.backend_call(model, dt)
         return Stage(model, dt, completion=c)
 
     def _failed(self, model: str, on_error: str, exc: BaseException, dt: float) -> Stage:
         """Count the failure; 502 for on_error=fail, else a stage that records the error."""
         kind = "timeout" if isinstance(exc, TimeoutError) else "error"
         message = str(exc) or f"{type(exc).__name__} after {dt:.1f} s"
-        self.metrics.backend_errors.labels(model, kind).inc()
+        self.metrics.backend_error(model, kind)
         if on_error == "fail":
             raise BackendFailed(f"backend {model!r} failed: {message}")
         return Stage(model, dt, error=message)
@@ -301,7 +308,7 @@ class Proxy:
         stage.scored = s = self.engine.decide(out.version, st, out.lam)
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)
-        rec = record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
+        rec = decision_record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
                      out.endpoint, self.max_chars)
         self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
 
@@ -350,31 +357,3 @@ def stage_cost(stage: Stage, panel: Panel) -> float:
 
 def spent(out: Cascade, panel: Panel) -> float:
     return sum(stage_cost(s, panel) for s in out.stages)
-
-
-def router_field(out: Cascade, panel: Panel) -> dict[str, Any]:
-    """The `router` field: which models were tried, their p_correct, decisions and reasons."""
-    tried = []
-    for i, s in enumerate(out.stages):
-        entry: dict[str, Any] = {"model": s.model, "stage": i, "latency_s": round(s.latency_s, 4),
-                                 "cost": stage_cost(s, panel)}
-        if s.scored is not None:
-            d, p = s.scored.decision, s.scored.p_correct
-            entry |= {"decision": d.decision, "reason": d.reason, "threshold": d.threshold,
-                      "p_correct": None if p != p else p, "prediction": s.scored.prediction,
-                      "next_model": d.next_model}
-            if d.values:
-                entry["values"] = {k: round(float(x), 6) for k, x in d.values.items()}
-        else:
-            entry |= {"decision": "error", "reason": s.error}
-        tried.append(entry)
-    cost = spent(out, panel)
-    assert out.served is not None
-    start = None
-    if out.start is not None:
-        start = {"model": out.start.model, "reason": out.start.reason,
-                 "values": {k: round(float(x), 6) for k, x in out.start.values.items()}}
-    return {"request_id": out.request_id, "version": out.version.version,
-            "cost_quality_tradeoff": out.lam, "model": out.served.model, "stopped": out.stopped,
-            "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target,
-            "mode": "shadow" if out.stopped == "shadow" else "enforce"}
