@@ -10,7 +10,7 @@
    minus calling that backend directly.
 
     python bench/service.py [--duration 5] [--rounds 3] [--connections 8] [--models-dir models]
-                            [--out f.json] [--only decision|throughput|proxy]
+                            [--out f.json] [--only decision|throughput|proxy|durability]
 
 Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
 Prints JSON.
@@ -64,7 +64,7 @@ def trace_body(n_tokens: int = 300) -> dict[str, Any]:
 
 def synthetic_version(models_dir: Path) -> Path:
     """A version with 200-tree LightGBM classifiers (like the issue's latency figure)."""
-    sys.path.insert(0, str(ROOT / "tests/confroute"))
+    sys.path[:0] = [str(ROOT / "tests/confroute"), str(ROOT / "tests")]  # conftest imports support
     from service.conftest import build_version
 
     build_version(models_dir, classifier="lightgbm", calibration="isotonic",
@@ -150,14 +150,15 @@ def serve(kind: str, port: int, models_dir: str, tmp: str) -> None:
         app = naive_app()
     elif kind == "stub":
         app = stub_backend(json.dumps(trace_body()).encode())
-    else:
+    else:  # route: the default (durable) decision log; route_fast: log_durability=fast
         from confroute.service import create_app
         from confroute.settings import Settings
 
         panel = Path(tmp) / "panel.yaml"
         app = create_app(Settings(models_dir=Path(models_dir), panel=panel,
                                   decision_log=str(Path(tmp) / f"decisions-{port}.db"),
-                                  spill_path=Path(tmp) / f"spill-{port}.jsonl"))
+                                  spill_path=Path(tmp) / f"spill-{port}.jsonl",
+                                  log_durability="fast" if kind == "route_fast" else "durable"))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
 
 
@@ -184,7 +185,7 @@ class Server:
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
                "--models-dir", str(models_dir), "--tmp", str(tmp)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT)
-        ready = "/healthz" if kind == "route" else "/"
+        ready = "/healthz" if kind.startswith("route") else "/"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -242,13 +243,11 @@ def compact_body(body: dict[str, Any]) -> dict[str, Any]:
                         "tokens": [t["token"] for t in content]}}
 
 
-def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
+def rounds(runs: dict[str, tuple[str, bytes]], models_dir: Path, tmp: Path,
+           args: argparse.Namespace) -> dict[str, Any]:
     """All servers up at once, measured in interleaved rounds (median): the machine's background
     load drifts, and interleaving exposes every server to the same drift."""
     tool = "wrk" if shutil.which("wrk") else "httpx"
-    compact = json.dumps(compact_body(json.loads(body))).encode()
-    runs = {"floor": ("floor", body), "naive": ("naive", body), "route": ("route", body),
-            "route_compact": ("route", compact)}
     servers = {name: Server(kind, models_dir, tmp) for name, (kind, _) in runs.items()}
     rps: dict[str, list[float]] = {name: [] for name in runs}
     try:
@@ -271,9 +270,28 @@ def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespac
     for name, values in rps.items():
         out[name] = {"requests_per_s": round(float(np.median(values)), 1), "rounds": values,
                      "body_bytes": len(runs[name][1])}
+    return out
+
+
+def throughput(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """/v1/route beside the raw ASGI floor and a naive FastAPI endpoint."""
+    compact = json.dumps(compact_body(json.loads(body))).encode()
+    runs = {"floor": ("floor", body), "naive": ("naive", body), "route": ("route", body),
+            "route_compact": ("route", compact)}
+    out = rounds(runs, models_dir, tmp, args)
     f, n, r, c = (out[k]["requests_per_s"] for k in runs)
     out["route_vs_floor"], out["route_vs_naive"] = round(r / f, 3), round(r / n, 2)
     out["route_compact_vs_floor"] = round(c / f, 3)
+    return out
+
+
+def durability(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace
+               ) -> dict[str, Any]:
+    """/v1/route with the durable decision log (the default: no reply before its record is
+    committed, group commit) beside log_durability=fast, same body, interleaved rounds."""
+    out = rounds({"durable": ("route", body), "fast": ("route_fast", body)}, models_dir, tmp, args)
+    out["durable_vs_fast"] = round(out["durable"]["requests_per_s"]
+                                   / out["fast"]["requests_per_s"], 3)
     return out
 
 
@@ -389,7 +407,7 @@ def main() -> None:
                    help="with --only decision: also time this version, rounds interleaved, "
                         "and report the ratio of p50s (models-dir / baseline)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--only", choices=["decision", "throughput", "proxy"], help="run one part")
+    p.add_argument("--only", choices=["decision", "throughput", "proxy", "durability"], help="run one part")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -404,7 +422,8 @@ def main() -> None:
         write_panel(tmp / "panel.yaml", "http://127.0.0.1:9/v1")  # /v1/route needs no backend
         parts = {"decision": lambda: decision_latency(models_dir, body, args.iterations),
                  "throughput": lambda: throughput(models_dir, tmp, body, args),
-                 "proxy": lambda: proxy_overhead(models_dir, tmp, 200)}
+                 "proxy": lambda: proxy_overhead(models_dir, tmp, 200),
+                 "durability": lambda: durability(models_dir, tmp, body, args)}
         result: dict[str, Any] = {
             "trace": {"tokens": 300, "top_logprobs": 5, "body_bytes": len(body)},
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}

@@ -63,6 +63,7 @@ class Cascade:
     stopped: str = ""  # accepted | last_model | max_escalations | max_models | max_cost |
     # deadline | fallback | shadow
     endpoint: str = "chat"  # what its decision-log records say: chat, or shadow (would-be)
+    last_seq: int = 0  # the decision log's number of its last record (the reply waits on it)
     target: dict[str, Any] | None = None  # target_accuracy: the λ chosen and its estimate
 
 
@@ -137,9 +138,12 @@ class CascadeRunner:
         out, params = Cascade(request_id, v, lam, target=target), self.params(task)
         deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
         if self.shadow is not None:
-            return await self._serve_shadow(out, policy, messages, params, limits, deadline)
-        await self._cascade(out, policy, messages, params, limits, deadline)
-        return self._finish(out)
+            served = await self._serve_shadow(out, policy, messages, params, limits, deadline)
+        else:
+            await self._cascade(out, policy, messages, params, limits, deadline)
+            served = self._finish(out)
+        await self.log.settled(out.last_seq)  # durable mode: on disk before the reply
+        return served
 
     async def _cascade(self, out: Cascade, policy: Any, messages: list[Message],
                        params: GenParams, limits: Limits, deadline: float | None,
@@ -310,7 +314,9 @@ class CascadeRunner:
         self.metrics.decision(s.model, decision, s.p_correct)
         rec = decision_record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
                      out.endpoint, self.max_chars)
-        self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
+        seq = self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
+        if not explore:
+            out.last_seq = seq
 
     @staticmethod
     def _stop(stage: Stage, nxt: str | None, index: int, limits: Limits,

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     spill_max_bytes: Annotated[int, Field(ge=0)] = 256 * 2**20  # beyond: dropped and counted
     log_retry_s: Annotated[float, Field(gt=0)] = 2.0  # how often a down log is retried
     log_response_chars: Annotated[int, Field(ge=0)] = 4000  # text kept per decision (0: none)
+    # durable: no reply before its decisions are committed or fsynced to the spill file (group
+    # commit); fast: the reply goes first and a crash can lose the last ~50 ms of decisions
+    log_durability: Literal["durable", "fast"] = "durable"
+    log_group_commit_ms: Annotated[float, Field(ge=0, le=100)] = 3.0  # durable: batch window
     # security: bearer keys; feedback and admin need one when any is set
     api_keys: Annotated[list[str], NoDecode] = []
     require_key_for_all: bool = False  # route and chat need a key too

@@ -37,8 +37,10 @@ async def apply_feedback(log: DecisionLog, grader: Grader, request_id: str,
     else:
         assert correct is not None
         records = [FeedbackRecord(request_id, served_stage(stages).stage, correct, now)]
+    seq = 0
     for r in records:
-        log.submit(r)
+        seq = log.submit(r)
+    await log.settled(seq)  # durable mode: the label is on disk before it is acknowledged
     models = {s.stage: s.model for s in stages}
     labels = [{"stage": r.stage, "model": models[r.stage], "correct": r.correct}
               for r in records if r.request_id == request_id]

@@ -61,7 +61,9 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
         default_lam = conf.cost_quality_tradeoff
     backends = {m.name: make_backend(m.name, m.spec()) for m in panel.models}
     dlog = DecisionLog(settings.decision_log, settings.spill_path,
-                       spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s)
+                       spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s,
+                       durable=settings.log_durability == "durable",
+                       group_commit_s=settings.log_group_commit_ms / 1000)
     engine = Engine(settings.models_dir, panel, settings.grader, default_lam, conf)
     shadow = None
     if settings.mode == "shadow":

@@ -176,8 +176,10 @@ def _capped(s: Scored, req: Request, engine: Engine) -> Scored:
 
 
 def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request],
-          header_id: str | None, max_chars: int, max_batch: int) -> list[RouteDecision]:
-    """Decide on every request (one ONNX call per model), log each decision, build the replies."""
+          header_id: str | None, max_chars: int, max_batch: int
+          ) -> tuple[list[RouteDecision], int]:
+    """Decide on every request (one ONNX call per model), log each decision, build the replies;
+    with the last record's log sequence number (the reply waits for it in durable mode)."""
     t0 = time.perf_counter()
     if not reqs or len(reqs) > max_batch:
         raise BadRequest(f"a batch holds 1 to {max_batch} items, got {len(reqs)}")
@@ -194,15 +196,15 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
     scored = [_capped(s, req, engine) for s, req in zip(engine.decide_many(v, stages, lams),
                                                          reqs, strict=True)]
     latency = (time.perf_counter() - t0) / len(reqs)
-    out = []
+    out, seq = [], 0
     for req, st, s, lam in zip(reqs, stages, scored, lams, strict=True):
         rid = req.request_id or (header_id if len(reqs) == 1 else None) or new_request_id()
         stage = req.stage if req.stage is not None else len(req.previous)
         metrics.decision(s.model, s.decision.decision, s.p_correct)
-        log.submit(decision_record(s, rid, stage, lam, latency, st.text or st.arrays.text, "route",
-                          max_chars))
+        seq = log.submit(decision_record(s, rid, stage, lam, latency, st.text or st.arrays.text,
+                                         "route", max_chars))
         out.append(reply(s, rid, stage, lam, req.return_signals))
-    return out
+    return out, seq
 
 
 class RouteEndpoint:
@@ -235,8 +237,9 @@ class RouteEndpoint:
             check_key(res.settings, bearer_token(headers.get(b"authorization")))
         body = await read_body(receive)
         reqs = decode(body, self.batch)
-        out = route(res.engine, res.log, metrics, reqs, header_request_id(headers),
-                    res.settings.log_response_chars, res.settings.max_batch)
+        out, seq = route(res.engine, res.log, metrics, reqs, header_request_id(headers),
+                         res.settings.log_response_chars, res.settings.max_batch)
+        await res.log.settled(seq)  # durable mode: on disk before the reply
         if self.batch:
             return encode(RouteBatchResult(out))
         return encode(out if body.lstrip()[:1] == b"[" else out[0])

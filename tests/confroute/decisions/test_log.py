@@ -177,3 +177,42 @@ def test_replay_skips_torn_lines_and_sets_refused_records_aside(tmp_path: Path) 
     assert {r.request_id for r in log.read()} == {"s1", "s2", "new"}
     assert not spill.exists()
     log.close()
+
+
+def test_settled_waits_for_the_commit_and_fails_a_record_that_was_not_kept(tmp_path: Path) -> None:
+    """Durable mode: settled() returns once the record is in the store; a record dropped for
+    lack of spill room fails its request with NotReady instead of being acknowledged."""
+    import asyncio
+
+    from confroute.errors import NotReady
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", interval_s=5.0)
+    log.start()
+    try:
+        async def one() -> float:
+            t0 = time.monotonic()
+            await log.settled(log.submit(rec("a")))  # the writer sleeps 5 s unless woken
+            return time.monotonic() - t0
+
+        assert asyncio.run(one()) < 2.0
+        assert [r.request_id for r in log.store.read(None, None)] == ["a"]
+    finally:
+        log.close()
+    # a PostgreSQL nobody listens on: every record goes to a spill file with no room
+    full = DecisionLog(f"postgresql://u@127.0.0.1:{free_port()}/none", tmp_path / "s2.jsonl",
+                       spill_max_bytes=10, retry_s=60)
+    full.start()
+    try:
+        with pytest.raises(NotReady, match="could not keep"):
+            asyncio.run(full.settled(full.submit(rec("b"))))
+    finally:
+        full.close()
+
+
+def test_fast_mode_does_not_wait(tmp_path: Path) -> None:
+    import asyncio
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", durable=False)
+    # no writer started: a durable wait would time out, a fast one returns at once
+    asyncio.run(log.settled(log.submit(rec("a"))))
+    assert log.health().queued == 1
