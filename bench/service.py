@@ -10,7 +10,7 @@
    minus calling that backend directly.
 
     python bench/service.py [--duration 5] [--rounds 3] [--connections 8] [--models-dir models]
-                            [--out f.json] [--only decision|throughput|proxy|durability]
+                            [--out f.json] [--only decision|throughput|proxy|durability|workers]
 
 Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
 Prints JSON.
@@ -141,9 +141,29 @@ def stub_backend(body: bytes) -> Any:
     return app
 
 
-def serve(kind: str, port: int, models_dir: str, tmp: str) -> None:
+def bench_factory() -> Any:
+    """The app of one worker of a several-worker bench server (settings from the environment)."""
+    return make_app(os.environ["BENCH_KIND"], os.environ["BENCH_MODELS"], os.environ["BENCH_TMP"],
+                    int(os.environ["BENCH_PORT"]))
+
+
+def serve(kind: str, port: int, models_dir: str, tmp: str, workers: int = 1) -> None:
     import uvicorn
 
+    if workers > 1:  # uvicorn starts workers from an import string
+        os.environ.update(BENCH_KIND=kind, BENCH_MODELS=models_dir, BENCH_TMP=tmp,
+                          BENCH_PORT=str(port))
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(dir=tmp))
+        sys.path.insert(0, str(Path(__file__).parent))
+        uvicorn.run("service:bench_factory", factory=True, host="127.0.0.1", port=port,
+                    log_level="warning", workers=workers)
+        return
+    uvicorn.run(make_app(kind, models_dir, tmp, port), host="127.0.0.1", port=port,
+                log_level="warning", workers=1)
+
+
+def make_app(kind: str, models_dir: str, tmp: str, port: int) -> Any:
+    """The ASGI app of one bench server kind."""
     if kind == "floor":
         app: Any = floor_app
     elif kind == "naive":
@@ -158,8 +178,9 @@ def serve(kind: str, port: int, models_dir: str, tmp: str) -> None:
         app = create_app(Settings(models_dir=Path(models_dir), panel=panel,
                                   decision_log=str(Path(tmp) / f"decisions-{port}.db"),
                                   spill_path=Path(tmp) / f"spill-{port}.jsonl",
-                                  log_durability="fast" if kind == "route_fast" else "durable"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", workers=1)
+                                  log_durability="fast" if kind == "route_fast" else "durable",
+                                  workers=int(os.environ.get("BENCH_WORKERS", "1"))))
+    return app
 
 
 def write_panel(path: Path, stub_url: str) -> None:
@@ -179,12 +200,13 @@ def free_port() -> int:
 class Server:
     """A bench server in its own process."""
 
-    def __init__(self, kind: str, models_dir: Path, tmp: Path) -> None:
+    def __init__(self, kind: str, models_dir: Path, tmp: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
-               "--models-dir", str(models_dir), "--tmp", str(tmp)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+               "--models-dir", str(models_dir), "--tmp", str(tmp), "--workers", str(workers)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ,
+                                                         "BENCH_WORKERS": str(workers)})
         ready = "/healthz" if kind.startswith("route") else "/"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -244,11 +266,12 @@ def compact_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def rounds(runs: dict[str, tuple[str, bytes]], models_dir: Path, tmp: Path,
-           args: argparse.Namespace) -> dict[str, Any]:
+           args: argparse.Namespace, workers: dict[str, int] | None = None) -> dict[str, Any]:
     """All servers up at once, measured in interleaved rounds (median): the machine's background
     load drifts, and interleaving exposes every server to the same drift."""
     tool = "wrk" if shutil.which("wrk") else "httpx"
-    servers = {name: Server(kind, models_dir, tmp) for name, (kind, _) in runs.items()}
+    servers = {name: Server(kind, models_dir, tmp, (workers or {}).get(name, 1))
+               for name, (kind, _) in runs.items()}
     rps: dict[str, list[float]] = {name: [] for name in runs}
     try:
         for _ in range(args.rounds):
@@ -292,6 +315,20 @@ def durability(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespac
     out = rounds({"durable": ("route", body), "fast": ("route_fast", body)}, models_dir, tmp, args)
     out["durable_vs_fast"] = round(out["durable"]["requests_per_s"]
                                    / out["fast"]["requests_per_s"], 3)
+    return out
+
+
+def workers(models_dir: Path, tmp: Path, body: bytes, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    """/v1/route at 1 and 2 workers beside the raw ASGI floor at 1 and 2 workers."""
+    runs = {"floor_1": ("floor", body), "floor_2": ("floor", body), "route_1": ("route", body),
+            "route_2": ("route", body)}
+    out = rounds(runs, models_dir, tmp, args, {k: int(k[-1]) for k in runs})
+    rps = {k: out[k]["requests_per_s"] for k in runs}
+    out["route_2_vs_1"] = round(rps["route_2"] / rps["route_1"], 3)
+    out["floor_2_vs_1"] = round(rps["floor_2"] / rps["floor_1"], 3)
+    out["route_vs_floor_1"] = round(rps["route_1"] / rps["floor_1"], 3)
+    out["route_vs_floor_2"] = round(rps["route_2"] / rps["floor_2"], 3)
     return out
 
 
@@ -407,13 +444,15 @@ def main() -> None:
                    help="with --only decision: also time this version, rounds interleaved, "
                         "and report the ratio of p50s (models-dir / baseline)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--only", choices=["decision", "throughput", "proxy", "durability"], help="run one part")
+    p.add_argument("--only", help="run one part",
+                   choices=["decision", "throughput", "proxy", "durability", "workers"])
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port, str(args.models_dir), args.tmp)
+        serve(args.serve, args.port, str(args.models_dir), args.tmp, args.workers)
         return
     tmp = Path(tempfile.mkdtemp(prefix="confroute-bench-"))
     try:
@@ -423,7 +462,8 @@ def main() -> None:
         parts = {"decision": lambda: decision_latency(models_dir, body, args.iterations),
                  "throughput": lambda: throughput(models_dir, tmp, body, args),
                  "proxy": lambda: proxy_overhead(models_dir, tmp, 200),
-                 "durability": lambda: durability(models_dir, tmp, body, args)}
+                 "durability": lambda: durability(models_dir, tmp, body, args),
+                 "workers": lambda: workers(models_dir, tmp, body, args)}
         result: dict[str, Any] = {
             "trace": {"tokens": 300, "top_logprobs": 5, "body_bytes": len(body)},
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}

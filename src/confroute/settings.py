@@ -16,6 +16,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # processes serving one port (uvicorn workers); each loads the version and the embedded
+    # models itself, and they share the decision log and models_dir
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     models_dir: Path = Path("models")  # serves models_dir/current (a symlink to a version)
     panel: Path = Path("configs/panel.cpu.yaml")  # backends of /v1/chat/completions
     # the confidence looper's `algorithm: {type: confidence, ...}` block (looper.py); None: the

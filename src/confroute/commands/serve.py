@@ -1,8 +1,11 @@
-"""`confroute serve`: the router service (FastAPI under uvicorn, one worker)."""
+"""`confroute serve`: the router service (FastAPI under uvicorn, one or several workers)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,9 @@ def serve(
     router_config: Path | None = typer.Option(
         None, help="The confidence looper's `algorithm: {type: confidence, ...}` YAML "
                    "(README: migrating from the looper)."),
+    workers: int | None = typer.Option(
+        None, help="Processes serving the port (default 1); they share the decision log and "
+                   "models_dir, each hot-reloads, /metrics sums them."),
 ) -> None:
     """Serve /v1/route, /v1/chat/completions, /v1/feedback, /healthz and /metrics.
 
@@ -43,7 +49,7 @@ def serve(
 
     given: dict[str, Any] = {"host": host, "port": port, "models_dir": models_dir, "panel": panel,
              "decision_log": decision_log, "log_level": log_level,
-             "router_config": router_config}
+             "router_config": router_config, "workers": workers}
     from confroute.backends.llamacpp import LlamaCppBackend
     from confroute.modelstore import ModelStoreError
 
@@ -63,8 +69,33 @@ def serve(
                 LlamaCppBackend.model_file(m.name, m.spec())
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                log_level=settings.log_level, timeout_graceful_shutdown=30)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                    log_level=settings.log_level, timeout_graceful_shutdown=30)
+        return
+    _share_settings(settings)
+    own = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own:  # a fresh folder: files of an earlier run would be summed in
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="confroute-metrics-")
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    try:
+        # each worker process builds its app from the environment written above
+        uvicorn.run("confroute.service.app:create_app", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, log_level=settings.log_level,
+                    timeout_graceful_shutdown=30)
+    finally:
+        if own:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _share_settings(settings: Any) -> None:
+    """Write the resolved settings into CONFROUTE_* variables, so that every worker process
+    (which builds its app from the environment) serves exactly what was checked here."""
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        os.environ[f"CONFROUTE_{name.upper()}"] = text
 
 
 def _check_grader(settings: Any) -> None:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from confroute.backends import Backend, make_backend
 from confroute.decisions.feedback import apply_feedback
 from confroute.decisions.log import DecisionLog
+from confroute.decisions.slots import claim_spill
 from confroute.engine import Engine
 from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
@@ -60,7 +61,9 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     if conf is not None and conf.cost_quality_tradeoff is not None:
         default_lam = conf.cost_quality_tradeoff
     backends = {m.name: make_backend(m.name, m.spec()) for m in panel.models}
-    dlog = DecisionLog(settings.decision_log, settings.spill_path,
+    spill = settings.spill_path if settings.workers == 1 else \
+        claim_spill(settings.spill_path, settings.workers)
+    dlog = DecisionLog(settings.decision_log, spill,
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s,
                        durable=settings.log_durability == "durable",
                        group_commit_s=settings.log_group_commit_ms / 1000)

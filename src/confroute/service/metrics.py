@@ -1,8 +1,15 @@
-"""Prometheus metrics of one service (its own registry, so apps in one process never clash)."""
+"""Prometheus metrics of one service (its own registry, so apps in one process never clash).
+
+With several workers (`confroute serve --workers N`, which sets PROMETHEUS_MULTIPROC_DIR before
+any worker starts), prometheus-client keeps every counter and histogram in per-process files
+and /metrics sums them over the workers (its multiprocess mode); the version gauge is shown per
+live worker (`pid` label), and the decision-log health is the answering worker's own.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -73,7 +80,7 @@ class Metrics:
         self.reloads = Counter("confroute_reloads", "model version reloads", ["result"],
                                registry=r)
         self.version = Gauge("confroute_version_info", "the model version served", ["version"],
-                             registry=r)
+                             registry=r, multiprocess_mode="liveall")
         self.shadow_requests = Counter(
             "confroute_shadow_requests", "shadow mode: requests by the model whose answer the "
             "router would have served", ["would_answer"], registry=r)
@@ -83,7 +90,8 @@ class Metrics:
 
     def watch_log(self, source: Callable[[], DecisionLog | None]) -> None:
         """Report the decision log's health at each scrape (source: the log, once it exists)."""
-        self.registry.register(_LogCollector(source))
+        self._log_collector = _LogCollector(source)
+        self.registry.register(self._log_collector)
 
     def decision(self, model: str, decision: str, p_correct: float) -> None:
         self.decisions.labels(model, decision).inc()
@@ -106,8 +114,22 @@ class Metrics:
         self.shadow_cost.labels("would_be").inc(would_cost)
 
     def serving(self, version: str) -> None:
-        self.version.clear()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # no clear() there: the old one reads 0
+            served: str | None = getattr(self, "_served", None)
+            if served is not None and served != version:
+                self.version.labels(served).set(0)
+        else:
+            self.version.clear()
         self.version.labels(version).set(1)
+        self._served = version
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: sum their files
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            if getattr(self, "_log_collector", None) is not None:
+                merged.register(self._log_collector)
+            return generate_latest(merged)
         return generate_latest(self.registry)

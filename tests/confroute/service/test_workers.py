@@ -1,0 +1,84 @@
+"""`confroute serve --workers 2`: one port, one decision log, /metrics summed over the
+workers, and a new version hot-reloaded by every worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from support import free_port
+
+from confroute.manifest import switch_current
+from confroute.traces import Trace
+
+from .conftest import build_version, stub_panel
+from .test_durability import _ready
+
+N = 60
+
+
+def _post(url: str, body: dict[str, Any]) -> httpx.Response:
+    # a new connection per request, so the kernel hands requests to both workers
+    with httpx.Client(timeout=10, headers={"connection": "close"}) as http:
+        return http.post(f"{url}/v1/route", json=body)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_log_sum_their_metrics_and_both_reload(
+    tmp_path: Path, models_dir: Path, traces: list[Trace]
+) -> None:
+    port, metrics_dir = free_port(), tmp_path / "prom"
+    metrics_dir.mkdir()
+    panel = stub_panel(tmp_path / "panel.yaml", "http://127.0.0.1:9/v1")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "CONFROUTE_SPILL_PATH": str(tmp_path / "spill.jsonl"), "CONFROUTE_LOG_LEVEL": "warning",
+           "CONFROUTE_RELOAD_INTERVAL_S": "0.3"}
+    cmd = [sys.executable, "-m", "confroute.cli", "serve", "--workers", "2", "--port", str(port),
+           "--models-dir", str(models_dir), "--panel", str(panel), "--decision-log",
+           str(tmp_path / "decisions.db")]
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    body: dict[str, Any] = msgspec.to_builtins(traces[0])
+    try:
+        _ready(url, proc)
+        first = _post(url, body).json()["version"]
+        for i in range(N - 1):
+            r = _post(url, {**body, "request_id": f"r{i}"})
+            assert r.status_code == 200, r.text
+        # both processes answered: each wrote its own counter file
+        pids = {m.group(1) for f in metrics_dir.iterdir()
+                if (m := re.match(r"counter_(\d+)\.db", f.name))}
+        assert len(pids) >= 2, sorted(p.name for p in metrics_dir.iterdir())
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        decided = sum(float(v) for v in re.findall(
+            r'^confroute_decisions_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+        assert decided == N, text[:2000]  # summed over both workers, whichever answered
+        with sqlite3.connect(tmp_path / "decisions.db") as conn:
+            (rows,) = conn.execute("SELECT count(*) FROM decisions").fetchone()
+        assert rows == N  # durable: every acknowledged decision is in the one shared log
+
+        new = build_version(models_dir, switch=False).name
+        switch_current(models_dir, new)
+        deadline, seen = time.monotonic() + 30, []
+        while time.monotonic() < deadline:
+            seen = [_post(url, body).json()["version"] for _ in range(12)]
+            if set(seen) == {new}:
+                break
+            time.sleep(0.3)
+        assert set(seen) == {new} and new != first, seen  # every worker serves the new version
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
