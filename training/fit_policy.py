@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from confroute.policy import Policy, PolicyRow
+from confroute.policy import Policy, PolicyRow, utility
 
 DEFAULT_LAMBDAS = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21))
 RouteP = Callable[[Sequence[int]], np.ndarray]  # route (panel indices) -> (n, M) p for it
@@ -193,7 +193,7 @@ def _route_points(
 
 def _select(pts: _Points, lam: float) -> int:
     """Index of the best point at λ; ties (1e-12) go to the lower cost, then shorter route."""
-    obj = (1 - lam) * pts.acc - lam * pts.cost
+    obj = utility(pts.acc, pts.cost, lam)
     tied = np.flatnonzero(obj >= obj.max() - 1e-12)
     length = np.array([len(pts.routes[r]) for r in pts.route_id[tied]])
     return int(tied[np.lexsort((length, pts.cost[tied]))[0]])

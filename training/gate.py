@@ -31,7 +31,7 @@ from pydantic import Field
 from confroute.cascade import CascadePolicy
 from confroute.features import FEATURE_NAMES
 from confroute.panel import StrictModel
-from confroute.policy import Policy, load_policy
+from confroute.policy import Policy, load_policy, utility
 from confroute.scoring import Scorer
 from training import quality as M
 from training.export import jsonable
@@ -181,7 +181,7 @@ def replay_utility(policy: Policy | CascadePolicy, models: list[str], p: np.ndar
     base = float(cost[:, -1].mean())
     acc = float(out.correct.mean())
     rel = float(out.cost.mean()) / base if base > 0 else 0.0
-    return {"accuracy": acc, "cost": rel, "utility": (1 - lam) * acc - lam * rel,
+    return {"accuracy": acc, "cost": rel, "utility": utility(acc, rel, lam),
             "n_items": float(len(p))}
 
 

@@ -204,6 +204,13 @@ def load_policy(d: Mapping[str, Any]) -> Any:
     return Policy.from_dict(d)
 
 
+def utility(accuracy: Any, relative_cost: Any, lam: float) -> Any:
+    """The objective every policy is fitted and judged by: (1 - λ)·accuracy - λ·cost, the cost
+    relative to the last panel model's (scalars or arrays). The policy fits, the evaluation and
+    the retrain gate all call this one."""
+    return (1 - lam) * accuracy - lam * relative_cost
+
+
 def check_lambda(lam: float) -> float:
     """λ as a float in [0, 1], or a ValueError that says so."""
     value = float(lam)
