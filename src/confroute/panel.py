@@ -54,6 +54,8 @@ class PanelModel(StrictModel):
     n_parallel: int = Field(8, ge=1)  # llamacpp: sequences decoded together
     n_ctx_per_seq: int = Field(1024, ge=128)
     n_threads: int | None = None
+    # llamacpp, in the service: concurrent requests join one running batch (False: one at a time)
+    batch_requests: bool = True
     tensor_parallel_size: int = Field(1, ge=1)  # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
     max_model_len: int | None = Field(None, ge=1)  # vllm

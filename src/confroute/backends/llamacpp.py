@@ -63,6 +63,7 @@ class LlamaCppBackend(Backend):
         n_ctx_per_seq: int = 1024,
         n_threads: int | None = None,
         n_batch: int = 2048,
+        batch_requests: bool = True,
     ) -> None:
         self.name = name
         self.model_path = model_path
@@ -75,6 +76,10 @@ class LlamaCppBackend(Backend):
         self._llm: Any = None
         self._ctx: Any = None
         self._pieces: dict[int, bytes] = {}
+        # the service's concurrent requests decoded together (llamacpp_batcher.py); False:
+        # one request at a time in a worker thread, as before
+        self.batch_requests = batch_requests
+        self._batcher: Any = None
 
     @staticmethod
     def model_file(name: str, spec: dict[str, Any]) -> Path:
@@ -86,7 +91,8 @@ class LlamaCppBackend(Backend):
     @classmethod
     def from_spec(cls, name: str, spec: dict[str, Any]) -> LlamaCppBackend:
         path = cls.model_file(name, spec)
-        opts = {k: spec[k] for k in ("n_parallel", "n_ctx_per_seq", "n_threads") if k in spec}
+        opts = {k: spec[k] for k in ("n_parallel", "n_ctx_per_seq", "n_threads", "batch_requests")
+                if k in spec}
         return cls(name, str(path), **opts)
 
     def version(self) -> str | None:
@@ -123,7 +129,21 @@ class LlamaCppBackend(Backend):
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._formatter = _chat_formatter(self._llm)
 
+    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
+        """One request; concurrent ones join one running batch (batch_requests, the default)."""
+        if not self.batch_requests:
+            return await super().acomplete(messages, params)
+        if self._batcher is None:
+            from confroute.backends.llamacpp_batcher import Batcher
+
+            self._batcher = Batcher(self)
+        completion: Completion = await self._batcher.complete(messages, params)
+        return completion
+
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         if self._ctx is not None:
             import llama_cpp
 
