@@ -64,13 +64,15 @@ def to_onnx(clf: CorrectnessClassifier) -> onnx.ModelProto:
 
         model = convert_lightgbm(clf.estimator_, initial_types=[("X", FloatTensorType([None, n]))],
                                  zipmap=False)
-    else:
+    elif clf.kind_ == "logistic":
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType as SkFloat
 
         pipe = clf.estimator_
         model = convert_sklearn(pipe, initial_types=[("X", SkFloat([None, n]))],
                                 options={id(pipe): {"zipmap": False}})
+    else:
+        raise ValueError(f"no ONNX conversion for classifier {clf.kind_!r}; add one in to_onnx")
     return _p_correct_output(model)
 
 

@@ -240,7 +240,9 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
             return np.zeros(self.n_features_in_)
         if self.kind_ == "lightgbm":
             return np.asarray(self.estimator_.booster_.feature_importance("gain"), dtype=float)
-        return np.abs(self.estimator_.named_steps["logistic"].coef_[0])
+        if self.kind_ == "logistic":
+            return np.abs(self.estimator_.named_steps["logistic"].coef_[0])
+        raise ValueError(f"no feature importances for classifier {self.kind_!r}; add them here")
 
 
 def _float32(X: np.ndarray) -> np.ndarray:

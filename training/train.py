@@ -150,7 +150,8 @@ def fit_panel(
     config: TrainConfig, data: Dataset, models: list[str]
 ) -> dict[str, CorrectnessClassifier]:
     """One calibrated classifier per panel model, on its training rows."""
-    params = (config.lightgbm if config.classifier == "lightgbm" else config.logistic).model_dump()
+    # the config block named like the classifier kind (lightgbm: ..., logistic: ...)
+    params = getattr(config, config.classifier).model_dump()
     fitted = {}
     for model in models:
         rows = _rows(data, model, test=False)
