@@ -2,7 +2,7 @@
 
 Requests call `submit` (a queue put). One background thread wakes every `interval_s` and drains
 the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
-URL (schema in decision_store.py). When the store fails, the log is marked down (health,
+URL (schema in store.py). When the store fails, the log is marked down (health,
 metrics), the batch goes to a bounded JSONL spill file on disk, and every later record follows
 it there until a retry (every `retry_s`) replays the spill into the store; replay is idempotent
 (record ids are unique). Records beyond `spill_max_bytes` are dropped and counted, never
