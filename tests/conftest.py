@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import stop
 
 from confroute import modelstore
 
@@ -59,12 +60,7 @@ def llama_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -
         _wait_until_ready(proc, base_url, log)
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _free_port() -> int:

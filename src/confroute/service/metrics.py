@@ -61,6 +61,8 @@ class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # no *_created series: they double the output and say little
         self.registry = r = CollectorRegistry()
+        self._log_collector: _LogCollector | None = None
+        self._served: str | None = None  # the version the gauge shows
         self.requests = Counter("confroute_requests", "HTTP requests", ["endpoint", "status"],
                                 registry=r)
         self.latency = Histogram("confroute_request_seconds", "HTTP request latency",
@@ -115,9 +117,8 @@ class Metrics:
 
     def serving(self, version: str) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # no clear() there: the old one reads 0
-            served: str | None = getattr(self, "_served", None)
-            if served is not None and served != version:
-                self.version.labels(served).set(0)
+            if self._served is not None and self._served != version:
+                self.version.labels(self._served).set(0)
         else:
             self.version.clear()
         self.version.labels(version).set(1)
@@ -129,7 +130,7 @@ class Metrics:
 
             merged = CollectorRegistry()
             multiprocess.MultiProcessCollector(merged)
-            if getattr(self, "_log_collector", None) is not None:
+            if self._log_collector is not None:
                 merged.register(self._log_collector)
             return generate_latest(merged)
         return generate_latest(self.registry)

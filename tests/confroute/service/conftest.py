@@ -9,6 +9,9 @@ the tests know the decisions: λ=0 escalates every answer, λ=1 accepts the chea
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -210,3 +213,17 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def module_models(module_dir: Path, version_template: Path) -> Path:
     """A module's own models directory with the template version as `current`."""
     return copy_version(version_template, module_dir / "models")
+
+
+def serve_process(tmp: Path, models_dir: Path, port: int, *args: str,
+                  **env: str) -> subprocess.Popen[bytes]:
+    """`confroute serve` in its own process on `port` (stub panel: /v1/route calls no model),
+    its log in tmp/serve.log; `env`: CONFROUTE_* and other variables on top of os.environ."""
+    panel = stub_panel(tmp / "panel.yaml", "http://127.0.0.1:9/v1")
+    cmd = [sys.executable, "-m", "confroute.cli", "serve", "--port", str(port), "--models-dir",
+           str(models_dir), "--panel", str(panel), "--decision-log", str(tmp / "decisions.db"),
+           *args]
+    full = {**os.environ, "CONFROUTE_SPILL_PATH": str(tmp / "spill.jsonl"),
+            "CONFROUTE_LOG_LEVEL": "warning", **env}
+    with (tmp / "serve.log").open("wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full)

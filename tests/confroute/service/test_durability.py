@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,36 +16,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from support import free_port
+from support import free_port, stop, wait_http_ok
 
 from confroute.traces import Trace
 
-from .conftest import stub_panel
+from .conftest import serve_process
 
 CLIENTS, KILL_AFTER = 16, 600
-
-
-def _serve(tmp: Path, models_dir: Path, port: int, durability: str) -> subprocess.Popen[bytes]:
-    panel = stub_panel(tmp / "panel.yaml", "http://127.0.0.1:9/v1")  # /v1/route calls no model
-    env = {**os.environ, "CONFROUTE_LOG_DURABILITY": durability,
-           "CONFROUTE_SPILL_PATH": str(tmp / "spill.jsonl"), "CONFROUTE_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "confroute.cli", "serve", "--port", str(port), "--models-dir",
-           str(models_dir), "--panel", str(panel), "--decision-log", str(tmp / "decisions.db")]
-    with (tmp / "serve.log").open("wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "confroute serve exited before it was ready"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("confroute serve not ready")
 
 
 def _logged_ids(tmp: Path) -> set[str]:
@@ -69,15 +44,15 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _serve(tmp_path, models_dir, port, "durable")
+    proc = serve_process(tmp_path, models_dir, port, CONFROUTE_LOG_DURABILITY="durable")
     body: dict[str, Any] = msgspec.to_builtins(traces[0])
     acked: list[str] = []
-    lock, stop = threading.Lock(), threading.Event()
+    lock, halt = threading.Lock(), threading.Event()
 
     def client(c: int) -> None:
         with httpx.Client(timeout=10) as http:
             i = 0
-            while not stop.is_set():
+            while not halt.is_set():
                 rid = f"c{c}-{i}"
                 i += 1
                 try:
@@ -89,7 +64,7 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
                         acked.append(rid)
 
     try:
-        _ready(url, proc)
+        wait_http_ok(f"{url}/healthz", proc)
         threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
         for t in threads:
             t.start()
@@ -98,12 +73,11 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)  # mid-load: requests in flight on every client
         proc.wait(10)
-        stop.set()
+        halt.set()
         for t in threads:
             t.join(15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert len(acked) >= KILL_AFTER, (tmp_path / "serve.log").read_text()[-2000:]
     missing = set(acked) - _logged_ids(tmp_path)
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged decisions lost"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
+from support import stop, wait_http_ok
 
 from confroute import modelstore
 from confroute.decisions.log import DecisionLog
@@ -43,23 +43,7 @@ def llama_server(model: str, log: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wait_ready(url: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} not ready after {timeout} s")
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +55,7 @@ def test_escalates_across_real_llama_cpp_servers(tmp_path: Path, two_model_versi
     with ExitStack() as stack:
         urls = [stack.enter_context(llama_server(m, tmp_path / f"{m}.log")) for m in (SMALL, MEDIUM)]
         for u in urls:
-            wait_ready(u + "/models")
+            wait_http_ok(u + "/models", timeout=180)
         panel = write_panel(tmp_path / "panel.yaml", [
             {"name": m, "backend": "openai", "model": m, "base_url": u, "timeout_s": 120,
              "max_retries": 0} for m, u in zip((SMALL, MEDIUM), urls, strict=True)])
@@ -126,7 +110,7 @@ def test_confroute_serve_starts_on_its_defaults(tmp_path: Path, version_template
     proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **env_log},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=300)
         resp = client.chat.completions.create(model="confroute:1", messages=QUESTION,
                                               max_tokens=4)

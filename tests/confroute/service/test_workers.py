@@ -3,11 +3,8 @@ workers, and a new version hot-reloaded by every worker."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +12,12 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from support import free_port
+from support import free_port, stop, wait_http_ok
 
 from confroute.manifest import switch_current
 from confroute.traces import Trace
 
-from .conftest import build_version, stub_panel
-from .test_durability import _ready
+from .conftest import build_version, serve_process
 
 N = 60
 
@@ -38,19 +34,13 @@ def test_two_workers_share_one_log_sum_their_metrics_and_both_reload(
 ) -> None:
     port, metrics_dir = free_port(), tmp_path / "prom"
     metrics_dir.mkdir()
-    panel = stub_panel(tmp_path / "panel.yaml", "http://127.0.0.1:9/v1")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-           "CONFROUTE_SPILL_PATH": str(tmp_path / "spill.jsonl"), "CONFROUTE_LOG_LEVEL": "warning",
-           "CONFROUTE_RELOAD_INTERVAL_S": "0.3"}
-    cmd = [sys.executable, "-m", "confroute.cli", "serve", "--workers", "2", "--port", str(port),
-           "--models-dir", str(models_dir), "--panel", str(panel), "--decision-log",
-           str(tmp_path / "decisions.db")]
+    proc = serve_process(tmp_path, models_dir, port, "--workers", "2",
+                         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+                         CONFROUTE_RELOAD_INTERVAL_S="0.3")
     url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "serve.log").open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     body: dict[str, Any] = msgspec.to_builtins(traces[0])
     try:
-        _ready(url, proc)
+        wait_http_ok(f"{url}/healthz", proc)
         first = _post(url, body).json()["version"]
         sent = 1
 
@@ -82,8 +72,4 @@ def test_two_workers_share_one_log_sum_their_metrics_and_both_reload(
             time.sleep(0.3)
         assert set(seen) == {new} and new != first, seen  # every worker serves the new version
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 30)
