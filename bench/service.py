@@ -11,6 +11,7 @@
 
     python bench/service.py [--duration 5] [--rounds 3] [--connections 8] [--models-dir models]
                             [--out f.json] [--only decision|throughput|proxy|durability|workers]
+                            [--baseline-src ../base/src]  # with --only proxy: before/after
 
 Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
 Prints JSON.
@@ -200,13 +201,18 @@ def free_port() -> int:
 class Server:
     """A bench server in its own process."""
 
-    def __init__(self, kind: str, models_dir: Path, tmp: Path, workers: int = 1) -> None:
+    def __init__(self, kind: str, models_dir: Path, tmp: Path, workers: int = 1,
+                 src: Path | None = None) -> None:
+        """`src`: import confroute from this source tree instead (a baseline checkout)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
                "--models-dir", str(models_dir), "--tmp", str(tmp), "--workers", str(workers)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ,
-                                                         "BENCH_WORKERS": str(workers)})
+        env = {**os.environ, "BENCH_WORKERS": str(workers)}
+        if src is not None:  # PYTHONPATH comes before the editable install's .pth entry
+            env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         ready = "/healthz" if kind.startswith("route") else "/"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -403,23 +409,45 @@ def compare_decisions(models_dir: Path, baseline: Path, body: bytes, n: int, rou
 # -- proxy overhead ----------------------------------------------------------------------------
 
 
-def proxy_overhead(models_dir: Path, tmp: Path, n: int) -> dict[str, Any]:
+def proxy_overhead(models_dir: Path, tmp: Path, n: int, rounds: int = 1,
+                   baseline_src: Path | None = None) -> dict[str, Any]:
+    """p50 of chat through the router minus calling the stub backend directly, over `rounds`
+    interleaved rounds of `n` sequential calls, with the decision log durable (the default: the
+    reply waits for its fsync) and fast; with `baseline_src` (another checkout's `src`) routers
+    from that code are timed in the same rounds, and the ratios reported."""
     stub = Server("stub", models_dir, tmp)
     write_panel(tmp / "panel.yaml", stub.url + "/v1")
-    router = Server("route", models_dir, tmp)
+    trees = {"version": None} | ({"baseline": baseline_src} if baseline_src else {})
+    routers = {f"{tree}.{log}": Server(kind, models_dir, tmp, src=src)
+               for tree, src in trees.items()
+               for log, kind in (("durable", "route"), ("fast", "route_fast"))}
     chat = {"messages": [{"role": "user", "content": "What is 3 + 4?"}], "max_tokens": 300}
+    runs: dict[str, list[float]] = {"direct": [], **{k: [] for k in routers}}
     try:
         with httpx.Client(timeout=30) as c:
-            direct = _sequential(lambda: c.post(stub.url + "/v1/chat/completions",
-                                                json={**chat, "model": PANEL[0], "logprobs": True,
-                                                      "top_logprobs": 5}), n)
-            routed = _sequential(lambda: c.post(router.url + "/v1/chat/completions",
-                                                json={**chat, "model": "confroute:1"}), n)
+            for _ in range(rounds):
+                runs["direct"].append(_sequential(lambda: c.post(
+                    stub.url + "/v1/chat/completions",
+                    json={**chat, "model": PANEL[0], "logprobs": True, "top_logprobs": 5}), n))
+                for name, r in routers.items():
+                    runs[name].append(_sequential(lambda r=r: c.post(
+                        r.url + "/v1/chat/completions", json={**chat, "model": "confroute:1"}), n))
     finally:
-        router.stop()
+        for r in routers.values():
+            r.stop()
         stub.stop()
-    return {"backend_direct_p50_ms": direct, "through_router_p50_ms": routed,
-            "overhead_p50_ms": round(routed - direct, 2), "backend_reply_tokens": 300}
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    over = {k: round(v - med["direct"], 2) for k, v in med.items() if k != "direct"}
+    out: dict[str, Any] = {
+        "backend_direct_p50_ms": round(med["direct"], 2),
+        "through_router_p50_ms": {k: round(med[k], 2) for k in routers},
+        "overhead_p50_ms": over, "backend_reply_tokens": 300, "rounds": rounds,
+        "calls_per_round": n, "per_round_p50_ms": runs}
+    if baseline_src is not None:
+        out |= {"baseline_src": str(baseline_src), "ratio_overhead_version_over_baseline": {
+            log: round(over[f"version.{log}"] / over[f"baseline.{log}"], 3)
+            if over[f"baseline.{log}"] > 0 else None for log in ("durable", "fast")}}
+    return out
 
 
 def _sequential(call: Any, n: int) -> float:
@@ -443,6 +471,9 @@ def main() -> None:
     p.add_argument("--baseline-models-dir", type=Path,
                    help="with --only decision: also time this version, rounds interleaved, "
                         "and report the ratio of p50s (models-dir / baseline)")
+    p.add_argument("--baseline-src", type=Path,
+                   help="with --only proxy: also time a router importing confroute from this "
+                        "source tree (another checkout's src/), rounds interleaved")
     p.add_argument("--out", type=Path)
     p.add_argument("--only", help="run one part",
                    choices=["decision", "throughput", "proxy", "durability", "workers"])
@@ -461,7 +492,8 @@ def main() -> None:
         write_panel(tmp / "panel.yaml", "http://127.0.0.1:9/v1")  # /v1/route needs no backend
         parts = {"decision": lambda: decision_latency(models_dir, body, args.iterations),
                  "throughput": lambda: throughput(models_dir, tmp, body, args),
-                 "proxy": lambda: proxy_overhead(models_dir, tmp, 200),
+                 "proxy": lambda: proxy_overhead(models_dir, tmp, 200, args.rounds,
+                                                 args.baseline_src),
                  "durability": lambda: durability(models_dir, tmp, body, args),
                  "workers": lambda: workers(models_dir, tmp, body, args)}
         result: dict[str, Any] = {

@@ -15,6 +15,13 @@ answered with calibrated p. Going backwards over the panel, for each grid λ:
 - before any call, the realised utility of starting at each model j is regressed on the query
   features (ridge on standardised features, SHRINK pseudo-items); the best start is called.
 
+- across λ: every grid λ is then served by whichever fitted cascade (its own or another grid
+  λ's) has the highest utility `(1 - λ) * accuracy - λ * cost` at that λ on the fitting rows.
+  The per-λ fits are independent and noisy near the λ where the best single model changes (a
+  start line tips every item one way); picking from the fitted set makes cost non-increasing
+  and accuracy non-increasing in λ (the upper envelope of lines in λ), so a small change of λ
+  never makes the router both dearer and no better.
+
 Costs are relative to the mean cost of always calling the last panel model. Nothing here is a
 grid search over thresholds: a few hundred items fit two numbers per (state, option) and three
 per start, which is what makes the rule hold up on items it was not fitted on.
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -84,7 +91,8 @@ def fit_cascade(
         rows.append((row, out))
         outs.append(out)
     cis = bootstrap_ci(np.array([o.correct for o in outs]), n_bootstrap, seed)
-    final = tuple(_with_numbers(r, o, ci, rel, models) for (r, o), ci in zip(rows, cis, strict=True))
+    final = _envelope([_with_numbers(r, o, ci, rel, models)
+                       for (r, o), ci in zip(rows, cis, strict=True)])
     mean = x[:, 1:].mean(0) if x.shape[1] > 1 else np.zeros(len(QUERY_FEATURES))
     return CascadePolicy(tuple(models), final, {
         "objective": "(1 - lambda) * accuracy - lambda * cost / cost_of_last_model",
@@ -94,6 +102,20 @@ def fit_cascade(
         "query_mean": [float(v) for v in mean], "start_uses_query": query is not None,
         "query_range": span,
         "single_accuracy": {mm: float(correct[:, j].mean()) for j, mm in enumerate(models)}})
+
+
+def _envelope(rows: Sequence[CascadeRow]) -> tuple[CascadeRow, ...]:
+    """Each grid λ served by the fitted row of highest utility at that λ (ties: its own row,
+    then the cheaper). The utility is linear in λ for a fixed row, so the choice moves to
+    cheaper rows as λ grows: cost and accuracy are non-increasing along the grid."""
+    out = []
+    for r in rows:
+        def utility(c: CascadeRow, r: CascadeRow = r) -> tuple[float, bool, float]:
+            return ((1.0 - r.lam) * c.accuracy - r.lam * c.cost, c is r, -c.cost)
+
+        best = max(rows, key=utility)
+        out.append(r if best is r else replace(best, lam=r.lam, fitted_lambda=best.fit_lam))
+    return tuple(out)
 
 
 def _query(query: np.ndarray | None, n: int) -> np.ndarray:

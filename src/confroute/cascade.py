@@ -14,7 +14,9 @@ rows, one set per state (the models called so far) and grid λ; slopes are kept 
 accepting is monotone in p: a state accepts exactly when p >= its `threshold`. A state's `mean_p`
 stands in for p when an answer has no logprobs (then only a call is possible, unless none is
 left). The last panel model always stands. A λ between grid points uses the nearest one (ties:
-the lower λ), as policy.Policy does. Runtime code: numpy-free, microseconds per decision.
+the lower λ), as policy.Policy does. A grid λ may be served by lines fitted at another grid λ
+(`fitted_lambda`, see training/fit_cascade.py): whichever of the fitted cascades had the highest
+utility at this λ, which keeps cost non-increasing in λ. Runtime code: numpy-free, microseconds per decision.
 """
 
 from __future__ import annotations
@@ -63,10 +65,17 @@ class CascadeRow:
     n_items: int = 0
     answered: Mapping[str, float] = field(default_factory=dict)  # share answered per model
     calls: Mapping[str, float] = field(default_factory=dict)  # share of items calling each
+    fitted_lambda: float | None = None  # the λ its lines were fitted at (None: `lam`)
+
+    @property
+    def fit_lam(self) -> float:
+        """The λ of this row's lines: its own, or the neighbour's whose fit served it better."""
+        return self.lam if self.fitted_lambda is None else self.fitted_lambda
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "lambda": self.lam, "start": {m: list(w) for m, w in self.start.items()},
+            "lambda": self.lam, "fitted_lambda": self.fit_lam,
+            "start": {m: list(w) for m, w in self.start.items()},
             "states": {k: s.to_dict() for k, s in self.states.items()},
             "accuracy": self.accuracy, "cost": self.cost, "n_items": self.n_items,
             "accuracy_ci": list(self.accuracy_ci) if self.accuracy_ci else None,
@@ -88,7 +97,8 @@ class CascadeRow:
             accuracy_ci=(float(ci[0]), float(ci[1])) if ci else None,
             n_items=int(d.get("n_items", 0)),
             answered={str(k): float(v) for k, v in d.get("answered", {}).items()},
-            calls={str(k): float(v) for k, v in d.get("calls", {}).items()})
+            calls={str(k): float(v) for k, v in d.get("calls", {}).items()},
+            fitted_lambda=float(d["fitted_lambda"]) if d.get("fitted_lambda") is not None else None)
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,7 @@ class CascadePolicy:
             v = values[m] = a + b * q
             if v > best:
                 nxt, best = m, v
-        values["accept"] = (1.0 - r.lam) * q
+        values["accept"] = (1.0 - r.fit_lam) * q
         if not no_lp and p >= state.threshold:
             return Decision("accept", state.threshold, None, "confident", values)
         following = self._following[model]
@@ -206,6 +216,8 @@ def _validate(models: Sequence[str], rows: Sequence[CascadeRow]) -> None:
     check_grid(models, rows)
     pos = {m: i for i, m in enumerate(models)}
     for r in rows:
+        if not 0.0 <= r.fit_lam <= 1.0:
+            raise ValueError(f"λ={r.lam}: fitted_lambda {r.fitted_lambda} is not in [0, 1]")
         if not r.start or any(m not in pos or len(w) != 1 + len(QUERY_FEATURES)
                               or not all(math.isfinite(x) for x in w) for m, w in r.start.items()):
             raise ValueError(f"λ={r.lam}: start weights must name panel models and hold "

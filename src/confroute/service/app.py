@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp
 
 from confroute.backends import Backend, make_backend
 from confroute.decisions.feedback import apply_feedback
@@ -22,14 +23,13 @@ from confroute.engine import Engine
 from confroute.looper import load_router_config
 from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
-from confroute.runner import CascadeRunner, ChatTask, Limits
-from confroute.service import chat_format, route
+from confroute.runner import CascadeRunner
+from confroute.service import chat, route
 from confroute.service.edge import EdgeMiddleware, KeyIfAll, KeyRequired
 from confroute.service.errors import Conflict, install_error_handlers
 from confroute.service.metrics import Metrics
-from confroute.service.schemas import MAX_REQUEST_ID, ChatRequest, Feedback, route_openapi
+from confroute.service.schemas import ChatHeaders, ChatRequest, Feedback, route_openapi
 from confroute.settings import Settings
-from confroute.traces import Message
 
 log = logging.getLogger("confroute.service")
 ENDPOINTS = frozenset({"/v1/route", "/v1/route/batch", "/v1/chat/completions", "/v1/feedback",
@@ -124,9 +124,6 @@ async def _metrics(request: Request) -> Metrics:
 
 ResourcesDep = Annotated[Resources, Depends(_resources)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-RequestId = Annotated[str | None, Header(alias="x-request-id", max_length=MAX_REQUEST_ID)]
-MaxEscalations = Annotated[int | None, Header(alias="x-confroute-max-escalations", ge=0)]
-Deadline = Annotated[float | None, Header(alias="x-confroute-deadline-s", gt=0, le=3600)]
 _JSON = "application/json"
 
 
@@ -140,8 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics.watch_log(
         lambda: getattr(getattr(app.state, "resources", None), "log", None))
     install_error_handlers(app)
-    fast = {"/v1/route": route.RouteEndpoint(app, batch=False),
-            "/v1/route/batch": route.RouteEndpoint(app, batch=True)}
+    fast: dict[str, ASGIApp] = {"/v1/route": route.RouteEndpoint(app, batch=False),
+                                "/v1/route/batch": route.RouteEndpoint(app, batch=True),
+                                "/v1/chat/completions": chat.ChatEndpoint(app)}
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
                        metrics=app.state.metrics, endpoints=ENDPOINTS, fast_posts=fast)
     _routes(app)
@@ -151,24 +149,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", dependencies=[KeyIfAll])
-    async def chat(body: ChatRequest, res: ResourcesDep, request_id: RequestId = None,
-                   max_escalations: MaxEscalations = None, deadline_s: Deadline = None) -> Any:
-        """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy."""
-        if body.router is not None:
-            max_escalations, deadline_s = body.router.max_escalations, body.router.deadline_s
-        limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
-        model_lam = chat_format.parse_model(body.model, res.panel.router_model)
-        lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
-        task = ChatTask([Message(m.role, m.text()) for m in body.messages], lam,
-                        body.target_accuracy, body.max_completion_tokens or body.max_tokens,
-                        body.temperature, body.seed)
-        out = await res.runner.run(task, limits, request_id or route.new_request_id())
-        headers = chat_format.headers(out)
-        if body.stream:
-            events = chat_format.sse(out, res.panel)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        reply = chat_format.completion_body(out, res.panel, body.logprobs)
-        return Response(route.encode(reply), media_type=_JSON, headers=headers)
+    async def chat_completions(body: ChatRequest, res: ResourcesDep,
+                               hdrs: Annotated[ChatHeaders, Header()]) -> Any:
+        """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy.
+        (Served by chat.ChatEndpoint through the edge; this declaration gives the OpenAPI
+        schema and answers the same way when the app is mounted without the edge.)"""
+        reply = await chat.respond(res, body, hdrs)
+        assert reply is not None
+        if reply.events is not None:
+            return StreamingResponse(reply.events, media_type="text/event-stream",
+                                     headers=reply.headers)
+        return Response(reply.body, media_type=_JSON, headers=reply.headers)
 
     @app.post("/v1/feedback", dependencies=[KeyRequired])
     async def feedback(body: Feedback, res: ResourcesDep) -> dict[str, Any]:

@@ -34,7 +34,8 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"] if scope["path"] in self.endpoints else "other"
-        status, t0 = [500], time.perf_counter()
+        # 499 (nginx's "client closed request") when nothing was sent because the client left
+        status, t0 = [499], time.perf_counter()
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -56,6 +57,10 @@ class EdgeMiddleware:
                 await fast(scope, self._counting(scope, receive), send_status)
             else:
                 await self.app(scope, self._counting(scope, receive), send_status)
+        except BaseException:
+            if status[0] == 499:
+                status[0] = 500
+            raise
         finally:
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - t0)

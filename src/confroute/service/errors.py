@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -100,12 +101,18 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _validation_message(errors: Sequence[Any], where: tuple[str, ...] = ()) -> str:
+    """pydantic's errors as one line: `field.path: message; ...` (`body` when at the top)."""
     parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+    for e in errors:
+        loc = ".".join(str(x) for x in (*where, *e.get("loc", ())) if x != "body") or "body"
         parts.append(f"{loc}: {e.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
+
+
+def validation_json(errors: Sequence[Any], where: tuple[str, ...] = ()) -> bytes:
+    """A 422 body for pydantic's errors, for the plain ASGI replies (chat.py)."""
+    return error_json(422, "invalid_request_error", _validation_message(errors, where))
 
 
 async def _routing_error(_: Request, exc: Exception) -> JSONResponse:
@@ -122,7 +129,8 @@ async def _msgspec_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(error_body(422, "invalid_request_error", _validation_message(exc)), 422)
+    return JSONResponse(error_body(422, "invalid_request_error",
+                                   _validation_message(exc.errors())), 422)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -79,6 +79,9 @@ class Metrics:
                                       ["model", "kind"], registry=r)
         self.backend_latency = Histogram("confroute_backend_seconds", "backend call latency",
                                          ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.disconnects = Counter(
+            "confroute_client_disconnects", "chat requests whose client left before the answer "
+            "(the cascade was cancelled)", registry=r)
         self.reloads = Counter("confroute_reloads", "model version reloads", ["result"],
                                registry=r)
         self.version = Gauge("confroute_version_info", "the model version served", ["version"],

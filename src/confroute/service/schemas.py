@@ -153,6 +153,15 @@ class RouterOptions(BaseModel):
     deadline_s: float | None = Field(None, gt=0, le=3600, description="whole cascade, seconds")
 
 
+class ChatHeaders(BaseModel):
+    """The chat endpoint's optional headers (the body's `router` options win over the limits)."""
+
+    model_config = ConfigDict(extra="ignore")
+    request_id: str | None = Field(None, alias="x-request-id", max_length=MAX_REQUEST_ID)
+    max_escalations: int | None = Field(None, alias="x-confroute-max-escalations", ge=0)
+    deadline_s: float | None = Field(None, alias="x-confroute-deadline-s", gt=0, le=3600)
+
+
 class ChatRequest(_Open):
     """OpenAI chat completion request; `model` is the router name, optionally `name:λ`."""
 

@@ -176,6 +176,48 @@ def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
 
 
+def test_client_gone_cancels_the_cascade(tmp_path: Path, models_dir: Path, stub: str) -> None:
+    """A chat client that leaves while the first model is still answering: the cascade is
+    cancelled (no stage logged, no later model called) and counted; one that waits is served."""
+    import httpx
+
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("slow", "ok:7", "ok:9"))
+    settings = settings_for(tmp_path, models_dir, panel)
+    body = {"model": "confroute:0", "messages": QUESTION}
+    with running_service(settings) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5,
+                       headers={"x-request-id": "gone-1"})
+        waited = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
+                            headers={"x-request-id": "stayed-1"})
+        assert waited.status_code == 200, waited.text
+        metrics = httpx.get(url + "/metrics").text
+    assert "confroute_client_disconnects_total 1.0" in metrics
+    assert 'confroute_requests_total{endpoint="/v1/chat/completions",status="499"} 1.0' in metrics
+    rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
+    assert {r.request_id for r in rows} == {"stayed-1"}  # the cancelled one logged nothing
+
+
+def test_header_limits_are_checked(make_client: Any) -> None:
+    client = make_client(("unsure", "ok:7", "ok:9"))
+    for headers, words in (({"x-request-id": "r" * 201}, "header.x-request-id"),
+                           ({"x-confroute-deadline-s": "0"}, "header.x-confroute-deadline-s"),
+                           ({"x-confroute-max-escalations": "-1"},
+                            "header.x-confroute-max-escalations")):
+        r = client.post("/v1/chat/completions", headers=headers,
+                        json={"model": "confroute", "messages": QUESTION})
+        assert r.status_code == 422 and words in r.json()["error"]["message"], r.text
+
+
+def test_chat_is_in_the_openapi_schema(make_client: Any) -> None:
+    spec = make_client(("ok", "ok", "ok")).get("/openapi.json").json()
+    post = spec["paths"]["/v1/chat/completions"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ChatRequest")
+    assert {p["name"] for p in post["parameters"]} >= {
+        "x-request-id", "x-confroute-max-escalations", "x-confroute-deadline-s"}
+
+
 def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir: Path,
                                                       stub: str) -> None:
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "ok:7", "ok:9"))

@@ -1,0 +1,136 @@
+"""POST /v1/chat/completions: the escalating OpenAI-compatible chat (parse, run the cascade, reply).
+
+Served as a plain ASGI endpoint dispatched by EdgeMiddleware, as /v1/route is: FastAPI's routing,
+dependency and response layers cost a few hundred µs per request, which was half of the proxy's
+overhead over a direct backend call. FastAPI's declaration of the route (app.py) stays, for the
+OpenAPI schema, and calls the same `respond`, so both ways in answer alike. The request is parsed
+by the same pydantic models (422 naming the field), errors map through errors.py, and a client
+that goes away while the panel answers cancels the cascade (the embedded backend drops its
+sequences from the running batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
+
+from confroute.errors import RoutingError
+from confroute.runner import Cascade, ChatTask, Limits
+from confroute.service import chat_format
+from confroute.service.edge import bearer_token, check_key, send_json
+from confroute.service.errors import error_json, error_reply, validation_json
+from confroute.service.route import encode, new_request_id, read_body
+from confroute.service.schemas import ChatHeaders, ChatRequest
+from confroute.traces import Message
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a chat request answers: a JSON body, or server-sent events."""
+
+    headers: dict[str, str]
+    body: bytes | None = None
+    events: AsyncIterator[bytes] | None = None
+
+
+async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
+                  until: Receive | None = None) -> Reply | None:
+    """Run the cascade for one chat request; None when the client left (`until` said so)."""
+    max_escalations, deadline_s = hdrs.max_escalations, hdrs.deadline_s
+    if body.router is not None:
+        max_escalations, deadline_s = body.router.max_escalations, body.router.deadline_s
+    limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
+    model_lam = chat_format.parse_model(body.model, res.panel.router_model)
+    lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
+    task = ChatTask([Message(m.role, m.text()) for m in body.messages], lam,
+                    body.target_accuracy, body.max_completion_tokens or body.max_tokens,
+                    body.temperature, body.seed)
+    run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
+    out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
+    if out is None:
+        return None
+    headers = chat_format.headers(out)
+    if body.stream:
+        return Reply(headers, events=chat_format.sse(out, res.panel))
+    return Reply(headers, encode(chat_format.completion_body(out, res.panel, body.logprobs)))
+
+
+async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
+    """`work`'s result, or None (and `work` cancelled) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+class ChatEndpoint:
+    """POST /v1/chat/completions as a plain ASGI endpoint (see the module docstring)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            reply = await self._handle(scope, receive)
+        except RoutingError as exc:
+            body, status = error_reply(exc)
+            await send_json(send, status, body, _raw(exc.headers or {}))
+            return
+        except ValidationError as exc:
+            where = ("header",) if exc.title == ChatHeaders.__name__ else ()
+            await send_json(send, 422, validation_json(exc.errors(include_url=False), where))
+            return
+        except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
+            await send_json(send, exc.status_code, error_json(
+                exc.status_code, "request_too_large", str(exc.detail)))
+            return
+        if reply is None:  # the client went away: nobody to answer
+            self.app.state.metrics.disconnects.inc()
+            return
+        if reply.events is None:
+            assert reply.body is not None
+            await send_json(send, 200, reply.body, _raw(reply.headers))
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"), *_raw(reply.headers)]})
+        async for chunk in reply.events:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Reply | None:
+        res = self.app.state.resources
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if res.settings.require_key_for_all:
+            check_key(res.settings, bearer_token(headers.get("authorization", "").encode()))
+        raw = await read_body(receive)
+        hdrs = ChatHeaders.model_validate(headers)
+        body = ChatRequest.model_validate_json(raw)
+        return await respond(res, body, hdrs, until=receive)
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
