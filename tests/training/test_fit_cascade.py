@@ -100,22 +100,19 @@ def test_few_items_no_query_and_bad_input() -> None:
         fit_cascade(lambda j, before: p[:, j], correct, cost * 0, MODELS)
 
 
-def test_cost_and_accuracy_never_rise_with_lambda() -> None:
-    """Each grid λ is served by the fitted cascade of highest utility at that λ on the fitting
-    rows, so along the grid the fitted cost and accuracy only fall; a row served by another λ's
-    lines says so and decides with them (its `accept` value uses that λ)."""
+def test_cost_never_rises_with_lambda() -> None:
+    """A λ whose own fit comes out dearer than the lower λ's is served by the lower λ's lines,
+    and says so; such a row decides with those lines (its `accept` value uses their λ)."""
     p, correct, cost, query = world(150, 5)  # few items: the per-λ fits are noisy
     pol = fit_cascade(lambda j, before: p[:, j], correct, cost, MODELS, query=query,
                       n_bootstrap=0)
     costs = [r.cost for r in pol.rows]
-    accs = [r.accuracy for r in pol.rows]
     assert all(b <= a + 1e-12 for a, b in zip(costs, costs[1:], strict=False)), costs
-    assert all(b <= a + 1e-12 for a, b in zip(accs, accs[1:], strict=False)), accs
-    for r in pol.rows:  # every row is the best of all fitted rows at its own λ
-        best = max((1 - r.lam) * c.accuracy - r.lam * c.cost for c in pol.rows)
-        assert (1 - r.lam) * r.accuracy - r.lam * r.cost == pytest.approx(best)
     borrowed = [r for r in pol.rows if r.fit_lam != r.lam]
-    assert borrowed, "expected at least one λ served by a neighbour's fit at 150 items"
+    assert borrowed, "expected at least one λ served by a lower λ's fit at 150 items"
+    for r in borrowed:
+        lender = pol.row(r.fit_lam)
+        assert r.fit_lam < r.lam and lender.states == r.states and lender.cost == r.cost
     r = borrowed[0]
     again = CascadePolicy.from_dict(pol.to_dict()).row(r.lam)
     assert again.fit_lam == r.fit_lam and again.states == r.states
