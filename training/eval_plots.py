@@ -13,6 +13,7 @@ _STYLE = {  # baseline -> (label, matplotlib format)
     "fixed_formula": ("fixed formula (hybrid 0.5/0.5), one threshold", "C2.-"),
     "fixed_formula_any_route": ("fixed formula, best route per cost (frontier)", "C2:"),
     "route_thresholds": ("route + thresholds (earlier policy)", "C4s:"),
+    "tuned_on_test": ("threshold cascade tuned on these items (hindsight)", "C5d:"),
 }
 
 
@@ -94,6 +95,7 @@ def plot_routing(report: dict[str, Any], path: Path) -> Path:
 
 _GEN = {"router": ("confroute router", "C0o-"), "single_models": ("single-model hull", "k^--"),
         "route_thresholds": ("route + thresholds (earlier policy)", "C3s:"),
+        "tuned_on_test": ("cascade tuned on the test items (hindsight)", "C5d:"),
         "raw_avg_logprob_threshold": ("one threshold on avg_logprob", "C1.-"),
         "fixed_formula": ("fixed formula, one threshold", "C2.-")}
 

@@ -301,7 +301,7 @@ def _prompt_md(panel: Panel) -> str:
 def _decoding_md(summary: Summary, panel: Panel) -> str:
     rows = []
     for m in summary.models:
-        batch = panel.get(m).n_parallel if m in panel.names else "-"
+        batch = getattr(panel.get(m), "n_parallel", "-") if m in panel.names else "-"
         for g in summary.generators[m]:
             rows.append([m, g.backend, g.version or "-", g.temperature, g.top_logprobs,
                          g.max_tokens, batch])

@@ -27,7 +27,7 @@ from confroute.features import FEATURE_NAMES, FeatureConfig, TokenArrays, answer
 from confroute.grading import Grader, get_grader
 from confroute.looper import Confidence, FormulaPolicy, escalation_order
 from confroute.manifest import MANIFEST, Manifest, ManifestError
-from confroute.panel import Panel, PanelModel
+from confroute.panel import LlamaCppModel, Panel
 from confroute.policy import Decision, Policy, check_lambda, load_policy
 from confroute.scoring import Scorer
 
@@ -194,7 +194,7 @@ class Engine:
         if self._formula is None or self._formula[0] != v.version:
             accuracy = dict(v.policy.meta.get("single_accuracy", {}))
             panel = self.panel or Panel(name="version", models=[
-                PanelModel(name=m) for m in v.models])
+                LlamaCppModel(name=m) for m in v.models])
             t = self.default_lambda
             order = escalation_order(self.looper.escalation_order, panel, accuracy, t)
             self._formula = (v.version, FormulaPolicy(self.looper, order))

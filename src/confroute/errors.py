@@ -20,6 +20,10 @@ class BadRequest(RoutingError):
     """The caller's input is wrong (unknown model, λ out of range, unreachable target...)."""
 
 
+class UnsupportedMediaType(BadRequest):
+    """A body in a format the endpoint does not take (chat: JSON only)."""
+
+
 class Unauthorized(RoutingError):
     """No valid API key."""
 

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 
 class StrictModel(BaseModel):
@@ -33,36 +42,79 @@ class Cost(StrictModel):
         )
 
 
-class PanelModel(StrictModel):
-    """One panel model and how to reach it."""
+class ModelBase(StrictModel):
+    """What every panel model has, whatever serves it."""
 
     name: str
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
     # llamacpp: a reference-panel name or a GGUF path; openai/vllm: the served model name
     model: str | None = None
-    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (vllm serve)
-    mode: Literal["chat", "completions"] = "chat"  # openai: which endpoint to call
-    api_key: str | None = None  # openai: sent as bearer token; or set api_key_env
-    api_key_env: str | None = None
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(2, ge=0)
-    max_concurrency: int = Field(8, ge=1)
     on_error: Literal["skip", "fail"] = "skip"  # in the proxy: go on to the next model, or fail
     # an answer without logprobs (some hosted APIs refuse them): escalate it (the policy's rule
     # while a model is left) or accept it as it is (reason `no_logprobs_accepted`)
     no_logprobs: Literal["escalate", "accept"] = "escalate"
-    n_parallel: int = Field(8, ge=1)  # llamacpp: sequences decoded together
-    n_ctx_per_seq: int = Field(1024, ge=128)
-    n_threads: int | None = None
-    # llamacpp, in the service: concurrent requests join one running batch (False: one at a time)
-    batch_requests: bool = True
-    tensor_parallel_size: int = Field(1, ge=1)  # vllm
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
-    max_model_len: int | None = Field(None, ge=1)  # vllm
+    timeout_s: float = Field(120.0, gt=0)  # one call, in the service (the embedded ones too)
     cost: Cost = Cost()
 
     def spec(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+
+class LlamaCppModel(ModelBase):
+    """A GGUF model run in-process by llama.cpp (the default backend)."""
+
+    backend: Literal["llamacpp"] = "llamacpp"
+    n_parallel: int = Field(8, ge=1)  # sequences decoded together
+    n_ctx_per_seq: int = Field(1024, ge=128)
+    n_threads: int | None = Field(None, ge=1)
+    # in the service: concurrent requests join one running batch (False: one at a time)
+    batch_requests: bool = True
+
+
+class OpenAIModel(ModelBase):
+    """Any OpenAI-compatible server (`vllm serve`, llama.cpp's server, a hosted API)."""
+
+    backend: Literal["openai"]
+    base_url: str = Field(min_length=1)  # e.g. http://127.0.0.1:8000/v1 (vllm serve)
+    mode: Literal["chat", "completions"] = "chat"  # which endpoint to call
+    api_key: str | None = None  # sent as bearer token; or set api_key_env
+    api_key_env: str | None = None
+    max_retries: int = Field(2, ge=0)
+    max_concurrency: int = Field(8, ge=1)
+
+
+class VLLMModel(ModelBase):
+    """vLLM's offline engine in this process (generation; the service uses `openai`)."""
+
+    backend: Literal["vllm"]
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+
+
+def _backend_of(entry: Any) -> str:
+    """The union's tag: `backend`, llamacpp when an entry leaves it out."""
+    if isinstance(entry, dict):
+        return str(entry.get("backend", "llamacpp"))
+    return str(getattr(entry, "backend", "llamacpp"))
+
+
+# One panel entry: its keys are checked against its backend's own settings, so a key of another
+# backend (base_url on a llamacpp model) is an error naming it. A new backend is a class here,
+# its tag below and an entry in backends.base.BACKENDS.
+PanelModel = Annotated[
+    Annotated[LlamaCppModel, Tag("llamacpp")] | Annotated[OpenAIModel, Tag("openai")]
+    | Annotated[VLLMModel, Tag("vllm")],
+    Discriminator(_backend_of, custom_error_type="backend",
+                  custom_error_message="unknown backend; use llamacpp, openai or vllm"),
+]
+BACKEND_KINDS = ("llamacpp", "openai", "vllm")
+_ENTRY: TypeAdapter[Any] = TypeAdapter(PanelModel)
+
+
+def panel_model(entry: dict[str, Any]) -> LlamaCppModel | OpenAIModel | VLLMModel:
+    """One panel entry (a dict as in the YAML), validated against its backend's settings."""
+    model: LlamaCppModel | OpenAIModel | VLLMModel = _ENTRY.validate_python(entry)
+    return model
 
 
 class Prompt(StrictModel):
@@ -117,7 +169,7 @@ class Panel(StrictModel):
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
-    def get(self, name: str) -> PanelModel:
+    def get(self, name: str) -> LlamaCppModel | OpenAIModel | VLLMModel:
         for m in self.models:
             if m.name == name:
                 return m
@@ -139,8 +191,26 @@ def load_yaml_model(path: str | Path, cls: type[StrictModel]) -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {_where(e['loc'])}: {_what(e)}" for e in exc.errors()]
         raise ConfigError(f"{path}: invalid {cls.__name__} config:\n" + "\n".join(lines)) from None
+
+
+def _tag(loc: tuple[Any, ...], i: int) -> bool:
+    """Whether loc[i] is a panel entry's backend tag (pydantic puts it after the list index)."""
+    return loc[i] in BACKEND_KINDS and i > 0 and isinstance(loc[i - 1], int)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(x) for i, x in enumerate(loc) if not _tag(loc, i))
+
+
+def _what(e: Any) -> str:
+    """pydantic's message; a key another backend takes says whose settings it is not among."""
+    loc = e["loc"]
+    tags = [x for i, x in enumerate(loc) if _tag(loc, i)]
+    if e["type"] == "extra_forbidden" and tags:
+        return f"not a setting of backend {tags[-1]} ({e['msg']})"
+    return str(e["msg"])
 
 
 def load_panel(path: str | Path) -> Panel:

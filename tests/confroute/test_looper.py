@@ -12,7 +12,7 @@ import pytest
 from confroute.features import FEATURE_NAMES
 from confroute.grading import NumericGrader
 from confroute.looper import FormulaPolicy, escalation_order, load_router_config
-from confroute.panel import ConfigError, Cost, Panel, PanelModel
+from confroute.panel import ConfigError, Cost, LlamaCppModel, Panel
 from confroute.traces import read_traces
 from training.evaluate import fixed_formula_score
 
@@ -72,9 +72,9 @@ def test_hybrid_decides_as_the_fixed_formula_baseline(tmp_path: Path) -> None:
 
 def test_escalation_orders() -> None:
     panel = Panel(name="p", models=[
-        PanelModel(name="a", cost=Cost(per_1k_prompt_tokens=3.0)),
-        PanelModel(name="b", cost=Cost(per_1k_prompt_tokens=1.0)),
-        PanelModel(name="c", cost=Cost(per_1k_prompt_tokens=2.0))])
+        LlamaCppModel(name="a", cost=Cost(per_1k_prompt_tokens=3.0)),
+        LlamaCppModel(name="b", cost=Cost(per_1k_prompt_tokens=1.0)),
+        LlamaCppModel(name="c", cost=Cost(per_1k_prompt_tokens=2.0))])
     assert escalation_order("size", panel, {}, 0.3) == ["a", "b", "c"]
     assert escalation_order("cost", panel, {}, 0.3) == ["b", "c", "a"]
     acc = {"a": 0.2, "b": 0.9, "c": 0.5}  # (1 - t) * quality + t * price / max price

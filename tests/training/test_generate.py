@@ -124,7 +124,7 @@ def test_bad_panel_key_is_one_clear_error(tmp_path: Path) -> None:
     panel.write_text(PANEL.replace("    n_parallel: 3\n", "    n_paralel: 3\n"))
     result = _generate(panel, tmp_path / "out.jsonl")
     assert result.exit_code == 2
-    assert "models.0.n_paralel: Extra inputs are not permitted" in _flat(result)
+    assert "models.0.n_paralel: not a setting of backend llamacpp" in _flat(result)
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert not (tmp_path / "out.jsonl").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -71,19 +72,21 @@ class Backend(ABC):
         self.close()
 
 
+# Backend kind (a panel entry's `backend`) -> "module:class", imported only when used, so
+# the engines' own packages (llama_cpp, vllm, aiohttp) load only for the panels that name them.
+BACKENDS = {
+    "llamacpp": "confroute.backends.llamacpp:LlamaCppBackend",
+    "openai": "confroute.backends.openai_compat:OpenAICompatBackend",
+    "vllm": "confroute.backends.vllm:VLLMBackend",
+}
+
+
 def make_backend(name: str, spec: dict[str, Any]) -> Backend:
     """Build a backend from a panel-config entry; the engine's module is imported only here."""
     kind = spec.get("backend", "llamacpp")
-    if kind == "llamacpp":
-        from confroute.backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend.from_spec(name, spec)
-    if kind == "openai":
-        from confroute.backends.openai_compat import OpenAICompatBackend
-
-        return OpenAICompatBackend.from_spec(name, spec)
-    if kind == "vllm":
-        from confroute.backends.vllm import VLLMBackend
-
-        return VLLMBackend.from_spec(name, spec)
-    raise ValueError(f"model {name!r}: unknown backend {kind!r}; use llamacpp, openai or vllm")
+    if kind not in BACKENDS:
+        raise ValueError(f"model {name!r}: unknown backend {kind!r}; use "
+                         f"{', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[kind].partition(":")
+    backend: Backend = getattr(importlib.import_module(module), cls).from_spec(name, spec)
+    return backend

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,16 +22,17 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from confroute.errors import RoutingError
+from confroute.errors import BadRequest, RoutingError, UnsupportedMediaType
 from confroute.runner import Cascade, ChatTask, Limits
 from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_key, send_json
-from confroute.service.errors import error_json, error_reply, validation_json
+from confroute.service.errors import error_json, error_reply, http_status, validation_json
 from confroute.service.route import encode, new_request_id, read_body
 from confroute.service.schemas import ChatHeaders, ChatRequest
 from confroute.traces import Message
 
 T = TypeVar("T")
+log = logging.getLogger("confroute.service")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
     model_lam = chat_format.parse_model(body.model, res.panel.router_model)
     lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
+    for i, m in enumerate(body.messages):
+        parts = m.content if isinstance(m.content, list) else []
+        other = [p.type for p in parts if p.type != "text"]
+        if other:
+            raise BadRequest(f"messages[{i}].content: part type {other[0]!r} is not supported; "
+                             "the panel reads text parts only")
+    if not any(m.text().strip() for m in body.messages):
+        raise BadRequest("messages hold no text: nothing to answer")
     task = ChatTask([Message(m.role, m.text()) for m in body.messages], lam,
                     body.target_accuracy, body.max_completion_tokens or body.max_tokens,
                     body.temperature, body.seed)
@@ -75,6 +85,9 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
     watch = asyncio.ensure_future(gone())
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler cancelled (shutdown): the cascade goes with it
+        task.cancel()
+        raise
     finally:
         watch.cancel()
     if task.done():
@@ -96,11 +109,12 @@ class ChatEndpoint:
             reply = await self._handle(scope, receive)
         except RoutingError as exc:
             body, status = error_reply(exc)
+            if status >= 500:
+                log.warning("%s: %s", http_status(exc)[1], exc.message)
             await send_json(send, status, body, _raw(exc.headers or {}))
             return
-        except ValidationError as exc:
-            where = ("header",) if exc.title == ChatHeaders.__name__ else ()
-            await send_json(send, 422, validation_json(exc.errors(include_url=False), where))
+        except InvalidRequest as exc:
+            await send_json(send, 422, validation_json(exc.errors))
             return
         except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
             await send_json(send, exc.status_code, error_json(
@@ -122,13 +136,53 @@ class ChatEndpoint:
 
     async def _handle(self, scope: Scope, receive: Receive) -> Reply | None:
         res = self.app.state.resources
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:  # a repeated header: its first value, as Starlette reads it
+            headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get("authorization", "").encode()))
-        raw = await read_body(receive)
-        hdrs = ChatHeaders.model_validate(headers)
-        body = ChatRequest.model_validate_json(raw)
+        _check_content_type(headers.get("content-type"))
+        raw = _utf8(await read_body(receive))
+        hdrs, body, errors = None, None, list[Any]()
+        try:
+            hdrs = ChatHeaders.model_validate(headers)
+        except ValidationError as exc:  # reported together with the body's, one 422
+            errors += [{**e, "loc": ("header", *e["loc"])} for e in exc.errors(include_url=False)]
+        try:
+            body = ChatRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors += exc.errors(include_url=False)
+        if errors or hdrs is None or body is None:
+            raise InvalidRequest(errors)
         return await respond(res, body, hdrs, until=receive)
+
+
+class InvalidRequest(Exception):
+    """The request's header and body validation errors, for one 422."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__("invalid request")
+        self.errors = errors
+
+
+def _check_content_type(value: str | None) -> None:
+    """JSON only (as FastAPI's strict content type): a form or text/plain POST, which a browser
+    sends cross-site without asking, never starts a paid cascade. No header: taken as JSON."""
+    if value is None:
+        return
+    kind = value.split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type {kind or value!r}: send application/json")
+
+
+def _utf8(raw: bytes) -> bytes:
+    """The body without a UTF-8 byte-order mark; 400 when it is not UTF-8 (as /v1/route)."""
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8") from None
+    return raw
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -26,6 +26,7 @@ from confroute.errors import (
     NotReady,
     RoutingError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger("confroute.service")
@@ -34,6 +35,7 @@ log = logging.getLogger("confroute.service")
 # The one map from a domain error to its HTTP answer: (status, OpenAI error type).
 HTTP_STATUS: dict[type[RoutingError], tuple[int, str]] = {
     BadRequest: (400, "invalid_request_error"),
+    UnsupportedMediaType: (415, "invalid_request_error"),
     Unauthorized: (401, "authentication_error"),
     NotFound: (404, "not_found_error"),
     Conflict: (409, "conflict"),

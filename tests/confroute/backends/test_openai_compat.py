@@ -21,7 +21,7 @@ import uvicorn
 
 from confroute.backends import BackendError, GenParams, make_backend
 from confroute.backends.openai_compat import OpenAICompatBackend, completion_from_reply
-from confroute.panel import PanelModel
+from confroute.panel import panel_model
 from confroute.traces import Message
 
 K = 3
@@ -144,7 +144,7 @@ def test_completions_mode_converts_the_legacy_layout(llama_server: str) -> None:
 @pytest.mark.slow
 def test_complete_many_and_acomplete_against_llama_server(llama_server: str) -> None:
     fields = {"name": "smol", "backend": "openai", "model": "smollm2", "base_url": llama_server}
-    backend = make_backend("smol", PanelModel.model_validate(fields).spec())
+    backend = make_backend("smol", panel_model(fields).spec())
     prompts = [[Message("user", f"What is {i} + {i}?")] for i in range(3)]
     params = GenParams(max_tokens=8, top_logprobs=2)
     results = dict(backend.complete_many(prompts, params))
@@ -169,7 +169,7 @@ def test_from_spec_reads_panel_fields_and_mode(monkeypatch: pytest.MonkeyPatch) 
         "max_retries": 4,
         "max_concurrency": 3,
     }
-    spec = PanelModel.model_validate(fields).spec()
+    spec = panel_model(fields).spec()
     backend = OpenAICompatBackend.from_spec("m", {**spec, "mode": "completions"})
     assert (backend.model, backend.api_key, backend.timeout_s) == ("served", "sekrit", 7)
     assert (backend.max_retries, backend.max_concurrency) == (4, 3)

@@ -7,6 +7,7 @@ The real-model cascade is in test_llama.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,33 @@ def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir
     assert [(r.stage, r.model, r.decision, r.correct, r.endpoint) for r in mine] == [
         (0, SMALL, "escalate", False, "chat"), (1, MEDIUM, "accept", True, "chat")]
     assert mine[1].prediction == "7" and mine[0].signals[FEATURE_NAMES[0]] == 1.0
+
+
+def test_what_the_edge_checks_before_the_panel(make_client: Any) -> None:
+    """Content type, encoding, repeated headers, header and body errors in one 422, non-text
+    parts: each a 4xx naming it, nothing sent to the panel."""
+    client = make_client(("ok", "ok:7", "ok:9"))
+    good = json.dumps({"model": "confroute", "messages": QUESTION}).encode()
+    r = client.post("/v1/chat/completions", content=good, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "send application/json" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", content=b"\xef\xbb\xbf" + good,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text  # a UTF-8 byte-order mark is dropped
+    r = client.post("/v1/chat/completions", content=good.replace(b"3 + 4", b"3 \xff 4"),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the body is not valid UTF-8"
+    r = client.post("/v1/chat/completions", content=good, headers=[
+        ("content-type", "application/json"), ("x-request-id", "first"),
+        ("x-request-id", "second")])
+    assert r.status_code == 200 and r.headers["x-request-id"] == "first"
+    r = client.post("/v1/chat/completions", headers={"x-confroute-deadline-s": "abc"},
+                    json={"model": "confroute", "messages": QUESTION, "max_tokens": 0})
+    words = r.json()["error"]["message"]
+    assert r.status_code == 422 and "header.x-confroute-deadline-s" in words
+    assert "max_tokens" in words
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    r = client.post("/v1/chat/completions", json={"model": "confroute", "messages": image})
+    assert r.status_code == 400 and "part type 'image_url' is not supported" in r.text
+    r = client.post("/v1/chat/completions",
+                    json={"model": "confroute", "messages": [{"role": "user", "content": " "}]})
+    assert r.status_code == 400 and "messages hold no text" in r.text
