@@ -33,6 +33,7 @@ from confroute.manifest import (
     switch_current,
 )
 from confroute.scoring import Scorer
+from training.classifiers import spec_of
 from training.fit import CorrectnessClassifier
 
 PARITY_TOL = 1e-5
@@ -58,21 +59,7 @@ def to_onnx(clf: CorrectnessClassifier) -> onnx.ModelProto:
     n = clf.n_features_in_
     if clf.kind_ == "prior":
         return _constant_onnx(n, float(clf.estimator_.p_))
-    if clf.kind_ == "lightgbm":
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        model = convert_lightgbm(clf.estimator_, initial_types=[("X", FloatTensorType([None, n]))],
-                                 zipmap=False)
-    elif clf.kind_ == "logistic":
-        from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import FloatTensorType as SkFloat
-
-        pipe = clf.estimator_
-        model = convert_sklearn(pipe, initial_types=[("X", SkFloat([None, n]))],
-                                options={id(pipe): {"zipmap": False}})
-    else:
-        raise ValueError(f"no ONNX conversion for classifier {clf.kind_!r}; add one in to_onnx")
+    model = spec_of(clf.kind_).to_onnx(clf.estimator_, n)
     return _p_correct_output(model)
 
 

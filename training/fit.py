@@ -14,17 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from lightgbm import LGBMClassifier
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from confroute.manifest import Calibration, Identity, Isotonic, Sigmoid
+from training.classifiers import spec_of
 
 
 class IsotonicCalibrator(BaseEstimator):
@@ -101,18 +98,8 @@ def make_calibrator(method: str, grid: float = 0.01) -> BaseEstimator:
 
 
 def make_base(kind: str, params: dict[str, Any] | None, seed: int, n_jobs: int | None) -> Any:
-    """The uncalibrated classifier: LightGBM (NaN-native) or imputer + scaler + logistic."""
-    params = dict(params or {})
-    if kind == "lightgbm":
-        return LGBMClassifier(random_state=seed, n_jobs=n_jobs, verbosity=-1, **params)
-    if kind == "logistic":
-        return Pipeline([
-            # keep_empty_features: an all-NaN column (agree_prev for the first model) stays a column
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
-            ("logistic", LogisticRegression(random_state=seed, **params)),
-        ])
-    raise ValueError(f"unknown classifier {kind!r}; use lightgbm or logistic")
+    """The uncalibrated classifier of a kind (training/classifiers.py)."""
+    return spec_of(kind).make(dict(params or {}), seed, n_jobs)
 
 
 class PriorClassifier(ClassifierMixin, BaseEstimator):
@@ -234,15 +221,11 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - p, p])
 
     def feature_importances(self) -> np.ndarray:
-        """LightGBM: total gain per feature; logistic: |coefficient| on the standardised scale."""
+        """One number per feature, as the kind's spec reads them (zeros for the prior)."""
         check_is_fitted(self, "estimator_")
         if self.kind_ == "prior":
             return np.zeros(self.n_features_in_)
-        if self.kind_ == "lightgbm":
-            return np.asarray(self.estimator_.booster_.feature_importance("gain"), dtype=float)
-        if self.kind_ == "logistic":
-            return np.abs(self.estimator_.named_steps["logistic"].coef_[0])
-        raise ValueError(f"no feature importances for classifier {self.kind_!r}; add them here")
+        return spec_of(self.kind_).importances(self.estimator_)
 
 
 def _float32(X: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from training.table import complete_items, item_groups
 from training.train import Dataset, fit_panel, fit_policy_table
 
 SIZES: tuple[int | str, ...] = (50, 100, 200, "all")
-MAIN = ("router", "single_models", "route_thresholds", "raw_avg_logprob_threshold",
+MAIN = ("router", "single_models", "tuned_on_test", "route_thresholds", "raw_avg_logprob_threshold",
         "fixed_formula", "random_mixing")
 
 

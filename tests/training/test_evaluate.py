@@ -117,8 +117,8 @@ def test_report_structure(report: dict) -> None:
     q = report["curve"][0]
     assert {"lambda", "accuracy", "cost", "answered", "calls", "route"} <= set(q)
     assert sum(q["answered"].values()) == pytest.approx(1.0)
-    assert set(report["baselines"]) == {*BASELINES, "oracle"}
-    assert set(report["apgr"]["methods"]) == {"router", *BASELINES, "oracle"}
+    assert set(report["baselines"]) == {*BASELINES, "tuned_on_test", "oracle"}
+    assert set(report["apgr"]["methods"]) == {"router", *BASELINES, "tuned_on_test", "oracle"}
     assert report["curve"][-1]["cost"] <= report["curve"][0]["cost"]
     for name in report["figures"]:
         assert (report["_out"] / name).stat().st_size > 10_000
@@ -128,7 +128,8 @@ def test_report_structure(report: dict) -> None:
 def test_the_oracle_bounds_every_curve_at_matched_cost(report: dict) -> None:
     oracle = report["baselines"]["oracle"]
     oc, oa = upper_hull(oracle["points"])
-    curves = [report["curve"], *(report["baselines"][b]["points"] for b in BASELINES)]
+    curves = [report["curve"], *(report["baselines"][b]["points"]
+                                 for b in (*BASELINES, "tuned_on_test"))]
     for q in (q for c in curves for q in c):
         assert q["accuracy"] <= np.interp(q["cost"], oc, oa) + 1e-9
     assert report["oracle_bound"]["ok"]

@@ -198,3 +198,15 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="calibraton"):
         load_config(path)
     assert load_config(ROOT / "configs/train.yaml").classifier in {"lightgbm", "logistic"}
+
+
+def test_every_config_classifier_has_one_spec() -> None:
+    """The config's kinds and the registry's are the same set; any other name is refused."""
+    from training.classifiers import SPECS, spec_of
+    from training.config import CLASSIFIERS
+    from training.fit import make_base
+
+    assert set(SPECS) == set(CLASSIFIERS)
+    with pytest.raises(ValueError, match="unknown classifier 'svm'; use lightgbm or logistic"):
+        make_base("svm", None, 0, 1)
+    assert spec_of("logistic").make({"C": 0.5}, 0, 1).named_steps["logistic"].C == 0.5

@@ -136,7 +136,7 @@ def test_evaluate_judges_a_policy_on_any_labeled_table(
     held = json.loads((version / "heldout_items.json").read_text())
     assert report["n_items"] == len(held["items"] if isinstance(held, dict) else held)
     assert set(report["apgr"]["methods"]) == {"router", "single_models", "random_mixing",
-                                              "route_thresholds", "oracle"}
+                                              "route_thresholds", "tuned_on_test", "oracle"}
     assert "no avg_logprob/margin" in result.output
     both = CliRunner().invoke(app, [*args, "--traces", str(TRACES)])
     assert both.exit_code == 2 and "--traces or --table" in both.output
