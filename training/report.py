@@ -7,7 +7,7 @@ The four histograms use the shared signals (confroute.features), never a local r
 the average trace confidence, so it would only repeat the first figure.
 
 Traces are streamed and reduced to `TraceStats` (tokens dropped) so whole sets fit easily in memory.
-A (model, item) pair seen twice keeps the last trace, as training.compact does.
+A (model, item) pair seen twice keeps the last trace, as training.pack_traces does.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generate the shipped reference traces (issue 3): every panel model on every set, resumable.
 # Working files go to var/traces/<set>.<model>.jsonl (ignored); a set whose three models are all
-# done is compacted into data/reference-traces/<set>.traces.npz (columnar). Re-running skips what is already
+# done is packed into data/reference-traces/<set>.traces.npz (columnar). Re-running skips what is already
 # generated, so it can be stopped and restarted at any time. MODELS picks which models this
 # process runs (two processes, one per core, can share the work: see the card).
 set -euo pipefail
@@ -38,7 +38,7 @@ for spec in $SETS; do
   done
   works=()
   for model in $ALL; do works+=("var/traces/${name}_${split}.${model}.jsonl"); done
-  python -m training.compact --expect "$limit" "data/reference-traces/${name}_${split}.traces.npz" "${works[@]}" \
-    || echo "== $name:$split not complete for every model yet; not compacted"
+  python -m training.pack_traces --expect "$limit" "data/reference-traces/${name}_${split}.traces.npz" "${works[@]}" \
+    || echo "== $name:$split not complete for every model yet; not packed"
 done
 echo "== $(date -Is) all done"

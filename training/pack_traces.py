@@ -1,6 +1,6 @@
-"""Compact working trace files into the shipped form: sorted, deduplicated, columnar.
+"""Pack working trace files into the shipped form: sorted, deduplicated, columnar.
 
-    python -m training.compact [--expect N] OUT.traces.npz WORK.jsonl [WORK.jsonl ...]
+    python -m training.pack_traces [--expect N] OUT.traces.npz WORK.jsonl [WORK.jsonl ...]
 
 The output's name picks its form (`confroute.traces.write_traces`): `.traces.npz` is what ships.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from confroute.traces import Trace, read_traces, write_traces
 
 
-def compact(sources: list[Path], dst: Path, expect: int | None = None) -> int:
+def pack(sources: list[Path], dst: Path, expect: int | None = None) -> int:
     """Keep the last trace per (model, item), sort by model then item, write them to `dst`."""
     latest = {(t.model, t.item_id): t for t in read_traces([p for p in sources if p.exists()])}
     if expect is not None:
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("sources", type=Path, nargs="+")
     args = ap.parse_args()
-    n = compact(args.sources, args.out, args.expect)
+    n = pack(args.sources, args.out, args.expect)
     print(f"wrote {n} traces to {args.out}")
 
 
