@@ -26,7 +26,6 @@ class ClassifierSpec:
     make: Callable[[dict[str, Any], int, int | None], Any]  # (params, seed, n_jobs) -> estimator
     importances: Callable[[Any], np.ndarray]  # fitted estimator -> one number per feature
     to_onnx: Callable[[Any, int], onnx.ModelProto]  # (fitted estimator, n_features) -> graph
-    describe: str
 
 
 def _lightgbm(params: dict[str, Any], seed: int, n_jobs: int | None) -> Any:
@@ -63,10 +62,10 @@ def _logistic_onnx(est: Any, n: int) -> onnx.ModelProto:
 SPECS: dict[str, ClassifierSpec] = {
     "lightgbm": ClassifierSpec(
         _lightgbm, lambda est: np.asarray(est.booster_.feature_importance("gain"), dtype=float),
-        _lightgbm_onnx, "LightGBM (NaN-native); importances: total gain per feature"),
+        _lightgbm_onnx),  # NaN-native; importances: total gain per feature
     "logistic": ClassifierSpec(
-        _logistic, lambda est: np.abs(est.named_steps["logistic"].coef_[0]), _logistic_onnx,
-        "median imputer + scaler + L2 logistic; importances: |coefficient| (standardised)"),
+        _logistic, lambda est: np.abs(est.named_steps["logistic"].coef_[0]),
+        _logistic_onnx),  # importances: |coefficient| on the standardised scale
 }
 
 

@@ -25,7 +25,8 @@ import pandas as pd
 from confroute.features import FEATURE_NAMES
 from confroute.policy import load_policy
 from training.config import TrainConfig
-from training.evaluate import arrays_from_table, evaluate_arrays
+from training.eval_arrays import arrays_from_table
+from training.evaluate import evaluate_arrays
 from training.table import complete_items, item_groups
 from training.train import Dataset, fit_panel, fit_policy_table
 

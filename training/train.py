@@ -26,6 +26,7 @@ from confroute.panel import Panel, load_panel
 from confroute.traces import read_traces
 from training import plots, tracking
 from training import quality as M
+from training.classifiers import SPECS
 from training.config import TrainConfig
 from training.export import export_version
 from training.fit import CorrectnessClassifier
@@ -248,7 +249,7 @@ def _stage_p(
     answers as the service computes it (a call that skipped a cheaper model never saw its answer)."""
     if "agree_prev" not in data.features or "prediction" not in data.table:
         return None
-    from training.evaluate import stage_scorer
+    from training.eval_arrays import stage_scorer
 
     X, preds, where = [], [], {}
     for model in models:
@@ -285,7 +286,7 @@ def figures(data: Dataset, fitted: dict[str, CorrectnessClassifier], out: Path, 
 
 def run_params(config: TrainConfig, data: Dataset) -> dict[str, Any]:
     """Flat MLflow params: the config (only the chosen classifier's settings) and data sizes."""
-    flat = config.model_dump(mode="json", exclude={"sweep", "tracking", "lightgbm", "logistic"})
+    flat = config.model_dump(mode="json", exclude={"sweep", "tracking", *SPECS})
     chosen = getattr(config, config.classifier).model_dump()
     params = {k: v for k, v in flat.items() if not isinstance(v, dict)}
     params.update({f"features.{k}": v for k, v in flat["features"].items()})

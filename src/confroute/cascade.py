@@ -14,9 +14,9 @@ rows, one set per state (the models called so far) and grid λ; slopes are kept 
 accepting is monotone in p: a state accepts exactly when p >= its `threshold`. A state's `mean_p`
 stands in for p when an answer has no logprobs (then only a call is possible, unless none is
 left). The last panel model always stands. A λ between grid points uses the nearest one (ties:
-the lower λ), as policy.Policy does. A grid λ may be served by lines fitted at another grid λ
-(`fitted_lambda`, see training/fit_cascade.py): whichever of the fitted cascades had the highest
-utility at this λ, which keeps cost non-increasing in λ. Runtime code: numpy-free, microseconds per decision.
+the lower λ), as policy.Policy does. A grid λ may be served by the lines of a lower grid λ
+(`fitted_lambda`, see training/fit_cascade.py): where its own fit came out dearer than the lower
+λ's, so that cost never rises with λ. Runtime code: numpy-free, microseconds per decision.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class CascadeRow:
 
     @property
     def fit_lam(self) -> float:
-        """The λ of this row's lines: its own, or the neighbour's whose fit served it better."""
+        """The λ of this row's lines: its own, or the lower λ's whose lines serve it."""
         return self.lam if self.fitted_lambda is None else self.fitted_lambda
 
     def to_dict(self) -> dict[str, Any]:

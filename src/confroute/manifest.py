@@ -99,7 +99,9 @@ class ModelEntry(_Frozen):
     """One panel model: ONNX file (input "X", output "p_correct"), calibration, metrics."""
 
     file: str
-    classifier: Literal["lightgbm", "logistic", "prior"]  # prior: too few answers, base rate
+    # the kind that was fitted (training/classifiers.py; "prior": too few answers, base rate);
+    # the runtime only reads the ONNX graph, so any kind the training side knows is accepted
+    classifier: str = Field(min_length=1)
     calibration: Calibration
     input: str = "X"
     output: str = "p_correct"

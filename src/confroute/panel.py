@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from confroute.backends.base import BACKENDS
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -105,9 +107,9 @@ PanelModel = Annotated[
     Annotated[LlamaCppModel, Tag("llamacpp")] | Annotated[OpenAIModel, Tag("openai")]
     | Annotated[VLLMModel, Tag("vllm")],
     Discriminator(_backend_of, custom_error_type="backend",
-                  custom_error_message="unknown backend; use llamacpp, openai or vllm"),
+                  custom_error_message=f"unknown backend; use {', '.join(BACKENDS)}"),
 ]
-BACKEND_KINDS = ("llamacpp", "openai", "vllm")
+BACKEND_KINDS = tuple(BACKENDS)  # one list: the union's tags and what make_backend builds
 _ENTRY: TypeAdapter[Any] = TypeAdapter(PanelModel)
 
 

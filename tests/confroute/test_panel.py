@@ -40,7 +40,7 @@ def test_each_entry_is_its_backend_kind() -> None:
     ("{name: a, backend: openai, base_url: 'http://x', n_parallel: 4}",
      "models.0.n_parallel: not a setting of backend openai"),
     ("{name: a, backend: vllm, max_retries: 1}", "models.0.max_retries: not a setting of backend vllm"),
-    ("{name: a, backend: opneai}", "models.0: unknown backend; use llamacpp, openai or vllm"),
+    ("{name: a, backend: opneai}", "models.0: unknown backend; use llamacpp, openai, vllm"),
     ("{name: a, n_threads: 0}", "models.0.n_threads: Input should be greater than or equal to 1"),
 ])
 def test_a_misplaced_key_is_one_line_naming_it(tmp_path: Path, entry: str, words: str) -> None:

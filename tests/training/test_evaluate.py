@@ -120,6 +120,10 @@ def test_report_structure(report: dict) -> None:
     assert set(report["baselines"]) == {*BASELINES, "tuned_on_test", "oracle"}
     assert set(report["apgr"]["methods"]) == {"router", *BASELINES, "tuned_on_test", "oracle"}
     assert report["curve"][-1]["cost"] <= report["curve"][0]["cost"]
+    # tuned on these very items, it holds every single model among its options: not below them
+    apgr = {k: v["apgr"] for k, v in report["apgr"]["methods"].items()}
+    assert apgr["tuned_on_test"] >= apgr["single_models"] - 0.02, apgr
+    assert "tuned_on_test" not in report["targets"]["router_vs_baselines"]  # a bar, not a target
     for name in report["figures"]:
         assert (report["_out"] / name).stat().st_size > 10_000
     assert report["targets"]["match_best_single"]["best_single"] == "qwen2.5-coder-1.5b"

@@ -210,3 +210,8 @@ def test_every_config_classifier_has_one_spec() -> None:
     with pytest.raises(ValueError, match="unknown classifier 'svm'; use lightgbm or logistic"):
         make_base("svm", None, 0, 1)
     assert spec_of("logistic").make({"C": 0.5}, 0, 1).named_steps["logistic"].C == 0.5
+    from confroute.manifest import ModelEntry  # the runtime takes any kind: it reads the ONNX
+
+    entry = ModelEntry.model_validate({"file": "m.onnx", "classifier": "a-new-kind",
+                                       "calibration": {"method": "none"}})
+    assert entry.classifier == "a-new-kind"

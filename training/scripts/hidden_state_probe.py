@@ -75,8 +75,11 @@ def score(model: str) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from confroute.query import query_features
+    from confroute.panel import load_panel
+    from confroute.query import query_features, question_of
     from confroute.traces import read_columnar
+
+    template = load_panel("configs/panel.cpu.yaml").prompt.template
 
     correct: dict[str, dict[str, bool]] = defaultdict(dict)
     text, dset = {}, {}
@@ -90,7 +93,9 @@ def score(model: str) -> None:
     y_all = np.array([[correct[i][m] for m in JUDGED] for i in ids])
     sets = np.array([dset[i] for i in ids])
     groups = np.unique([text[i] for i in ids], return_inverse=True)[1]  # one group per text
-    reps = {"length + numbers": np.array([query_features(text[i]) for i in ids]),
+    # the cascade's own question features: of the bare question, the template stripped
+    bare = [question_of(text[i], template) for i in ids]
+    reps = {"length + numbers": np.array([query_features(q) for q in bare]),
             "hidden, mean-pooled": h["mean"], "hidden, last token": h["last"]}
 
     def probe(name: str) -> object:

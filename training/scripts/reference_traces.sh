@@ -11,23 +11,10 @@ ALL="smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
 MODELS=${MODELS:-$ALL}
 SETS=${SETS:-"multiarith:test:150 gsm8k:test:200 svamp:test:150 singleop:test:200 addsub:test:200 gsm8k:train:500"}
 mkdir -p var/traces data/reference-traces
-# Work from an earlier session is committed compressed under data/reference-traces/partial/:
-# start from it when this checkout has no working file of its own. A set being extended (GSM8K
-# train, shipped with 150 items, growing to 500) keeps only its new items there: the working file
-# starts from the shipped traces of that model, then the partial ones.
-for part in data/reference-traces/partial/*.jsonl.gz; do
-  [ -e "$part" ] || continue
-  work="var/traces/$(basename "$part" .gz)"
-  [ -e "$work" ] && continue
-  file=$(basename "$part" .jsonl.gz); stem=${file%%.*}; model=${file#*.}
-  shipped="data/reference-traces/${stem}.traces.npz"
-  if [ -e "$shipped" ]; then
-    python -c "import sys; from confroute.traces import read_traces, write_traces
-write_traces(sys.argv[2], [t for t in read_traces(sys.argv[1]) if t.model == sys.argv[3]])" \
-      "$shipped" "$work" "$model"
-  fi
-  gzip -dc "$part" >> "$work"
-done
+# Work from an earlier session is committed under data/reference-traces/ (finished sets) and
+# partial/ (new items only): rebuild the working files this checkout lacks from both.
+# Before committing: python training/scripts/partial_traces.py save
+python training/scripts/partial_traces.py restore
 for spec in $SETS; do
   IFS=: read -r name split limit <<<"$spec"
   for model in $MODELS; do

@@ -152,8 +152,10 @@ def _routes(app: FastAPI) -> None:
     async def chat_completions(body: ChatRequest, res: ResourcesDep,
                                hdrs: Annotated[ChatHeaders, Header()]) -> Any:
         """OpenAI-compatible chat: the panel answers cheapest first, escalating per the policy.
-        (Served by chat.ChatEndpoint through the edge; this declaration gives the OpenAPI
-        schema and answers the same way when the app is mounted without the edge.)"""
+        (In create_app's app the edge serves this path with chat.ChatEndpoint, which adds the
+        content-type, encoding and combined 422 checks; this declaration is what OpenAPI
+        shows, and it runs the same `respond` with FastAPI's own parsing only if the edge is
+        left out.)"""
         reply = await chat.respond(res, body, hdrs)
         assert reply is not None
         if reply.events is not None:

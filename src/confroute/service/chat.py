@@ -92,6 +92,9 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
         watch.cancel()
     if task.done():
         return task.result()
+    if not watch.cancelled() and watch.done() and watch.exception() is not None:
+        task.cancel()  # the watcher itself failed: not a disconnect; say so, cascade or not
+        raise watch.exception()  # type: ignore[misc]
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -140,7 +143,7 @@ class ChatEndpoint:
         for k, v in scope["headers"]:  # a repeated header: its first value, as Starlette reads it
             headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
         if res.settings.require_key_for_all:
-            check_key(res.settings, bearer_token(headers.get("authorization", "").encode()))
+            check_key(res.settings, bearer_token(headers.get("authorization", "").encode("latin-1")))
         _check_content_type(headers.get("content-type"))
         raw = _utf8(await read_body(receive))
         hdrs, body, errors = None, None, list[Any]()

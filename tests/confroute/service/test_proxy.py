@@ -199,6 +199,27 @@ def test_client_gone_cancels_the_cascade(tmp_path: Path, models_dir: Path, stub:
     assert {r.request_id for r in rows} == {"stayed-1"}  # the cancelled one logged nothing
 
 
+def test_client_gone_after_the_first_answer_keeps_that_stage(tmp_path: Path, models_dir: Path,
+                                                             stub: str) -> None:
+    """Leaving while the second model answers: the first stage, answered and logged already,
+    stays in the log; the second is cancelled (never logged, even after it would have ended)."""
+    import time
+
+    import httpx
+
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "slow", "ok:9"))
+    settings = settings_for(tmp_path, models_dir, panel)
+    with running_service(settings) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", timeout=1.5,
+                       json={"model": "confroute:0", "messages": QUESTION},
+                       headers={"x-request-id": "gone-2"})
+        time.sleep(3.0)  # past the slow model's answer, had its call gone on
+    rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
+    assert [(r.stage, r.model, r.decision) for r in rows if r.request_id == "gone-2"] == [
+        (0, SMALL, "escalate")]
+
+
 def test_header_limits_are_checked(make_client: Any) -> None:
     client = make_client(("unsure", "ok:7", "ok:9"))
     for headers, words in (({"x-request-id": "r" * 201}, "header.x-request-id"),
