@@ -168,8 +168,7 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
         curves["route_thresholds"] = router_curve(a, Policy.from_dict(earlier), base)
         names.append("route_thresholds")
     if np.isfinite(a.p).any():
-        lams = [r.lam for r in policy.rows] if hasattr(policy, "rows") else None
-        hindsight = fit_policy(a.p, a.correct, a.cost, a.models, lams, n_bootstrap=0,
+        hindsight = fit_policy(a.p, a.correct, a.cost, a.models, list(policy.lambdas), n_bootstrap=0,
                                route_p=a.route_p)
         curves["tuned_on_test"] = router_curve(a, hindsight, base)
         names.append("tuned_on_test")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,13 +25,12 @@ from confroute.errors import BadRequest, RoutingError, UnsupportedMediaType
 from confroute.runner import Cascade, ChatTask, Limits
 from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_key, send_json
-from confroute.service.errors import error_json, error_reply, http_status, validation_json
+from confroute.service.errors import is_utf8, plain_error, validation_json
 from confroute.service.route import encode, new_request_id, read_body
 from confroute.service.schemas import ChatHeaders, ChatRequest
 from confroute.traces import Message
 
 T = TypeVar("T")
-log = logging.getLogger("confroute.service")
 
 
 @dataclass(frozen=True)
@@ -110,18 +108,12 @@ class ChatEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             reply = await self._handle(scope, receive)
-        except RoutingError as exc:
-            body, status = error_reply(exc)
-            if status >= 500:
-                log.warning("%s: %s", http_status(exc)[1], exc.message)
-            await send_json(send, status, body, _raw(exc.headers or {}))
+        except (RoutingError, HTTPException) as exc:
+            body, status, headers = plain_error(exc)
+            await send_json(send, status, body, headers)
             return
         except InvalidRequest as exc:
             await send_json(send, 422, validation_json(exc.errors))
-            return
-        except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
-            await send_json(send, exc.status_code, error_json(
-                exc.status_code, "request_too_large", str(exc.detail)))
             return
         if reply is None:  # the client went away: nobody to answer
             self.app.state.metrics.disconnects.inc()
@@ -145,7 +137,7 @@ class ChatEndpoint:
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get("authorization", "").encode("latin-1")))
         _check_content_type(headers.get("content-type"))
-        raw = _utf8(await read_body(receive))
+        raw = (await read_body(receive)).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM: dropped
         hdrs, body, errors = None, None, list[Any]()
         try:
             hdrs = ChatHeaders.model_validate(headers)
@@ -154,6 +146,8 @@ class ChatEndpoint:
         try:
             body = ChatRequest.model_validate_json(raw)
         except ValidationError as exc:
+            if not is_utf8(raw):  # in /v1/route's words, not the JSON parser's
+                raise BadRequest("the body is not valid UTF-8") from None
             errors += exc.errors(include_url=False)
         if errors or hdrs is None or body is None:
             raise InvalidRequest(errors)
@@ -176,16 +170,6 @@ def _check_content_type(value: str | None) -> None:
     kind = value.split(";", 1)[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type {kind or value!r}: send application/json")
-
-
-def _utf8(raw: bytes) -> bytes:
-    """The body without a UTF-8 byte-order mark; 400 when it is not UTF-8 (as /v1/route)."""
-    raw = raw.removeprefix(b"\xef\xbb\xbf")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the body is not valid UTF-8") from None
-    return raw
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

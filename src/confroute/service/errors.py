@@ -73,6 +73,25 @@ def error_reply(exc: RoutingError) -> tuple[bytes, int]:
     return error_json(status, kind, exc.message), status
 
 
+def plain_error(exc: RoutingError | StarletteHTTPException
+                ) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
+    """A domain error, or the edge's byte counter's 413 (a chunked body over the limit), as
+    (JSON body, status, raw headers) for the plain ASGI endpoints (route.py, chat.py); a 5xx is
+    logged as the FastAPI handlers log it."""
+    if isinstance(exc, StarletteHTTPException):
+        return error_json(exc.status_code, "request_too_large", str(exc.detail)), \
+            exc.status_code, []
+    body, status = error_reply(exc)
+    _log_server_error(status, exc)
+    return body, status, [(k.encode("latin-1"), v.encode("latin-1"))
+                          for k, v in (exc.headers or {}).items()]
+
+
+def _log_server_error(status: int, exc: RoutingError) -> None:
+    if status >= 500:
+        log.warning("%s: %s", http_status(exc)[1], exc.message)
+
+
 _AT_PATH = re.compile(r"at `(\$[^`]*)`")
 
 
@@ -86,7 +105,7 @@ def bad_body(exc: Exception, body: bytes | None = None) -> BadRequest:
     detail = str(exc)
     path = m.group(1) if (m := _AT_PATH.search(detail)) else None
     where = f" at {path}" if path else ""
-    if body is not None and not _is_utf8(body):
+    if body is not None and not is_utf8(body):
         return BadRequest("the body is not valid UTF-8")
     if "out of range" in detail.lower():
         return BadRequest(f"number out of range{where}")
@@ -95,7 +114,7 @@ def bad_body(exc: Exception, body: bytes | None = None) -> BadRequest:
     return BadRequest(f"malformed JSON body: {detail}")
 
 
-def _is_utf8(body: bytes) -> bool:
+def is_utf8(body: bytes) -> bool:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -119,9 +138,7 @@ def validation_json(errors: Sequence[Any], where: tuple[str, ...] = ()) -> bytes
 
 async def _routing_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RoutingError)
-    status, kind = http_status(exc)
-    if status >= 500:
-        log.warning("%s: %s", kind, exc.message)
+    _log_server_error(http_status(exc)[0], exc)
     return error_response(exc)
 
 

@@ -21,7 +21,7 @@ from confroute.errors import BadRequest, RoutingError
 from confroute.features import TokenArrays
 from confroute.policy import Decision
 from confroute.service.edge import bearer_token, check_key, send_json
-from confroute.service.errors import bad_body, error_json, error_reply
+from confroute.service.errors import bad_body, plain_error
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
     MAX_REQUEST_ID,
@@ -219,16 +219,12 @@ class RouteEndpoint:
         self.app, self.batch = app, batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = []
         try:
-            body = await self._handle(scope, receive)
-            status, headers = 200, None
-        except RoutingError as exc:
-            (body, status), headers = error_reply(exc), exc.headers
-        except HTTPException as exc:  # the edge's byte counter: a chunked body over the limit
-            body, status, headers = error_json(exc.status_code, "request_too_large",
-                                               str(exc.detail)), exc.status_code, None
-        await send_json(send, status, body,
-                        [(k.encode(), v.encode()) for k, v in (headers or {}).items()])
+            body, status = await self._handle(scope, receive), 200
+        except (RoutingError, HTTPException) as exc:
+            body, status, headers = plain_error(exc)
+        await send_json(send, status, body, headers)
 
     async def _handle(self, scope: Scope, receive: Receive) -> bytes:
         res, metrics = self.app.state.resources, self.app.state.metrics
