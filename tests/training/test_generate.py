@@ -11,7 +11,7 @@ from confroute.backends.llamacpp import LlamaCppBackend
 from confroute.cli import app
 from confroute.grading import get_grader
 from confroute.traces import encode_trace, read_traces
-from training.datasets import load_items
+from training.datasets import Item, load_items
 
 PANEL = """\
 name: test-panel
@@ -117,6 +117,28 @@ def test_resume_regenerates_only_what_is_missing(
     assert third.exit_code == 0, third.output
     assert out.read_bytes() == before
     assert "smollm2-135m" in third.output  # the summary is printed all the same
+
+
+def test_skip_leaves_out_the_first_items_keeping_their_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.generate
+
+    seen: list[str] = []
+
+    def capture(cfg: object, items: list[Item], out: Path, **kwargs: object) -> list[object]:
+        seen.extend(it.item_id for it in items)
+        return []
+
+    monkeypatch.setattr(training.generate, "generate", capture)
+    panel = tmp_path / "panel.yaml"
+    panel.write_text(PANEL)
+    result = _generate(panel, tmp_path / "out.jsonl", "--skip", "2")
+    assert result.exit_code == 0, result.output
+    assert seen == ["multiarith/test/2"]
+    refused = _generate(panel, tmp_path / "out.jsonl", "--skip", "3")
+    assert refused.exit_code == 2
+    assert "--skip 3 leaves none of the 3 items of multiarith:test" in _flat(refused)
 
 
 def test_bad_panel_key_is_one_clear_error(tmp_path: Path) -> None:

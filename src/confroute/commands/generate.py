@@ -21,6 +21,9 @@ def generate(
     out: Path = typer.Option(..., help="Trace JSONL to append to; done items are skipped."),
     models: str | None = typer.Option(None, help="Comma-separated panel models (default: all)."),
     limit: int | None = typer.Option(None, min=1, help="First N items only."),
+    skip: int = typer.Option(
+        0, min=0, help="Leave out the first N of those items (to split one run across processes)."
+    ),
     question: str = typer.Option("question", help="Question column, for a file or hub dataset."),
     answer: str = typer.Option("answer", help="Gold-answer column, for a file or hub dataset."),
     grader: str = typer.Option("numeric", help="numeric, exact or choice."),
@@ -47,6 +50,9 @@ def generate(
         if unknown:
             raise ValueError(f"models {unknown} are not in panel {cfg.name!r}; panel: {cfg.names}")
         items = load_items(dataset, limit=limit, question=question, answer=answer, grader=grader)
+        if skip >= len(items):
+            raise ValueError(f"--skip {skip} leaves none of the {len(items)} items of {dataset}")
+        items = items[skip:]  # item ids keep their row numbers, so split runs' traces join
         bars: dict[str, tqdm] = {}
         stats: dict[str, list[int]] = {}
 
