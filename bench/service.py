@@ -11,7 +11,7 @@
 
     python bench/service.py [--duration 5] [--rounds 3] [--connections 8] [--models-dir models]
                             [--out f.json] [--only decision|throughput|proxy|durability|workers]
-                            [--baseline-src ../base/src]  # with --only proxy: before/after
+                            [--baseline-src ../base/src]  # with --only proxy or decision: before/after
 
 Without --models-dir a version with 200-tree LightGBM classifiers is fitted on synthetic rows.
 Prints JSON.
@@ -406,6 +406,34 @@ def compare_decisions(models_dir: Path, baseline: Path, body: bytes, n: int, rou
             "per_round": runs, "load_average": os.getloadavg()}
 
 
+def compare_decision_sources(models_dir: Path, baseline_src: Path, n: int, rounds: int
+                             ) -> dict[str, Any]:
+    """decision_latency of one version under this tree's code and `baseline_src`'s (another
+    checkout's `src`), each round a fresh process per tree, alternating; medians and ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {"version": [], "baseline": []}
+    for _ in range(rounds):
+        for side, src in (("baseline", baseline_src), ("version", None)):
+            env = dict(os.environ)
+            if src is not None:  # PYTHONPATH comes before the editable install's .pth entry
+                env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+            out = subprocess.run(
+                [sys.executable, __file__, "--only", "decision", "--models-dir", str(models_dir),
+                 "--iterations", str(n)], env=env, cwd=ROOT, check=True, capture_output=True)
+            runs[side].append(json.loads(out.stdout)["decision"])
+
+    def med(side: str, key: str) -> float:
+        return float(np.median([r[key]["p50_us"] for r in runs[side]]))
+
+    keys = ["decide_from_arrays", "of_which_signals_with_answer_extraction",
+            "of_which_onnx_and_calibration", "of_which_policy"]
+    return {"rounds": rounds, "iterations": n, "baseline_src": str(baseline_src),
+            "version": {k: med("version", k) for k in keys},
+            "baseline": {k: med("baseline", k) for k in keys},
+            "ratio_version_over_baseline": {k: round(med("version", k) / med("baseline", k), 3)
+                                            for k in keys},
+            "per_round": runs, "load_average": os.getloadavg()}
+
+
 # -- proxy overhead ----------------------------------------------------------------------------
 
 
@@ -472,8 +500,9 @@ def main() -> None:
                    help="with --only decision: also time this version, rounds interleaved, "
                         "and report the ratio of p50s (models-dir / baseline)")
     p.add_argument("--baseline-src", type=Path,
-                   help="with --only proxy: also time a router importing confroute from this "
-                        "source tree (another checkout's src/), rounds interleaved")
+                   help="with --only proxy or decision: also time a router (decision: the "
+                        "in-process path) importing confroute from this source tree (another "
+                        "checkout's src/), rounds interleaved")
     p.add_argument("--out", type=Path)
     p.add_argument("--only", help="run one part",
                    choices=["decision", "throughput", "proxy", "durability", "workers"])
@@ -502,7 +531,10 @@ def main() -> None:
         for name, run in parts.items():
             if args.only in (None, name):
                 result[name] = run()
-        if args.baseline_models_dir and args.only == "decision":
+        if args.baseline_src and args.only == "decision":
+            result = compare_decision_sources(models_dir, args.baseline_src, args.iterations,
+                                              args.rounds) | {"trace": result["trace"]}
+        elif args.baseline_models_dir and args.only == "decision":
             result = compare_decisions(models_dir, args.baseline_models_dir, body,
                                        args.iterations, args.rounds) | {"trace": result["trace"]}
     finally:

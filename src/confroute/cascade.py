@@ -128,12 +128,17 @@ class CascadePolicy:
         return {m: self.models[i + 1] if i + 1 < len(self.models) else None
                 for i, m in enumerate(self.models)}
 
+    @cached_property
+    def _grid(self) -> tuple[float, ...]:
+        """The λ grid, increasing (validated)."""
+        return tuple(r.lam for r in self.rows)
+
     @property
     def lambdas(self) -> list[float]:
-        return [r.lam for r in self.rows]
+        return list(self._grid)
 
     def row(self, lam: float) -> CascadeRow:
-        return nearest_row(self.rows, lam)
+        return nearest_row(self.rows, lam, self._grid)
 
     def route(self, lam: float) -> list[str]:
         """Models this λ may call, cheapest first (any start, any state's options)."""

@@ -122,8 +122,8 @@ def answer_token_slice(arr: TokenArrays, span: tuple[int, int] | None) -> slice 
     if span is None or arr.logprob.size == 0:
         return None
     start, end = span
-    first = int(np.searchsorted(arr.offsets, start, side="right")) - 1
-    last = int(np.searchsorted(arr.offsets, end, side="left"))
+    first = int(arr.offsets.searchsorted(start, side="right")) - 1  # the method: no np wrapper
+    last = int(arr.offsets.searchsorted(end, side="left"))
     if first < 0 or last <= first or first >= arr.logprob.size:
         return None
     return slice(first, min(last, arr.logprob.size))
@@ -197,9 +197,10 @@ def signals_from_arrays(
         from confroute.kernels import signals_kernel  # numba loads on first use, not on import
 
         a0, a1, _ = answer.indices(lp.size) if answer is not None else (0, 0, 1)
+        top = np.ascontiguousarray(top, dtype=np.float64)
         out = signals_kernel(
-            np.ascontiguousarray(lp, dtype=np.float64), np.ascontiguousarray(top, dtype=np.float64),
-            a0, a1, config.group_window, config.tail, config.bottom_frac,
+            np.ascontiguousarray(lp, dtype=np.float64), top, np.exp(top), a0, a1,
+            config.group_window, config.tail, config.bottom_frac,
             float(lp.size if length is None else length), float(truncated), float(answer_found),
             agree_prev,
         )

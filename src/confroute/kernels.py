@@ -13,10 +13,16 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def signals_kernel(lp: np.ndarray, top: np.ndarray, a0: int, a1: int, window: int, tail: int,
-                   bottom_frac: float, length: float, truncated: float, found: float,
-                   agree_prev: float) -> np.ndarray:
-    """The 17 signals in FEATURE_NAMES order; lp (n,), top (n, k) sorted descending, k >= 2.
+def signals_kernel(lp: np.ndarray, top: np.ndarray, probs: np.ndarray, a0: int, a1: int,
+                   window: int, tail: int, bottom_frac: float, length: float, truncated: float,
+                   found: float, agree_prev: float) -> np.ndarray:
+    """The 17 signals in FEATURE_NAMES order; lp (n,), top (n, k) sorted descending, k >= 2,
+    probs = np.exp(top).
+
+    `probs` comes from numpy, whose exp is vectorised (SIMD): a scalar exp per alternative here is
+    a libm call that LLVM cannot vectorise (pip's llvmlite has no SVML), and was half the kernel's
+    time. The entropy's exp(top_j - top_0) is then probs_j / probs_0 (within 2 ulp), except for a
+    peak below -300, where probs_0 would lose precision and exp is called here.
 
     Returns an empty array when `top` holds a NaN: the caller then uses the reference definitions.
     """
@@ -26,11 +32,13 @@ def signals_kernel(lp: np.ndarray, top: np.ndarray, a0: int, a1: int, window: in
     min_lp, max_h = np.inf, -np.inf
     for i in range(n):
         peak = top[i, 0]
+        ratio = peak > -300.0
+        inv = 1.0 / probs[i, 0] if ratio else 0.0
         c, total, ed = peak, 1.0, 0.0  # the top token's own terms: exp(0) = 1, 0 * 1 = 0
         for j in range(1, k):
             c += top[i, j]
             d = top[i, j] - peak
-            e = np.exp(d)
+            e = probs[i, j] * inv if ratio else np.exp(d)
             total += e
             ed += e * d
         if np.isnan(c):

@@ -89,7 +89,7 @@ class Policy:
 
     def row(self, lam: float) -> PolicyRow:
         """The row of the grid λ nearest to `lam` (ties: the lower λ)."""
-        return nearest_row(self.rows, lam)
+        return nearest_row(self.rows, lam, self._grid)
 
     @cached_property
     def _grid(self) -> tuple[float, ...]:
@@ -161,10 +161,11 @@ class Policy:
         return later[0] if later else None
 
 
-def nearest_row(rows: Sequence[Any], lam: float) -> Any:
-    """The row whose grid λ (`.lam`, increasing) is nearest to `lam` (ties: the lower λ)."""
+def nearest_row(rows: Sequence[Any], lam: float, grid: Sequence[float] | None = None) -> Any:
+    """The row whose grid λ (`.lam`, increasing) is nearest to `lam` (ties: the lower λ);
+    `grid`: the rows' λ, when the caller keeps them (the hot path)."""
     lam = check_lambda(lam)
-    grid = [r.lam for r in rows]
+    grid = [r.lam for r in rows] if grid is None else grid
     i = bisect.bisect_left(grid, lam)  # grid[i - 1] < lam <= grid[i]
     if i == len(grid) or (i > 0 and lam - grid[i - 1] <= grid[i] - lam + 1e-12):
         i -= 1  # the lower neighbour is nearer, or a (float) tie

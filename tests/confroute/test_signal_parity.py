@@ -89,12 +89,22 @@ def test_compiled_kernel_matches_reference_signals(n: int, k: int) -> None:
             kw: Any = {"answer": answer, "answer_found": True, "truncated": True, "length": 512,
                        "agree_prev": 1.0, "config": config}
             a0, a1, _ = answer.indices(arr.logprob.size)
-            got = signals_kernel(arr.logprob, arr.top, a0, a1, config.group_window, config.tail,
-                                 config.bottom_frac, 512.0, 1.0, 1.0, 1.0)
+            got = signals_kernel(arr.logprob, arr.top, np.exp(arr.top), a0, a1,
+                                 config.group_window, config.tail, config.bottom_frac, 512.0,
+                                 1.0, 1.0, 1.0)
             assert got.shape == (17,)
             want = reference_signals(arr, **kw)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(signals_from_arrays(arr, **kw), want, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_entropy_for_peaks_whose_exp_underflows() -> None:
+    """A token whose best logprob is below -300 (its exp loses precision): still the reference."""
+    top = np.array([[-0.1, -2.0, -9.0], [-320.0, -321.5, -330.0], [-800.0, -800.5, -805.0]])
+    arr = TokenArrays(top[:, 0].copy(), top, np.array([0, 1, 2, 3]), "abc")
+    got, want = signals_from_arrays(arr), reference_signals(arr)
+    assert np.isfinite(want[11]) and np.isfinite(want[12])  # entropy mean and max
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_declines_top_k_with_gaps() -> None:
@@ -102,7 +112,8 @@ def test_kernel_declines_top_k_with_gaps() -> None:
     from confroute.kernels import signals_kernel
 
     top = np.array([[-0.1, -2.0], [-0.2, np.nan]])
-    assert signals_kernel(top[:, 0].copy(), top, 0, 0, 4, 2, 0.1, 2.0, 0.0, 0.0, 0.5).size == 0
+    assert signals_kernel(top[:, 0].copy(), top, np.exp(top), 0, 0, 4, 2, 0.1, 2.0, 0.0, 0.0,
+                          0.5).size == 0
     arr = TokenArrays(top[:, 0].copy(), top, np.array([0, 1, 2]), "ab")
     np.testing.assert_array_equal(signals_from_arrays(arr), reference_signals(arr))
 
