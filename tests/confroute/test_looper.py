@@ -11,7 +11,13 @@ import pytest
 
 from confroute.features import FEATURE_NAMES
 from confroute.grading import NumericGrader
-from confroute.looper import FormulaPolicy, escalation_order, load_router_config
+from confroute.looper import (
+    FormulaPolicy,
+    HybridWeights,
+    escalation_order,
+    formula_score,
+    load_router_config,
+)
 from confroute.panel import ConfigError, Cost, LlamaCppModel, Panel
 from confroute.traces import read_traces
 from training.evaluate import fixed_formula_score
@@ -68,6 +74,20 @@ def test_hybrid_decides_as_the_fixed_formula_baseline(tmp_path: Path) -> None:
     assert {"accept", "escalate"} <= set(decided)  # the sample exercises both sides
     assert rule.decide("qwen2.5-coder-1.5b", 0.1, 0.5).reason == "last_model"
     assert rule.decide("smollm2-135m", math.nan, 0.5).reason == "no_logprobs"
+
+
+def test_fixed_formulas_by_hand() -> None:
+    """The looper's formulas written out: clamp((lp + 3) / 3, 0, 1), 1 - exp(-m / 3), and their
+    weighted sum; NaN (no logprobs) stays NaN."""
+    assert formula_score("avg_logprob", -1.5, 0.0) == pytest.approx(0.5)
+    assert formula_score("avg_logprob", -4.0, 0.0) == 0.0  # clamped below
+    assert formula_score("avg_logprob", 0.5, 0.0) == 1.0  # clamped above
+    assert formula_score("margin", -1.0, 3.0) == pytest.approx(1 - math.exp(-1))
+    assert formula_score("hybrid", -1.5, 3.0) == pytest.approx(0.5 * 0.5 + 0.5 * (1 - math.exp(-1)))
+    uneven = HybridWeights(logprob_weight=0.8, margin_weight=0.2)
+    assert formula_score("hybrid", -2.4, 6.0, uneven) == pytest.approx(
+        0.8 * 0.2 + 0.2 * (1 - math.exp(-2)))
+    assert math.isnan(float(formula_score("hybrid", math.nan, math.nan)))
 
 
 def test_escalation_orders() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,26 @@ def _noisy_tokens(rng: np.random.Generator, n: int, k: int, mask_alts: bool = Tr
     return out
 
 
-@pytest.mark.parametrize(("n", "k"), [(300, 5), (40, 2), (7, 1), (1, 5)])
-def test_specials_masks_and_shapes_match_features(n: int, k: int) -> None:
+@pytest.mark.parametrize(("n", "k", "mask_alts"),
+                         [(300, 5, True), (40, 2, True), (7, 1, True), (1, 5, True),
+                          (300, 5, False)])
+def test_specials_masks_and_shapes_match_features(n: int, k: int, mask_alts: bool) -> None:
+    """token_arrays equals its reference with special tokens and masked logprobs; so do the
+    signals. A masked alternative, k = 1 or no kept token sends signals_from_arrays to the
+    reference definitions; the last case (masked chosen tokens and specials only) reaches the
+    compiled kernel."""
+    from confroute.kernels import signals_kernel
+
     rng = np.random.default_rng(n * 10 + k)
-    toks = _noisy_tokens(rng, n, k)
+    toks = _noisy_tokens(rng, n, k, mask_alts=mask_alts)
     fast, ref = token_arrays(toks), reference_token_arrays(toks)
     _same_arrays(fast, ref)
     np.testing.assert_allclose(_signals(fast, FeatureConfig(), True),
                                _signals(ref, FeatureConfig(), False), rtol=1e-12, atol=1e-12)
+    if not mask_alts:
+        assert fast.logprob.size < n  # masked chosen tokens and specials were dropped
+        assert signals_kernel(fast.logprob, fast.top, np.exp(fast.top), 0, 0, 16, 16, 0.1,
+                              float(n), 0.0, 0.0, math.nan).size == 17
 
 
 @pytest.mark.parametrize(("n", "k"), [(300, 5), (40, 2), (3, 5), (64, 20)])

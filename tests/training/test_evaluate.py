@@ -124,6 +124,7 @@ def test_report_structure(report: dict) -> None:
     apgr = {k: v["apgr"] for k, v in report["apgr"]["methods"].items()}
     assert apgr["tuned_on_test"] >= apgr["single_models"] - 0.02, apgr
     assert "tuned_on_test" not in report["targets"]["router_vs_baselines"]  # a bar, not a target
+    assert report["figures"]  # the loop below must see some
     for name in report["figures"]:
         assert (report["_out"] / name).stat().st_size > 10_000
     assert report["targets"]["match_best_single"]["best_single"] == "qwen2.5-coder-1.5b"
@@ -207,6 +208,7 @@ def test_report_is_logged_to_the_versions_mlflow_run(
     with tracking.start_run(None, "confroute", run_name="train") as run:
         run.log_metrics({"auroc.m": 0.8})
     figures = [report["_out"] / name for name in report["figures"]]
+    assert figures
     body = {k: v for k, v in report.items() if k != "_out"}
     said = _log(run.run_id, body, figures)
     assert said.startswith(f"logged to run {run.run_id}"), said

@@ -103,6 +103,8 @@ def test_resume_regenerates_only_what_is_missing(
     assert again.exit_code == 0, again.output
     resumed = read_traces(out)
     assert [t.item_id for t in resumed] == [t.item_id for t in traces]
+    # the two complete traces are kept byte for byte (regenerated ones would differ in latency)
+    assert out.read_text(encoding="utf-8").startswith(lines[0] + lines[1])
     assert resumed[2].model == "smollm2-135m" and resumed[2].tokens
     # (not asserted: the same text as before. Decoded alone rather than in a batch of 3, llama.cpp's
     # numerics differ slightly and a greedy SmolLM2 answer can take another path.)

@@ -55,12 +55,14 @@ def known_cascade(models: tuple[str, ...] = PANEL) -> dict[str, Any]:
     - start: the small model, unless the question holds 3 or more numbers (then the large one);
     - λ=0.5: after the small model, accept iff p >= 0.6, else escalate to the medium model
       (worth 0.3, the large one 0.1); after small+medium, the large one is worth 0.2 + 0.2 p;
-    - λ=0.8: after the small model, accept iff p >= 0.5, else skip ahead to the large one."""
+    - λ=0.8: after the small model, accept iff p >= 0.5, else skip ahead to the large one;
+    - fitted accuracy and cost: 0.9 and 0.6 at λ=0.5, 0.8 and 0.4 at λ=0.8."""
     from confroute.cascade import CascadePolicy, CascadeRow, State, state_key
 
     a, b, c = models
 
-    def row(lam: float, after_a: dict[str, tuple[float, float]], tau: float) -> CascadeRow:
+    def row(lam: float, after_a: dict[str, tuple[float, float]], tau: float, accuracy: float,
+            cost: float) -> CascadeRow:
         later = {(a,): after_a, (a, b): {c: (0.2, 0.2)}, (b,): {c: (0.2, 0.2)}}
         states = {}
         for called in [(a,), (b,), (c,), (a, b), (a, c), (b, c), (a, b, c)]:
@@ -68,10 +70,10 @@ def known_cascade(models: tuple[str, ...] = PANEL) -> dict[str, Any]:
             t = tau if called == (a,) else (0.2 / (1 - lam - 0.2) if opts else 0.0)
             states[state_key(called)] = State(called, opts, t, 0.3)
         start = {a: (1.0, 0.0, 0.0), b: (0.0, 0.0, 0.0), c: (0.0, 0.0, 0.4)}
-        return CascadeRow(lam, start, states, accuracy=0.8, cost=0.5, n_items=10)
+        return CascadeRow(lam, start, states, accuracy=accuracy, cost=cost, n_items=10)
 
-    rows = (row(0.5, {b: (0.3, 0.0), c: (0.1, 0.0)}, 0.6),
-            row(0.8, {b: (-0.5, 0.0), c: (0.1, 0.0)}, 0.5))
+    rows = (row(0.5, {b: (0.3, 0.0), c: (0.1, 0.0)}, 0.6, accuracy=0.9, cost=0.6),
+            row(0.8, {b: (-0.5, 0.0), c: (0.1, 0.0)}, 0.5, accuracy=0.8, cost=0.4))
     return CascadePolicy(models, rows, {"query_mean": [4.0, 1.0], "prompt_template":
                                         "Solve: {question}"}).to_dict()
 

@@ -46,7 +46,8 @@ class StubBackend:
     """ASGI app answering POST /v1/chat/completions per the scripted mode; counts calls."""
 
     def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()  # requests received, per scripted model
+        self.answered: Counter[str] = Counter()  # answers it went on to send (after any sleep)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -72,6 +73,7 @@ class StubBackend:
         if mode == "slow":
             await asyncio.sleep(3.0)
             mode = "ok"
+        self.answered[req["model"]] += 1
         if mode == "error":
             return 500, {"error": {"message": "scripted failure"}}
         return 200, reply(mode, answer or "42", int(req.get("max_tokens") or 64))

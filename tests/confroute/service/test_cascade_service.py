@@ -116,9 +116,12 @@ def test_limits_max_models_max_cost_and_target_accuracy(client: Any) -> None:
         assert r["stopped"] == "max_models" and r["model"] == MEDIUM
         r = router(max_cost=3.5)  # 1 + 2 spent; the large model's 3 would pass 3.5
         assert r["stopped"] == "max_cost" and r["cost"] == 3.0
-        r = router(target_accuracy=0.8)
+        r = router(target_accuracy=0.8)  # the cheaper row reaches it
         assert r["target_accuracy"]["lambda"] == 0.8 and r["cost_quality_tradeoff"] == 0.8
         assert r["target_accuracy"]["estimated_accuracy"] == 0.8
+        r = router(target_accuracy=0.85)  # only the dearer one does
+        assert r["target_accuracy"]["lambda"] == 0.5 and r["cost_quality_tradeoff"] == 0.5
+        assert r["target_accuracy"]["estimated_accuracy"] == 0.9
         for extra, words in (({"max_cost": 0.5}, "max_cost 0.5 is below the price"),
                              ({"target_accuracy": 0.95}, "no setting reaches accuracy 0.950"),
                              ({"target_accuracy": 1.5}, "target_accuracy"),

@@ -29,8 +29,14 @@ SMALL, MEDIUM, LARGE = PANEL
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[str]:
-    with serve_app(StubBackend(), ready_path="/v1/models") as url:
+def backend() -> StubBackend:
+    """The scripted backend behind `stub`; its counters are cumulative over the module."""
+    return StubBackend()
+
+
+@pytest.fixture(scope="module")
+def stub(backend: StubBackend) -> Iterator[str]:
+    with serve_app(backend, ready_path="/v1/models") as url:
         yield url + "/v1"
 
 
@@ -50,6 +56,16 @@ def make_client(tmp_path: Path, models_dir: Path, stub: str) -> Iterator[Any]:
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+def metric(url: str, name: str) -> float:
+    """An unlabelled sample's value on a running service's /metrics (0 when absent)."""
+    import httpx
+
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def chat(client: TestClient, **body: Any) -> Any:
@@ -177,18 +193,27 @@ def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
 
 
-def test_client_gone_cancels_the_cascade(tmp_path: Path, models_dir: Path, stub: str) -> None:
+def test_client_gone_cancels_the_cascade(tmp_path: Path, models_dir: Path, stub: str,
+                                         backend: StubBackend) -> None:
     """A chat client that leaves while the first model is still answering: the cascade is
     cancelled (no stage logged, no later model called) and counted; one that waits is served."""
+    import time
+
     import httpx
 
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("slow", "ok:7", "ok:9"))
     settings = settings_for(tmp_path, models_dir, panel)
     body = {"model": "confroute:0", "messages": QUESTION}
     with running_service(settings) as url:
+        later, slow = backend.calls["ok:7"] + backend.calls["ok:9"], backend.answered["slow"]
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5,
                        headers={"x-request-id": "gone-1"})
+        wait_for(lambda: metric(url, "confroute_client_disconnects_total") == 1.0)
+        # the slow call's sleep ends 3 s after it began: past it, no later model was called
+        wait_for(lambda: backend.answered["slow"] > slow, timeout=10)
+        time.sleep(0.5)  # a cascade that had gone on would call the next model within ms
+        assert backend.calls["ok:7"] + backend.calls["ok:9"] == later
         waited = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
                             headers={"x-request-id": "stayed-1"})
         assert waited.status_code == 200, waited.text
@@ -200,7 +225,8 @@ def test_client_gone_cancels_the_cascade(tmp_path: Path, models_dir: Path, stub:
 
 
 def test_client_gone_after_the_first_answer_keeps_that_stage(tmp_path: Path, models_dir: Path,
-                                                             stub: str) -> None:
+                                                             stub: str,
+                                                             backend: StubBackend) -> None:
     """Leaving while the second model answers: the first stage, answered and logged already,
     stays in the log; the second is cancelled (never logged, even after it would have ended)."""
     import time
@@ -210,11 +236,16 @@ def test_client_gone_after_the_first_answer_keeps_that_stage(tmp_path: Path, mod
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("unsure", "slow", "ok:9"))
     settings = settings_for(tmp_path, models_dir, panel)
     with running_service(settings) as url:
+        answered = backend.answered["slow"]
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", timeout=1.5,
                        json={"model": "confroute:0", "messages": QUESTION},
                        headers={"x-request-id": "gone-2"})
-        time.sleep(3.0)  # past the slow model's answer, had its call gone on
+        wait_for(lambda: metric(url, "confroute_client_disconnects_total") == 1.0)
+        # the slow model has sent its answer: a cascade that had gone on would score and log
+        # that stage within milliseconds (the log is flushed when the service stops, below)
+        wait_for(lambda: backend.answered["slow"] > answered, timeout=10)
+        time.sleep(0.5)
     rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
     assert [(r.stage, r.model, r.decision) for r in rows if r.request_id == "gone-2"] == [
         (0, SMALL, "escalate")]
@@ -272,10 +303,20 @@ def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir
     assert mine[1].prediction == "7" and mine[0].signals[FEATURE_NAMES[0]] == 1.0
 
 
-def test_what_the_edge_checks_before_the_panel(make_client: Any) -> None:
+def test_what_the_edge_checks_before_the_panel(make_client: Any, backend: StubBackend) -> None:
     """Content type, encoding, repeated headers, header and body errors in one 422, non-text
     parts: each a 4xx naming it, nothing sent to the panel."""
     client = make_client(("ok", "ok:7", "ok:9"))
+    real = client.post
+
+    def post(*args: Any, **kwargs: Any) -> Any:  # a refused request reaches no backend
+        before = sum(backend.calls.values())
+        r = real(*args, **kwargs)
+        if r.status_code >= 400:
+            assert sum(backend.calls.values()) == before, r.text
+        return r
+
+    client.post = post  # type: ignore[method-assign]
     good = json.dumps({"model": "confroute", "messages": QUESTION}).encode()
     r = client.post("/v1/chat/completions", content=good, headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "send application/json" in r.json()["error"]["message"]

@@ -64,12 +64,26 @@ def test_two_workers_share_one_log_sum_their_metrics_and_both_reload(
 
         new = build_version(models_dir, switch=False).name
         switch_current(models_dir, new)
-        deadline, seen = time.monotonic() + 30, []
+
+        def serving() -> dict[str, str]:  # pid -> the version its own gauge says it serves
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            out = {}
+            for labels, value in re.findall(r"^confroute_version_info\{([^}]*)\} (\S+)$", text,
+                                            re.M):
+                kv = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                if float(value) == 1.0:
+                    out[kv["pid"]] = kv["version"]
+            return out
+
+        workers = pids()
+        deadline, seen = time.monotonic() + 30, {}
         while time.monotonic() < deadline:
-            seen = [_post(url, body).json()["version"] for _ in range(12)]
-            if set(seen) == {new}:
+            seen = serving()
+            if set(seen) >= workers and set(seen.values()) == {new}:
                 break
             time.sleep(0.3)
-        assert set(seen) == {new} and new != first, seen  # every worker serves the new version
+        # each worker's own gauge, by pid: every worker reloaded, not just the ones that answered
+        assert set(seen) >= workers and set(seen.values()) == {new} and new != first, seen
+        assert {_post(url, body).json()["version"] for _ in range(12)} == {new}
     finally:
         stop(proc, 30)
