@@ -11,7 +11,7 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 . .venv/bin/activate
 python -m pip install -q "pip==26.3"
 # Every package at the version CI tested: requirements.lock, made by `uv pip compile` (its header
-# has the command; the README says how to refresh it). pyproject.toml keeps the ranges for people
+# has the command; docs/install.md says how to refresh it). pyproject.toml keeps the ranges for people
 # who install confroute as a library. llama-cpp-python builds from source the first time (about
 # 7 minutes on 2 cores); pip caches the wheel.
 # llama.cpp is built for x86-64-v3 (AVX2, FMA, F16C), not -march=native: on these machines the

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # routing defaults
     # λ of requests that set none: 0.3, the looper's default too. At 0.5 one call of the last
     # model weighs as much as one right answer, and on the reference panel the policy then
-    # serves SmolLM2's answers (2-4% right) to 30% of requests: nothing else pays for itself
+    # serves SmolLM2's answers (about 4% right) to 30% of requests: nothing else pays for itself
     default_cost_quality_tradeoff: Annotated[float, Field(ge=0, le=1)] = 0.3
     # enforce: the router's answer is served; shadow: `shadow_model` (default: the last panel
     # model) is always served, and what the router would have done is logged (endpoint "shadow")
