@@ -51,6 +51,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
     model_lam = chat_format.parse_model(body.model, res.panel.router_model)
     lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
+    _refuse_tools(body)
     for i, m in enumerate(body.messages):
         parts = m.content if isinstance(m.content, list) else []
         other = [p.type for p in parts if p.type != "text"]
@@ -70,6 +71,23 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     if body.stream:
         return Reply(headers, events=chat_format.sse(out, res.panel))
     return Reply(headers, encode(chat_format.completion_body(out, res.panel, body.logprobs)))
+
+
+_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call", "parallel_tool_calls")
+
+
+def _refuse_tools(body: ChatRequest) -> None:
+    """Tool calling is not passed to the panel yet: a request that asks for it is a 400 rather
+    than a text answer that silently ignores its tools."""
+    extra = body.model_extra or {}
+    asked = [k for k in _TOOL_FIELDS if extra.get(k) not in (None, [], "none", False)]
+    if asked:
+        raise BadRequest(f"{asked[0]}: tool calling is not supported yet (the panel answers in "
+                         "text); send the request without it")
+    for i, m in enumerate(body.messages):
+        if m.role in ("tool", "function") or (m.model_extra or {}).get("tool_calls"):
+            raise BadRequest(f"messages[{i}]: tool calls and tool results are not supported "
+                             "yet; the panel reads user, system and assistant text")
 
 
 async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
