@@ -24,7 +24,9 @@ What each knob does here, beside the looper (README, "Migrating from the confide
 - `cost_quality_tradeoff`: the default λ of requests that do not set one. In the looper it only
   orders models (automix); here it is also the stopping rule of the calibrated policy.
 - `token_filter`: `all` and `stop` read every token but special and stop tokens (what confroute
-  always does); `tool_call_args` is refused (not supported yet).
+  always does); `tool_call_args` makes the fixed formulas read only a tool-calling answer's
+  arguments (confroute.token_filter; a text answer is read whole, as in the looper). Refused with
+  `calibrated`, whose classifiers were fitted on every token of text answers.
 - `on_error`: every panel model's `on_error` (skip or fail).
 - `budget`: the per-request limits' defaults (max_cost, max_models, deadline).
 Unknown keys are refused, naming them.
@@ -71,10 +73,11 @@ class Confidence(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Confidence:
-        if self.token_filter == "tool_call_args":
-            raise ValueError("token_filter: tool_call_args is not supported yet (confroute reads "
-                             "every token but special and stop tokens: use all)")
         if self.confidence_method == "calibrated":
+            if self.token_filter == "tool_call_args":
+                raise ValueError("token_filter: tool_call_args works with the fixed formulas "
+                                 "(avg_logprob, margin, hybrid); the calibrated classifiers were "
+                                 "fitted on every token of text answers")
             if self.threshold is not None:
                 raise ValueError("threshold: the calibrated method fits its thresholds per model "
                                  "and λ; leave threshold out, or use avg_logprob/margin/hybrid")

@@ -35,6 +35,7 @@ from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.query import query_features, question_of
+from confroute.token_filter import tool_call_arrays
 from confroute.tokens import token_arrays
 from confroute.traces import Message
 
@@ -89,6 +90,8 @@ class ChatTask:
     max_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool calling, passed to the backends
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class CascadeRunner:
             max_tokens=task.max_tokens or d.max_tokens,
             temperature=d.temperature if task.temperature is None else task.temperature,
             top_logprobs=d.top_logprobs, seed=task.seed or 0,
+            tools=task.tools, tool_choice=task.tool_choice,
         )
 
     async def run(self, task: ChatTask, limits: Limits, request_id: str) -> Cascade:
@@ -307,6 +311,9 @@ class CascadeRunner:
         if c is None:
             return
         arr = token_arrays(c.tokens)
+        looper = self.engine.looper
+        if c.tool_calls and looper is not None and looper.token_filter == "tool_call_args":
+            arr = tool_call_arrays(arr)  # the looper's filter: the calls' arguments only
         length = c.usage.completion_tokens or None
         st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous, called)
         stage.scored = s = self.engine.decide(out.version, st, out.lam)

@@ -148,3 +148,11 @@ def _arrays(lp: np.ndarray, top: np.ndarray, strs: list[str], text: str | None =
     offsets = np.zeros(len(strs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return TokenArrays(lp, top, offsets, "".join(strs) if text is None else text)
+
+
+def select(arr: TokenArrays, keep: np.ndarray) -> TokenArrays:
+    """The tokens where `keep` (a bool per token) holds, text and offsets rebuilt."""
+    starts, ends = arr.offsets[:-1][keep], arr.offsets[1:][keep]
+    strs = [arr.text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    top = arr.top[keep] if keep.any() else np.empty((0, 0))
+    return _arrays(arr.logprob[keep], np.ascontiguousarray(top), strs)

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 import numpy as np
@@ -49,9 +49,13 @@ class Token(msgspec.Struct, frozen=True, gc=False):
     top_logprobs: list[TopLogprob] = []
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     role: str
     content: str
+    # tool calling, in chat requests only (traces' prompts never carry them): an assistant
+    # message's calls, and the call a `tool` message answers
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):

@@ -42,7 +42,7 @@ def test_the_looper_docs_example_loads_as_is() -> None:
      "confidence_method"),
     ("algorithm:\n  type: confidence\n  confidence: {threshold: 0.7}\n", "calibrated method fits"),
     ("algorithm:\n  type: confidence\n  confidence: {token_filter: tool_call_args}\n",
-     "tool_call_args is not supported"),
+     "tool_call_args works with the fixed formulas"),
     ("algorithm:\n  type: confidence\n  confidence: {escalation_order: cost}\n",
      "follows the panel order"),
     ("algorithm:\n  type: confidence\n  budget: {max_cost: -1}\n", "max_cost"),

@@ -20,6 +20,9 @@ class GenParams:
     temperature: float = 0.0  # greedy: the reference traces are reproducible
     top_logprobs: int = 5  # alternatives per token, the k of the confidence signals
     seed: int = 0
+    # OpenAI tool calling, passed through as the request gave them (OpenAI-compatible chat only)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Completion:
     usage: Usage
     latency_s: float
     model: str = ""
+    tool_calls: list[dict[str, Any]] | None = None  # the reply's tool calls, as the server sent them
 
 
 class BackendError(RuntimeError):

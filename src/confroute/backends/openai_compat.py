@@ -38,6 +38,7 @@ _RETRY_STATUS = frozenset({408, 429})  # request timeout, rate limited; plus eve
 
 class _ChatMessage(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _Logprobs(msgspec.Struct):
@@ -195,7 +196,12 @@ class OpenAICompatBackend(Backend):
         }
         if self.mode == "chat":
             logprobs = {"logprobs": True, "top_logprobs": params.top_logprobs}
-            return {**common, **logprobs, "messages": list(messages)}
+            tools = {k: v for k, v in (("tools", params.tools), ("tool_choice", params.tool_choice))
+                     if v is not None}
+            return {**common, **logprobs, **tools, "messages": list(messages)}
+        if params.tools or any(m.tool_calls or m.tool_call_id for m in messages):
+            raise BackendError(f"{self.name}: tool calling needs mode chat (this model uses the "
+                               "completions endpoint)")
         prompt = "\n\n".join(m.content for m in messages)
         return {**common, "prompt": prompt, "logprobs": params.top_logprobs}
 
@@ -248,6 +254,7 @@ def completion_from_reply(body: bytes, model: str, latency_s: float) -> Completi
         usage=reply.usage or Usage(0, len(tokens)),
         latency_s=round(latency_s, 3),
         model=model,
+        tool_calls=(choice.message.tool_calls or None) if choice.message else None,
     )
 
 

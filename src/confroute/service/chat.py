@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from confroute.errors import BadRequest, RoutingError, UnsupportedMediaType
+from confroute.panel import Panel
 from confroute.runner import Cascade, ChatTask, Limits
 from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_key, send_json
@@ -51,7 +52,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
     model_lam = chat_format.parse_model(body.model, res.panel.router_model)
     lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
-    _refuse_tools(body)
+    tools, tool_choice = _tools(body, res.panel)
     for i, m in enumerate(body.messages):
         parts = m.content if isinstance(m.content, list) else []
         other = [p.type for p in parts if p.type != "text"]
@@ -60,9 +61,9 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
                              "the panel reads text parts only")
     if not any(m.text().strip() for m in body.messages):
         raise BadRequest("messages hold no text: nothing to answer")
-    task = ChatTask([Message(m.role, m.text()) for m in body.messages], lam,
+    task = ChatTask([_message(m) for m in body.messages], lam,
                     body.target_accuracy, body.max_completion_tokens or body.max_tokens,
-                    body.temperature, body.seed)
+                    body.temperature, body.seed, tools, tool_choice)
     run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
     out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
     if out is None:
@@ -73,21 +74,36 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     return Reply(headers, encode(chat_format.completion_body(out, res.panel, body.logprobs)))
 
 
-_TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call", "parallel_tool_calls")
-
-
-def _refuse_tools(body: ChatRequest) -> None:
-    """Tool calling is not passed to the panel yet: a request that asks for it is a 400 rather
-    than a text answer that silently ignores its tools."""
+def _tools(body: ChatRequest, panel: Panel) -> tuple[Any, Any]:
+    """The request's `tools` and `tool_choice`, checked: tool calling (or a conversation holding
+    tool calls) goes to OpenAI-compatible chat backends only, and is not streamed."""
     extra = body.model_extra or {}
-    asked = [k for k in _TOOL_FIELDS if extra.get(k) not in (None, [], "none", False)]
-    if asked:
-        raise BadRequest(f"{asked[0]}: tool calling is not supported yet (the panel answers in "
-                         "text); send the request without it")
-    for i, m in enumerate(body.messages):
-        if m.role in ("tool", "function") or (m.model_extra or {}).get("tool_calls"):
-            raise BadRequest(f"messages[{i}]: tool calls and tool results are not supported "
-                             "yet; the panel reads user, system and assistant text")
+    for legacy in ("functions", "function_call"):
+        if extra.get(legacy) is not None:
+            raise BadRequest(f"{legacy}: the legacy function-calling fields are not supported; "
+                             "send tools and tool_choice")
+    tools, choice = extra.get("tools") or None, extra.get("tool_choice")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict)
+                                                                  for t in tools)):
+        raise BadRequest("tools: a list of tool objects")
+    history = any(m.role == "tool" or (m.model_extra or {}).get("tool_calls")
+                  for m in body.messages)
+    if tools is None and not history:
+        return None, None
+    if body.stream:
+        raise BadRequest("stream: tool calling is answered whole; send stream false")
+    text_only = [m.name for m in panel.models
+                 if m.backend != "openai" or getattr(m, "mode", "chat") != "chat"]
+    if text_only:
+        raise BadRequest(f"tool calling needs OpenAI-compatible chat backends; panel models "
+                         f"{text_only} are not (send the request without tools)")
+    return tools, choice
+
+
+def _message(m: Any) -> Message:
+    extra = m.model_extra or {}
+    return Message(m.role, m.text(), tool_calls=extra.get("tool_calls") or None,
+                   tool_call_id=extra.get("tool_call_id"))
 
 
 async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:

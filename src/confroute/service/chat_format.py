@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from confroute.backends import Completion
 from confroute.errors import BadRequest
 from confroute.panel import Panel
 from confroute.runner import Cascade, spent, stage_cost, usage
@@ -36,11 +37,18 @@ def completion_body(out: Cascade, panel: Panel, with_logprobs: bool) -> dict[str
         "object": "chat.completion",
         "created": int(time.time()),
         "model": c.model or out.served.model,  # type: ignore[union-attr]
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.response},
-                     "finish_reason": c.finish_reason, "logprobs": logprobs}],
+        "choices": [{"index": 0, "message": _message(c), "finish_reason": c.finish_reason,
+                     "logprobs": logprobs}],
         "usage": usage(out),
         "router": router_field(out, panel),
     }
+
+
+def _message(c: Completion) -> dict[str, Any]:
+    """The served message: its text, and its tool calls as the backend sent them."""
+    if not c.tool_calls:
+        return {"role": "assistant", "content": c.response}
+    return {"role": "assistant", "content": c.response or None, "tool_calls": c.tool_calls}
 
 
 def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None,

@@ -5,7 +5,9 @@ The served model name chooses the behaviour, `mode[:answer]`:
 - `unsure`: the same text with logprob -2.5 per token;
 - `nologprobs`: the answer without any logprobs;
 - `slow`: sleeps 3 s before answering (panels give it a shorter timeout);
-- `error`: HTTP 500.
+- `error`: HTTP 500;
+- `tool`: a call of the tool `add` with arguments {"a": 3, "b": 4}, logprobs for its raw text
+  (Qwen's `<tool_call>` layout) where the argument tokens are sure (-0.01) and the rest not (-4).
 The answer text ends with "The answer is: <answer>" (default 42). A real backend that is down is
 played by a closed loopback port, not by this stub.
 """
@@ -30,7 +32,26 @@ def tokens(text: str, lp: float, k: int = 5) -> list[dict[str, Any]]:
             for p in pieces]
 
 
+TOOL_PIECES = [("<tool_call>", -4.0), ('\n{"name": "add", ', -4.0), ('"arguments": ', -4.0),
+               ('{"a": 3', -0.01), (', "b": 4}', -0.01), ("}\n", -4.0), ("</tool_call>", -4.0)]
+
+
+def tool_reply() -> dict[str, Any]:
+    content = [{"token": p, "logprob": lp, "top_logprobs": [{"token": p, "logprob": lp}] + [
+        {"token": f"alt{j}", "logprob": lp - 1.0 - j} for j in range(4)]} for p, lp in TOOL_PIECES]
+    call = {"id": "call-1", "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}
+    return {"id": "stub", "object": "chat.completion", "created": 0, "model": "tool",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                                 "tool_calls": [call]},
+                         "logprobs": {"content": content}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": len(content),
+                      "total_tokens": 10 + len(content)}}
+
+
 def reply(mode: str, answer: str, max_tokens: int) -> dict[str, Any]:
+    if mode == "tool":
+        return tool_reply()
     text = TEXT.format(answer=answer)
     content = tokens(text, -0.01 if mode == "ok" else -2.5)[:max_tokens]
     text = "".join(t["token"] for t in content)
@@ -48,6 +69,7 @@ class StubBackend:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()  # requests received, per scripted model
         self.answered: Counter[str] = Counter()  # answers it went on to send (after any sleep)
+        self.last: dict[str, Any] = {}  # the last request body, per scripted model
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,6 +92,7 @@ class StubBackend:
         req = json.loads(body)
         mode, _, answer = req["model"].partition(":")
         self.calls[req["model"]] += 1
+        self.last[req["model"]] = req
         if mode == "slow":
             await asyncio.sleep(3.0)
             mode = "ok"

@@ -186,13 +186,7 @@ def test_deadline(make_client: Any) -> None:
     ({"router": {"max_escalations": -1}}, 422, "max_escalations"),
     ({"router": {"deadline": 3}}, 422, "router.deadline"),
     ({"seed": -5}, 422, "seed"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
-     "tools: tool calling is not supported yet"),
-    ({"tool_choice": "required"}, 400, "tool_choice: tool calling is not supported yet"),
-    ({"messages": [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "7"}]}, 400,
-     "messages[1]: tool calls and tool results are not supported yet"),
+    ({"tools": "add"}, 400, "tools: a list of tool objects"),  # the rest in test_tools.py
 ])
 def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
                            words: str) -> None:

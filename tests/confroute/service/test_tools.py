@@ -1,0 +1,97 @@
+"""Tool calling through the chat endpoint: tools reach OpenAI-compatible backends, tool calls come
+back, and the looper's `token_filter: tool_call_args` reads only the calls' arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from confroute.service import create_app
+
+from .conftest import PANEL, running_service, serve_app, settings_for, stub_panel
+from .stub_backend import StubBackend
+
+SMALL, MEDIUM, LARGE = PANEL
+ADD = {"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {
+    "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
+ASK: Any = [{"role": "user", "content": "What is 3 + 4? Use the tool."}]
+
+
+@pytest.fixture(scope="module")
+def backend() -> StubBackend:
+    return StubBackend()
+
+
+@pytest.fixture(scope="module")
+def stub(backend: StubBackend) -> Iterator[str]:
+    with serve_app(backend, ready_path="/v1/models") as url:
+        yield url + "/v1"
+
+
+def test_tools_reach_the_backend_and_tool_calls_come_back(
+    tmp_path: Path, models_dir: Path, stub: str, backend: StubBackend
+) -> None:
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("tool", "tool", "tool"))
+    with running_service(settings_for(tmp_path, models_dir, panel)) as url:
+        oa = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        r = oa.chat.completions.create(model="confroute", messages=ASK, tools=[ADD],
+                                       tool_choice="auto")
+        first = backend.last["tool"]
+        history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call-1", "type": "function",
+             "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}]},
+            {"role": "tool", "tool_call_id": "call-1", "content": "7"}]
+        oa.chat.completions.create(model="confroute", messages=history, tools=[ADD])
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call-1", "add", '{"a": 3, "b": 4}')
+    assert first["tool_choice"] == "auto" and first["tools"][0]["function"]["name"] == "add"
+    sent = backend.last["tool"]
+    assert sent["messages"][1]["tool_calls"][0]["id"] == "call-1"  # the history as it was given
+    assert sent["messages"][2] == {"role": "tool", "content": "7", "tool_call_id": "call-1"}
+
+
+@pytest.mark.parametrize(("token_filter", "first"), [("all", "escalate"),
+                                                     ("tool_call_args", "accept")])
+def test_tool_call_args_reads_the_arguments_only(
+    tmp_path: Path, models_dir: Path, stub: str, token_filter: str, first: str
+) -> None:
+    """The stub's call is sure of its arguments (-0.01) and unsure of the rest (-4): read whole,
+    avg_logprob's score is about 0.05 < 0.5 and the call escalates; read by the filter, about 1."""
+    config = tmp_path / "router.yaml"
+    config.write_text("algorithm:\n  type: confidence\n  confidence:\n"
+                      "    confidence_method: avg_logprob\n    threshold: 0.5\n"
+                      f"    token_filter: {token_filter}\n")
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("tool", "ok:7", "ok:9"))
+    settings = settings_for(tmp_path, models_dir, panel, router_config=config)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/chat/completions", json={"model": "confroute", "messages": ASK,
+                                                 "tools": [ADD]})
+    assert r.status_code == 200, r.text
+    tried = r.json()["router"]["tried"]
+    assert (tried[0]["model"], tried[0]["decision"]) == (SMALL, first)
+
+
+def test_what_tool_calling_refuses(tmp_path: Path, models_dir: Path, stub: str,
+                                   backend: StubBackend) -> None:
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("tool", "tool", "tool"),
+                       **{SMALL: {"mode": "completions"}})
+    before = sum(backend.calls.values())
+    with TestClient(create_app(settings_for(tmp_path, models_dir, panel))) as c:
+        for body, words in (
+            ({"tools": [ADD]}, f"panel models ['{SMALL}'] are not"),
+            ({"tools": [ADD], "stream": True}, "stream: tool calling is answered whole"),
+            ({"tools": "add"}, "tools: a list of tool objects"),
+            ({"functions": [ADD["function"]]}, "functions: the legacy function-calling"),
+        ):
+            r = c.post("/v1/chat/completions", json={"model": "confroute", "messages": ASK,
+                                                     **body})
+            assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+    assert sum(backend.calls.values()) == before  # nothing reached the panel
