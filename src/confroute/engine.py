@@ -30,6 +30,7 @@ from confroute.manifest import MANIFEST, Manifest, ManifestError
 from confroute.panel import LlamaCppModel, Panel
 from confroute.policy import Decision, Policy, check_lambda, load_policy
 from confroute.scoring import Scorer
+from confroute.token_filter import tool_call_arrays
 
 log = logging.getLogger("confroute.service")
 _AVG_LOGPROB, _MARGIN = FEATURE_NAMES.index("avg_logprob"), FEATURE_NAMES.index("margin")
@@ -59,6 +60,7 @@ class StageInput:
     length: int | None = None  # completion tokens, when the server reported them
     previous: Sequence[str | None] = ()  # earlier stages' extracted answers, cheapest first
     called: Sequence[str] = ()  # models called before this one, in order (the policy's state)
+    tool_call: bool = False  # the answer calls tools (token_filter tool_call_args reads those)
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,10 @@ class Engine:
 
     def signals(self, v: RouterVersion, s: StageInput) -> tuple[np.ndarray, str | None]:
         """The feature row of one answer (FEATURE_NAMES order) and its extracted answer."""
-        return answer_features(s.arrays, text=s.text, finish_reason=s.finish_reason,
+        arrays = s.arrays
+        if s.tool_call and self.looper is not None and self.looper.token_filter == "tool_call_args":
+            arrays = tool_call_arrays(arrays)  # the looper's filter: the calls' arguments only
+        return answer_features(arrays, text=s.text, finish_reason=s.finish_reason,
                                length=s.length, previous=s.previous, grader=self.grader,
                                config=v.config)
 

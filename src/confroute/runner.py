@@ -35,7 +35,6 @@ from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.query import query_features, question_of
-from confroute.token_filter import tool_call_arrays
 from confroute.tokens import token_arrays
 from confroute.traces import Message
 
@@ -311,11 +310,9 @@ class CascadeRunner:
         if c is None:
             return
         arr = token_arrays(c.tokens)
-        looper = self.engine.looper
-        if c.tool_calls and looper is not None and looper.token_filter == "tool_call_args":
-            arr = tool_call_arrays(arr)  # the looper's filter: the calls' arguments only
         length = c.usage.completion_tokens or None
-        st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous, called)
+        st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous, called,
+                        tool_call=bool(c.tool_calls))
         stage.scored = s = self.engine.decide(out.version, st, out.lam)
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)

@@ -102,7 +102,11 @@ def stage_input(req: Request, model: str, previous: Sequence[str | None],
         arr = token_arrays(tokens)
     _check_values(arr)
     length = req.usage.completion_tokens if req.usage and req.usage.completion_tokens else None
-    return StageInput(model, arr, text, finish, length, previous, called)
+    message = req.choices[0].message if req.choices else None
+    calls = message is not None and \
+        bytes(message.tool_calls).replace(b" ", b"") not in (b"null", b"[]")
+    return StageInput(model, arr, text, finish, length, previous, called,
+                      tool_call=calls or finish == "tool_calls")
 
 
 def _compact(req: Request) -> TokenArrays:

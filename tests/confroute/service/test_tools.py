@@ -14,7 +14,7 @@ from openai import OpenAI
 from confroute.service import create_app
 
 from .conftest import PANEL, running_service, serve_app, settings_for, stub_panel
-from .stub_backend import StubBackend
+from .stub_backend import StubBackend, tool_reply
 
 SMALL, MEDIUM, LARGE = PANEL
 ADD = {"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {
@@ -74,9 +74,12 @@ def test_tool_call_args_reads_the_arguments_only(
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/chat/completions", json={"model": "confroute", "messages": ASK,
                                                  "tools": [ADD]})
+        # /v1/route handed the same reply (a whole chat completion with its tool_calls)
+        routed = c.post("/v1/route", json={**tool_reply(), "model": SMALL})
     assert r.status_code == 200, r.text
     tried = r.json()["router"]["tried"]
     assert (tried[0]["model"], tried[0]["decision"]) == (SMALL, first)
+    assert routed.status_code == 200 and routed.json()["decision"] == first, routed.text
 
 
 def test_what_tool_calling_refuses(tmp_path: Path, models_dir: Path, stub: str,
