@@ -26,7 +26,7 @@ def make_trace(
         item_id=item.item_id,
         dataset=item.dataset,
         model=model,
-        messages=[Message(**m) for m in panel.prompt.messages(item.question)],
+        messages=[Message(m["role"], m["content"]) for m in panel.prompt.messages(item.question)],
         response=completion.response,
         tokens=completion.tokens,
         finish_reason=completion.finish_reason,
@@ -66,7 +66,7 @@ def generate(
             getattr(backend, "n_parallel", None),
         )
         prompts = [
-            [Message(**m) for m in panel.prompt.messages(it.question)] for it in todo
+            [Message(m["role"], m["content"]) for m in panel.prompt.messages(it.question)] for it in todo
         ]
         t0 = time.perf_counter()
         try:
