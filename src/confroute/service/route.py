@@ -103,8 +103,7 @@ def stage_input(req: Request, model: str, previous: Sequence[str | None],
     _check_values(arr)
     length = req.usage.completion_tokens if req.usage and req.usage.completion_tokens else None
     message = req.choices[0].message if req.choices else None
-    calls = message is not None and \
-        bytes(message.tool_calls).replace(b" ", b"") not in (b"null", b"[]")
+    calls = message is not None and bool(message.tool_calls)
     return StageInput(model, arr, text, finish, length, previous, called,
                       tool_call=calls or finish == "tool_calls")
 

@@ -47,7 +47,7 @@ class LogprobsBlock(msgspec.Struct, Generic[TokenT], gc=False):
 
 class ChoiceMessage(msgspec.Struct, gc=False):
     content: str | None = None
-    tool_calls: msgspec.Raw = msgspec.Raw(b"null")  # only whether there are any is read
+    tool_calls: list[Any] | None = None  # only whether there are any is read
 
 
 class Choice(msgspec.Struct, Generic[TokenT], gc=False):
