@@ -33,6 +33,8 @@ from confroute.service import create_app
 from confroute.settings import Settings
 from confroute.traces import Trace, read_traces
 
+from .stub_backend import StubBackend
+
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 PANEL = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # the CPU reference panel
 
@@ -229,3 +231,16 @@ def serve_process(tmp: Path, models_dir: Path, port: int, *args: str,
             "CONFROUTE_LOG_LEVEL": "warning", **env}
     with (tmp / "serve.log").open("wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full)
+
+
+@pytest.fixture(scope="module")
+def backend() -> StubBackend:
+    """The scripted backend behind `stub` (one per test module; its counters add up over it)."""
+    return StubBackend()
+
+
+@pytest.fixture(scope="module")
+def stub(backend: StubBackend) -> Iterator[str]:
+    """`backend` under uvicorn on loopback: the base URL panels point at."""
+    with serve_app(backend, ready_path="/v1/models") as url:
+        yield url + "/v1"

@@ -19,12 +19,6 @@ SMALL, MEDIUM, LARGE = PANEL
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[str]:
-    with serve_app(StubBackend(), ready_path="/v1/models") as url:
-        yield url + "/v1"
-
-
-@pytest.fixture(scope="module")
 def cascade_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models = tmp_path_factory.mktemp("cascade-models")
     build_version(models, policy=known_cascade())

@@ -21,23 +21,11 @@ from confroute.decisions.log import DecisionLog
 from confroute.features import FEATURE_NAMES
 from confroute.service import create_app
 
-from .conftest import PANEL, free_port, running_service, serve_app, settings_for, stub_panel
+from .conftest import PANEL, free_port, running_service, settings_for, stub_panel
 from .stub_backend import StubBackend
 
 QUESTION: Any = [{"role": "user", "content": "What is 3 + 4?"}]
 SMALL, MEDIUM, LARGE = PANEL
-
-
-@pytest.fixture(scope="module")
-def backend() -> StubBackend:
-    """The scripted backend behind `stub`; its counters are cumulative over the module."""
-    return StubBackend()
-
-
-@pytest.fixture(scope="module")
-def stub(backend: StubBackend) -> Iterator[str]:
-    with serve_app(backend, ready_path="/v1/models") as url:
-        yield url + "/v1"
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ back, and the looper's `token_filter: tool_call_args` reads only the calls' argu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +12,13 @@ from openai import OpenAI
 
 from confroute.service import create_app
 
-from .conftest import PANEL, running_service, serve_app, settings_for, stub_panel
+from .conftest import PANEL, running_service, settings_for, stub_panel
 from .stub_backend import StubBackend, tool_reply
 
 SMALL, MEDIUM, LARGE = PANEL
 ADD = {"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {
     "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}}
 ASK: Any = [{"role": "user", "content": "What is 3 + 4? Use the tool."}]
-
-
-@pytest.fixture(scope="module")
-def backend() -> StubBackend:
-    return StubBackend()
-
-
-@pytest.fixture(scope="module")
-def stub(backend: StubBackend) -> Iterator[str]:
-    with serve_app(backend, ready_path="/v1/models") as url:
-        yield url + "/v1"
 
 
 def test_tools_reach_the_backend_and_tool_calls_come_back(
