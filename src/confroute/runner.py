@@ -89,8 +89,9 @@ class ChatTask:
     max_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
-    tools: list[dict[str, Any]] | None = None  # OpenAI tool calling, passed to the backends
-    tool_choice: str | dict[str, Any] | None = None
+    # OpenAI tool calling, checked and passed to the backends: tools, tool_choice,
+    # parallel_tool_calls (empty: none)
+    tool_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class CascadeRunner:
             max_tokens=task.max_tokens or d.max_tokens,
             temperature=d.temperature if task.temperature is None else task.temperature,
             top_logprobs=d.top_logprobs, seed=task.seed or 0,
-            tools=task.tools, tool_choice=task.tool_choice,
+            tool_options=task.tool_options,
         )
 
     async def run(self, task: ChatTask, limits: Limits, request_id: str) -> Cascade:

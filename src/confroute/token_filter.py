@@ -23,12 +23,14 @@ _DECODER = json.JSONDecoder()
 
 def argument_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of the JSON values after every `"arguments":` key in `text`."""
-    spans = []
+    spans: list[tuple[int, int]] = []
     for m in _KEY.finditer(text):
+        if spans and m.start() < spans[-1][1]:
+            continue  # inside arguments already found: decoding it again is wasted (quadratic)
         try:
             _, end = _DECODER.raw_decode(text, m.end())
-        except ValueError:  # a key without a JSON value after it (cut off, or prose)
-            continue
+        except (ValueError, RecursionError):  # no JSON value after it (cut off, prose), or one
+            continue  # nested deeper than Python's decoder goes: not a call's arguments
         spans.append((m.end(), end))
     return spans
 

@@ -56,6 +56,7 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     # message's calls, and the call a `tool` message answers
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    name: str | None = None  # a participant's name, as the request gave it
 
 
 class Usage(msgspec.Struct, frozen=True):

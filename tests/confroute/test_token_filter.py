@@ -34,3 +34,10 @@ def test_only_the_arguments_tokens_are_kept() -> None:
 def test_a_text_answer_is_read_whole() -> None:
     arr = token_arrays(_tokens([("The", -0.1), (" answer is: 7", -0.2)]))
     assert tool_call_arrays(arr) is arr
+
+
+def test_nested_keys_inside_found_arguments_are_skipped() -> None:
+    inner = '{"arguments": {"arguments": {"x": 1}}}'
+    text = f'{{"name": "f", "arguments": {inner}}}'
+    assert [text[a:b] for a, b in argument_spans(text)] == [inner]
+    assert argument_spans('"arguments": ' + "[" * 5000) == []  # deeper than json decodes

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from confroute.traces import Message, Token, Usage
@@ -20,9 +20,9 @@ class GenParams:
     temperature: float = 0.0  # greedy: the reference traces are reproducible
     top_logprobs: int = 5  # alternatives per token, the k of the confidence signals
     seed: int = 0
-    # OpenAI tool calling, passed through as the request gave them (OpenAI-compatible chat only)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    # OpenAI tool calling (tools, tool_choice, parallel_tool_calls), passed through as the
+    # request gave them (OpenAI-compatible chat only); empty: none
+    tool_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,20 @@ _RETRY_STATUS = frozenset({408, 429})  # request timeout, rate limited; plus eve
 # -- reply layout (unknown keys such as `bytes`, `id`, `created` are ignored) -------------------
 
 
+class _Function(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _ToolCall(msgspec.Struct):
+    id: str
+    function: _Function
+    type: str = "function"
+
+
 class _ChatMessage(msgspec.Struct):
     content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[_ToolCall] | None = None  # a malformed call fails the reply (BackendError)
 
 
 class _Logprobs(msgspec.Struct):
@@ -196,10 +207,8 @@ class OpenAICompatBackend(Backend):
         }
         if self.mode == "chat":
             logprobs = {"logprobs": True, "top_logprobs": params.top_logprobs}
-            tools = {k: v for k, v in (("tools", params.tools), ("tool_choice", params.tool_choice))
-                     if v is not None}
-            return {**common, **logprobs, **tools, "messages": list(messages)}
-        if params.tools or any(m.tool_calls or m.tool_call_id for m in messages):
+            return {**common, **logprobs, **params.tool_options, "messages": list(messages)}
+        if params.tool_options or any(m.tool_calls or m.tool_call_id for m in messages):
             raise BackendError(f"{self.name}: tool calling needs mode chat (this model uses the "
                                "completions endpoint)")
         prompt = "\n\n".join(m.content for m in messages)
@@ -254,7 +263,8 @@ def completion_from_reply(body: bytes, model: str, latency_s: float) -> Completi
         usage=reply.usage or Usage(0, len(tokens)),
         latency_s=round(latency_s, 3),
         model=model,
-        tool_calls=(choice.message.tool_calls or None) if choice.message else None,
+        tool_calls=msgspec.to_builtins(choice.message.tool_calls)
+        if choice.message and choice.message.tool_calls else None,
     )
 
 

@@ -28,7 +28,7 @@ from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_key, send_json
 from confroute.service.errors import is_utf8, plain_error, validation_json
 from confroute.service.route import encode, new_request_id, read_body
-from confroute.service.schemas import ChatHeaders, ChatRequest
+from confroute.service.schemas import ChatHeaders, ChatMessage, ChatRequest
 from confroute.traces import Message
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     limits = Limits(max_escalations, deadline_s, body.max_cost, body.max_models)
     model_lam = chat_format.parse_model(body.model, res.panel.router_model)
     lam = body.cost_quality_tradeoff if body.cost_quality_tradeoff is not None else model_lam
-    tools, tool_choice = _tools(body, res.panel)
+    tool_options = _tools(body, res.panel)
     for i, m in enumerate(body.messages):
         parts = m.content if isinstance(m.content, list) else []
         other = [p.type for p in parts if p.type != "text"]
@@ -63,7 +63,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
         raise BadRequest("messages hold no text: nothing to answer")
     task = ChatTask([_message(m) for m in body.messages], lam,
                     body.target_accuracy, body.max_completion_tokens or body.max_tokens,
-                    body.temperature, body.seed, tools, tool_choice)
+                    body.temperature, body.seed, tool_options)
     run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
     out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
     if out is None:
@@ -74,22 +74,27 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     return Reply(headers, encode(chat_format.completion_body(out, res.panel, body.logprobs)))
 
 
-def _tools(body: ChatRequest, panel: Panel) -> tuple[Any, Any]:
-    """The request's `tools` and `tool_choice`, checked: tool calling (or a conversation holding
-    tool calls) goes to OpenAI-compatible chat backends only, and is not streamed."""
+def _tools(body: ChatRequest, panel: Panel) -> dict[str, Any]:
+    """The request's `tools`, `tool_choice` and `parallel_tool_calls`, checked: tool calling (or
+    a conversation holding tool calls) goes to OpenAI-compatible chat backends only, whole."""
     extra = body.model_extra or {}
     for legacy in ("functions", "function_call"):
         if extra.get(legacy) is not None:
             raise BadRequest(f"{legacy}: the legacy function-calling fields are not supported; "
                              "send tools and tool_choice")
-    tools, choice = extra.get("tools") or None, extra.get("tool_choice")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict)
-                                                                  for t in tools)):
-        raise BadRequest("tools: a list of tool objects")
-    history = any(m.role == "tool" or (m.model_extra or {}).get("tool_calls")
-                  for m in body.messages)
+    tools = extra.get("tools")
+    given = {k: extra[k] for k in ("tool_choice", "parallel_tool_calls") if extra.get(k) is not None}
+    if tools is None and given:
+        raise BadRequest(f"{next(iter(given))}: needs tools")
+    if tools is not None:
+        if not (isinstance(tools, list) and tools and all(isinstance(t, dict) for t in tools)):
+            raise BadRequest("tools: a non-empty list of tool objects")
+        _check_choice(given.get("tool_choice"), tools)
+        if not isinstance(given.get("parallel_tool_calls", True), bool):
+            raise BadRequest("parallel_tool_calls: true or false")
+    history = any(m.role == "tool" or m.tool_calls for m in body.messages)
     if tools is None and not history:
-        return None, None
+        return {}
     if body.stream:
         raise BadRequest("stream: tool calling is answered whole; send stream false")
     text_only = [m.name for m in panel.models
@@ -97,13 +102,23 @@ def _tools(body: ChatRequest, panel: Panel) -> tuple[Any, Any]:
     if text_only:
         raise BadRequest(f"tool calling needs OpenAI-compatible chat backends; panel models "
                          f"{text_only} are not (send the request without tools)")
-    return tools, choice
+    return {"tools": tools, **given}
 
 
-def _message(m: Any) -> Message:
-    extra = m.model_extra or {}
-    return Message(m.role, m.text(), tool_calls=extra.get("tool_calls") or None,
-                   tool_call_id=extra.get("tool_call_id"))
+def _check_choice(choice: Any, tools: list[dict[str, Any]]) -> None:
+    """tool_choice as OpenAI takes it: none, auto, required, or one of the tools by name."""
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    names = {(t.get("function") or {}).get("name") for t in tools}
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if not (isinstance(choice, dict) and choice.get("type") == "function" and name in names):
+        raise BadRequest("tool_choice: none, auto, required, or {\"type\": \"function\", "
+                         "\"function\": {\"name\": <one of the tools>}}")
+
+
+def _message(m: ChatMessage) -> Message:
+    calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    return Message(m.role, m.text(), name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id)
 
 
 async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:

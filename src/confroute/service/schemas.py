@@ -136,9 +136,34 @@ class ContentPart(_Open):
     text: str | None = None
 
 
+class ToolFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class ToolCall(_Open):
+    """One call in an assistant message, as OpenAI's API writes it (`arguments` a JSON string)."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class ChatMessage(_Open):
     role: str = Field(min_length=1)
     content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = Field(None, min_length=1)  # the call a `tool` message answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.role == "function":
+            raise ValueError("role 'function' is the legacy form: send role 'tool' with "
+                             "tool_call_id")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):

@@ -174,7 +174,7 @@ def test_deadline(make_client: Any) -> None:
     ({"router": {"max_escalations": -1}}, 422, "max_escalations"),
     ({"router": {"deadline": 3}}, 422, "router.deadline"),
     ({"seed": -5}, 422, "seed"),
-    ({"tools": "add"}, 400, "tools: a list of tool objects"),  # the rest in test_tools.py
+    ({"tools": "add"}, 400, "tools: a non-empty list of tool objects"),  # more: test_tools.py
 ])
 def test_bad_chat_requests(make_client: Any, body: dict[str, Any], status: int,
                            words: str) -> None:
