@@ -76,7 +76,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
 
 def _tools(body: ChatRequest, panel: Panel) -> dict[str, Any]:
     """The request's `tools`, `tool_choice` and `parallel_tool_calls`, checked: tool calling (or
-    a conversation holding tool calls) goes to OpenAI-compatible chat backends only, whole."""
+    a conversation holding tool calls) goes to OpenAI-compatible chat backends only."""
     extra = body.model_extra or {}
     for legacy in ("functions", "function_call"):
         if extra.get(legacy) is not None:
@@ -95,8 +95,6 @@ def _tools(body: ChatRequest, panel: Panel) -> dict[str, Any]:
     history = any(m.role == "tool" or m.tool_calls for m in body.messages)
     if tools is None and not history:
         return {}
-    if body.stream:
-        raise BadRequest("stream: tool calling is answered whole; send stream false")
     text_only = [m.name for m in panel.models
                  if m.backend != "openai" or getattr(m, "mode", "chat") != "chat"]
     if text_only:

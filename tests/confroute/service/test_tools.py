@@ -35,6 +35,14 @@ def test_tools_reach_the_backend_and_tool_calls_come_back(
              "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}]},
             {"role": "tool", "tool_call_id": "call-1", "content": "7"}]
         oa.chat.completions.create(model="confroute", messages=history, tools=[ADD])
+        sent = backend.last["tool"]
+        chunks = list(oa.chat.completions.create(model="confroute", messages=ASK, tools=[ADD],
+                                                 stream=True))
+    streamed = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or []]
+    assert [(tc.index, tc.id, tc.function.name, tc.function.arguments) for tc in streamed] == [
+        (0, "call-1", "add", '{"a": 3, "b": 4}')]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
+    assert not any(ch.choices[0].delta.content for ch in chunks if ch.choices)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     [call] = choice.message.tool_calls or []
@@ -42,7 +50,6 @@ def test_tools_reach_the_backend_and_tool_calls_come_back(
         "call-1", "add", '{"a": 3, "b": 4}')
     assert first["tool_choice"] == "auto" and first["tools"][0]["function"]["name"] == "add"
     assert first["parallel_tool_calls"] is False
-    sent = backend.last["tool"]
     assert sent["messages"][1]["tool_calls"][0]["id"] == "call-1"  # the history as it was given
     assert sent["messages"][2] == {"role": "tool", "content": "7", "tool_call_id": "call-1"}
     assert sent["messages"][1]["tool_calls"][0]["function"] == {
@@ -82,7 +89,6 @@ def test_what_tool_calling_refuses(tmp_path: Path, models_dir: Path, stub: str,
         call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
         for body, status, words in (
             ({"tools": [ADD]}, 400, f"panel models ['{SMALL}'] are not"),
-            ({"tools": [ADD], "stream": True}, 400, "stream: tool calling is answered whole"),
             ({"tools": "add"}, 400, "tools: a non-empty list of tool objects"),
             ({"tools": {}}, 400, "tools: a non-empty list of tool objects"),
             ({"tools": []}, 400, "tools: a non-empty list of tool objects"),
