@@ -51,9 +51,12 @@ class _Reply(msgspec.Struct):
     usage: Usage | None = None
 
 
+_DECODER = msgspec.json.Decoder(_Reply)  # built once: ~5% of a 100 KB reply's decode
+
+
 def completion_from_reply(body: bytes, model: str, latency_s: float) -> Completion:
     """A chat or completions reply body as a Completion; no logprobs gives tokens=[]."""
-    reply = msgspec.json.decode(body, type=_Reply)
+    reply = _DECODER.decode(body)
     choice = reply.choices[0]
     tokens = _tokens(choice.logprobs)
     return Completion(
