@@ -198,6 +198,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def source_env(src: Path | None) -> dict[str, str]:
+    """This process's environment, importing confroute from `src` (another checkout's `src/`)
+    when given: PYTHONPATH comes before the editable install's .pth entry."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep)
+    return env
+
+
 class Server:
     """A bench server in its own process."""
 
@@ -208,10 +218,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
                "--models-dir", str(models_dir), "--tmp", str(tmp), "--workers", str(workers)]
-        env = {**os.environ, "BENCH_WORKERS": str(workers)}
-        if src is not None:  # PYTHONPATH comes before the editable install's .pth entry
-            env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep)
+        env = {**source_env(src), "BENCH_WORKERS": str(workers)}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         ready = "/healthz" if kind.startswith("route") else "/"
         deadline = time.monotonic() + 60
@@ -384,6 +391,23 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     }
 
 
+_DECISION_KEYS = ("decide_from_arrays", "of_which_signals_with_answer_extraction",
+                  "of_which_onnx_and_calibration", "of_which_policy")
+
+
+def _decision_summary(runs: dict[str, list[dict[str, Any]]], n: int, rounds: int
+                      ) -> dict[str, Any]:
+    """Median p50 of each side over its rounds, and version / baseline ratios."""
+    med = {side: {k: float(np.median([r[k]["p50_us"] for r in rs])) for k in _DECISION_KEYS}
+           for side, rs in runs.items()}
+    return {"rounds": rounds, "iterations": n,
+            "version": {"id": runs["version"][0]["version"], **med["version"]},
+            "baseline": {"id": runs["baseline"][0]["version"], **med["baseline"]},
+            "ratio_version_over_baseline": {
+                k: round(med["version"][k] / med["baseline"][k], 3) for k in _DECISION_KEYS},
+            "per_round": runs, "load_average": os.getloadavg()}
+
+
 def compare_decisions(models_dir: Path, baseline: Path, body: bytes, n: int, rounds: int
                       ) -> dict[str, Any]:
     """decision_latency of two versions in alternating rounds; median p50 of each, and ratios."""
@@ -391,19 +415,7 @@ def compare_decisions(models_dir: Path, baseline: Path, body: bytes, n: int, rou
     for _ in range(rounds):
         runs["baseline"].append(decision_latency(baseline, body, n))
         runs["version"].append(decision_latency(models_dir, body, n))
-
-    def med(side: str, key: str) -> float:
-        return float(np.median([r[key]["p50_us"] for r in runs[side]]))
-
-    keys = ["decide_from_arrays", "of_which_signals_with_answer_extraction",
-            "of_which_onnx_and_calibration", "of_which_policy"]
-    return {"rounds": rounds, "iterations": n,
-            "version": {"id": runs["version"][0]["version"], **{k: med("version", k) for k in keys}},
-            "baseline": {"id": runs["baseline"][0]["version"],
-                         **{k: med("baseline", k) for k in keys}},
-            "ratio_version_over_baseline": {k: round(med("version", k) / med("baseline", k), 3)
-                                            for k in keys},
-            "per_round": runs, "load_average": os.getloadavg()}
+    return _decision_summary(runs, n, rounds)
 
 
 def compare_decision_sources(models_dir: Path, baseline_src: Path, n: int, rounds: int
@@ -413,25 +425,12 @@ def compare_decision_sources(models_dir: Path, baseline_src: Path, n: int, round
     runs: dict[str, list[dict[str, Any]]] = {"version": [], "baseline": []}
     for _ in range(rounds):
         for side, src in (("baseline", baseline_src), ("version", None)):
-            env = dict(os.environ)
-            if src is not None:  # PYTHONPATH comes before the editable install's .pth entry
-                env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
             out = subprocess.run(
                 [sys.executable, __file__, "--only", "decision", "--models-dir", str(models_dir),
-                 "--iterations", str(n)], env=env, cwd=ROOT, check=True, capture_output=True)
+                 "--iterations", str(n)], env=source_env(src), cwd=ROOT, check=True,
+                capture_output=True)
             runs[side].append(json.loads(out.stdout)["decision"])
-
-    def med(side: str, key: str) -> float:
-        return float(np.median([r[key]["p50_us"] for r in runs[side]]))
-
-    keys = ["decide_from_arrays", "of_which_signals_with_answer_extraction",
-            "of_which_onnx_and_calibration", "of_which_policy"]
-    return {"rounds": rounds, "iterations": n, "baseline_src": str(baseline_src),
-            "version": {k: med("version", k) for k in keys},
-            "baseline": {k: med("baseline", k) for k in keys},
-            "ratio_version_over_baseline": {k: round(med("version", k) / med("baseline", k), 3)
-                                            for k in keys},
-            "per_round": runs, "load_average": os.getloadavg()}
+    return {**_decision_summary(runs, n, rounds), "baseline_src": str(baseline_src)}
 
 
 # -- proxy overhead ----------------------------------------------------------------------------

@@ -78,8 +78,9 @@ async def sse(out: Cascade, panel: Panel) -> AsyncIterator[bytes]:
     if c.tool_calls:  # judged whole like any answer, so each call goes in one piece
         calls = [{"index": i, **call} for i, call in enumerate(c.tool_calls)]
         yield _chunk(base, {"tool_calls": calls}, None)
-    for piece in _pieces(out) if c.response or not c.tool_calls else []:
-        yield _chunk(base, {"content": piece}, None)
+    if c.response or not c.tool_calls:
+        for piece in _pieces(out):
+            yield _chunk(base, {"content": piece}, None)
     yield _chunk(base, {}, c.finish_reason, usage=usage(out), router=router_field(out, panel))
     yield b"data: [DONE]\n\n"
 
