@@ -3,7 +3,7 @@
 Each set is `data/reference-traces/<dataset>_<split>.traces.npz` (columnar). While a set is being
 generated its work sits under `partial/`, one gzip JSONL file per set and model, which training
 does not read (trace directories are not searched recursively); for a shipped set being extended
-(GSM8K train, from 150 to 500 items: issue 15) it holds the new items only.
+(as GSM8K train was, from 150 to 500 items: issue 15) it holds the new items only.
 `training/scripts/partial_traces.py` rebuilds working files from both and saves them back.
 """
 
@@ -22,14 +22,15 @@ from training.datasets import load_items
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "reference-traces"
 # The shipped sets: the first N items of each (issue 3's four, then the mixed workload's easy
-# MAWPS sets, issue 15).
-SIZES = {"multiarith_test": 150, "gsm8k_test": 200, "svamp_test": 150, "gsm8k_train": 150,
+# MAWPS sets and GSM8K train's items 151-500, issue 15).
+SIZES = {"multiarith_test": 150, "gsm8k_test": 200, "svamp_test": 150, "gsm8k_train": 500,
          "singleop_test": 200, "addsub_test": 200}
 # sets not shipped yet, by their target size (none now)
 IN_PROGRESS: dict[str, int] = {}
-# finished sets being extended (issue 15: GSM8K train to 500 items): the shipped file keeps its
-# first items until every model covers the new target; the new items sit under partial/
-EXTENDING = {"gsm8k_train": 500}
+# finished sets being extended, by their new target (none now; GSM8K train went 150 -> 500): the
+# shipped file keeps its first items until every model covers the new target; the new items sit
+# under partial/
+EXTENDING: dict[str, int] = {}
 FINISHED = sorted(SHIPPED.glob("*.traces.npz"))
 PARTIAL = sorted((SHIPPED / "partial").glob("*.jsonl.gz"))
 
