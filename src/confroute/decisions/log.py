@@ -1,4 +1,4 @@
-"""The decision log: every decision and label, written durably without ever blocking a request.
+"""The decision log: every decision and label, written durably, a request never waiting on a down store.
 
 Requests call `submit` (a queue put). One background thread wakes every `interval_s` and drains
 the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
@@ -16,8 +16,15 @@ Durability (`durable=True`, the default): `submit` returns the record's sequence
 commit) or appended it to the spill file and fsynced that; the service sends no reply before its
 records settle, so a decision the client saw acknowledged survives a SIGKILL. A waiting request
 wakes the writer, which then takes everything queued in one transaction (group commit: one
-fsync for all requests waiting at that moment). A record that could not be kept (spill full)
-fails its request with NotReady instead of acknowledging it. `durable=False` (CONFROUTE_LOG_
+fsync for all requests waiting at that moment). With `inline_commit` (SQLite in a one-process
+service) the waiting requests' event loop does that group's commit itself, once the callbacks
+ready at that moment have run (after the group-commit window when requests overlap): the
+thread needed the GIL several times per commit while the loop was busy, so a commit of 0.33 ms
+took 3.1 ms from submit (measured), and the loop sat idle with every connection waiting. The
+loop is then blocked for one commit per group (a fraction of a ms on a local disk); the thread
+still writes whatever the loop did not, and everything while the store is down or the spill
+file holds records. A record that could not be kept (spill full) fails its request with
+NotReady instead of acknowledging it. `durable=False` (CONFROUTE_LOG_
 DURABILITY=fast) is the older behaviour: the reply goes out and the record follows within
 `interval_s`, so a crash can lose the last moments' decisions.
 """
@@ -27,12 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -46,6 +52,7 @@ from confroute.decisions.records import (
     StageInfo,
     new_record_id,
 )
+from confroute.decisions.spill import Spill
 from confroute.decisions.store import Store, open_store
 from confroute.errors import NotReady
 
@@ -71,75 +78,13 @@ class LogHealth(msgspec.Struct):
     rejected: int = 0  # records the store refused (set aside in the rejected file)
 
 
-class Spill:
-    """A bounded JSONL file of records not yet in the store (survives restarts)."""
-
-    def __init__(self, path: Path, max_bytes: int, fsync: bool = False) -> None:
-        self.path, self.max_bytes, self.fsync = path, max_bytes, fsync
-        self._enc = msgspec.json.Encoder()
-        self._dec = msgspec.json.Decoder(Record)
-        self.records = self._count()
-        self.unreadable = 0
-
-    def _count(self) -> int:
-        if not self.path.exists():
-            return 0
-        with self.path.open("rb") as fh:
-            return sum(1 for line in fh if line.strip())
-
-    @property
-    def bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
-
-    def append(self, records: Sequence[Record]) -> int:
-        """Append what fits; return how many records were dropped for lack of room."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        room, kept = self.max_bytes - self.bytes, 0
-        with self.path.open("ab") as fh:
-            for r in records:
-                line = self._enc.encode(r) + b"\n"
-                if len(line) > room:
-                    break
-                fh.write(line)
-                room -= len(line)
-                kept += 1
-            fh.flush()
-            if self.fsync:  # durable mode: on disk before the waiting requests are answered
-                os.fsync(fh.fileno())
-        self.records += kept
-        return len(records) - kept
-
-    def chunks(self, size: int = 1000) -> Iterator[list[Record]]:
-        """The records in chunks; an unreadable line (torn by a crash mid-write) is skipped and
-        counted in `unreadable`."""
-        chunk: list[Record] = []
-        with self.path.open("rb") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    chunk.append(self._dec.decode(line))
-                except msgspec.DecodeError as exc:
-                    self.unreadable += 1
-                    log.error("spill file %s: skipped an unreadable line (%s)", self.path, exc)
-                if len(chunk) >= size:
-                    yield chunk
-                    chunk = []
-        if chunk:
-            yield chunk
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.records = 0
-
-
 class DecisionLog:
     """Queue + background writer + spill buffer in front of a Store."""
 
     def __init__(self, url: str, spill_path: str | Path, *, spill_max_bytes: int = 256 * 2**20,
                  retry_s: float = 2.0, interval_s: float = 0.05, recent: int = 100_000,
                  durable: bool = True, settle_timeout_s: float = 10.0,
-                 group_commit_s: float = 0.003) -> None:
+                 group_commit_s: float = 0.003, inline_commit: bool = False) -> None:
         self.url = url
         self.durable = durable
         self.settle_timeout_s = settle_timeout_s
@@ -171,6 +116,10 @@ class DecisionLog:
         # fast mode's requests/s at 16 connections; bench/service.py --only durability)
         self.gather_s = group_commit_s if durable else 0.0
         self.batch_size = 2000  # records per transaction
+        # one drain-write-settle at a time: the writer thread's, or a loop's inline commit
+        self._io = threading.Lock()
+        self.inline = durable and inline_commit and self.store.kind == "sqlite"
+        self._inline_due: set[asyncio.AbstractEventLoop] = set()  # loops with a commit queued
 
     # -- request side ------------------------------------------------------------------------
 
@@ -198,7 +147,17 @@ class DecisionLog:
                 self._resolve(fut, seq)
             else:
                 self._waiters.append((seq, loop, fut))
-        self._wake.set()
+        if fut.done():
+            pass
+        elif self.inline and self.up and not self.spill.records:
+            if loop not in self._inline_due:  # one commit for every request waiting by then
+                self._inline_due.add(loop)
+                # requests side by side (now or in the last group): the group-commit window, as
+                # the thread waits it; a lone request is written once the ready callbacks ran
+                side_by_side = max(len(self._waiters), self._last_group) > 1
+                loop.call_later(self.gather_s if side_by_side else 0.0, self._commit_inline, loop)
+        else:
+            self._wake.set()
         try:
             async with asyncio.timeout(self.settle_timeout_s):  # no extra task, unlike wait_for
                 await fut
@@ -206,6 +165,23 @@ class DecisionLog:
             raise NotReady(f"the decision log did not confirm this request's decision within "
                            f"{self.settle_timeout_s:g} s ({self.last_error or 'busy'}); retry",
                            {"Retry-After": "1"}) from None
+
+    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the event loop: write what is queued in one transaction and settle its waiters;
+        when the writer thread is busy (or the store went down meanwhile), wake it instead."""
+        self._inline_due.discard(loop)
+        if not (self.up and not self.spill.records and self._io.acquire(blocking=False)):
+            self._wake.set()
+            return
+        try:
+            batch, stopping = self._drain()
+            if stopping:  # close() asked the thread to stop: leave that to the thread
+                self._queue.put(_STOP)
+            self._handle(batch)
+        finally:
+            self._io.release()
+        if not self._queue.empty():  # more than one batch's worth, or the stop: the thread's
+            self._wake.set()
 
     def _resolve(self, fut: asyncio.Future[None], seq: int) -> None:
         """Settle one waiter (the lock held): an error when its record was not kept."""
@@ -282,8 +258,9 @@ class DecisionLog:
             self._mark_down(exc)
         stopping = False
         while not stopping:
-            batch, stopping = self._drain()
-            self._handle(batch)
+            with self._io:
+                batch, stopping = self._drain()
+                self._handle(batch)
             if len(batch) < self.batch_size and not stopping:
                 # sleep rather than block on the queue: a put then never wakes this thread,
                 # so requests do not hand the GIL to the writer once per record
@@ -421,7 +398,11 @@ class DecisionLog:
                         keep.append((seq, loop, fut))
                 self._waiters = keep
                 self._last_group = sum(len(d) for d in ready.values())
+                here = _running_loop()  # an inline commit's loop: settle directly
                 for loop, done in ready.items():  # one wake-up per event loop, not per request
+                    if loop is here:
+                        self._settle(done)
+                        continue
                     with contextlib.suppress(RuntimeError):  # that loop has closed
                         loop.call_soon_threadsafe(self._settle, done)
             self._idle.notify_all()
@@ -430,6 +411,13 @@ class DecisionLog:
         with self._idle:
             for seq, fut in done:
                 self._resolve(fut, seq)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # the writer thread
+        return None
 
 
 def _refused(exc: BaseException) -> bool:

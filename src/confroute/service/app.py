@@ -66,7 +66,8 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     dlog = DecisionLog(settings.decision_log, spill,
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s,
                        durable=settings.log_durability == "durable",
-                       group_commit_s=settings.log_group_commit_ms / 1000)
+                       group_commit_s=settings.log_group_commit_ms / 1000,
+                       inline_commit=settings.workers == 1)
     engine = Engine(settings.models_dir, panel, settings.grader, default_lam, conf)
     shadow = None
     if settings.mode == "shadow":

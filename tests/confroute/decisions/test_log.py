@@ -216,3 +216,71 @@ def test_fast_mode_does_not_wait(tmp_path: Path) -> None:
     # no writer started: a durable wait would time out, a fast one returns at once
     asyncio.run(log.settled(log.submit(rec("a"))))
     assert log.health().queued == 1
+
+
+def test_inline_commit_writes_on_the_loop_and_groups_the_waiting_requests(tmp_path: Path) -> None:
+    """inline_commit (SQLite, one process): the waiting requests' loop commits them itself, in
+    one transaction for every request waiting by then; without it, and with no writer thread,
+    the same wait times out."""
+    import asyncio
+
+    from confroute.errors import NotReady
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
+                      settle_timeout_s=2.0)  # no writer thread started: only the loop writes
+    writes: list[int] = []
+    write = log.store.write
+    log.store.write = lambda records: (writes.append(len(records)), write(records))[1]
+
+    async def side_by_side() -> None:
+        seqs = [log.submit(rec(f"r{i}")) for i in range(5)]
+        await asyncio.gather(*(log.settled(s) for s in seqs))
+
+    try:
+        asyncio.run(side_by_side())
+        assert writes == [5]
+        assert sorted(r.request_id for r in log.store.read(None, None)) == [
+            f"r{i}" for i in range(5)]
+        asyncio.run(log.settled(log.submit(rec("alone"))))
+        assert writes == [5, 1]
+    finally:
+        log.close()
+    threadless = DecisionLog(str(tmp_path / "e.db"), tmp_path / "s2.jsonl", settle_timeout_s=0.3)
+    with pytest.raises(NotReady, match="did not confirm"):
+        asyncio.run(threadless.settled(threadless.submit(rec("x"))))
+    threadless.close()
+
+
+def test_inline_commit_leaves_the_batch_to_a_busy_writer_thread(tmp_path: Path) -> None:
+    """While the writer thread holds the log (a slow write), an inline commit does not wait for
+    it on the loop: it wakes the thread, which writes the waiting record after its own."""
+    import asyncio
+    import threading
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
+                      interval_s=5.0)
+    loops: list[str] = []
+    write, slow = log.store.write, threading.Event()
+
+    def traced(records: list[object]) -> None:
+        loops.append(threading.current_thread().name)
+        if not slow.is_set():
+            slow.set()
+            time.sleep(0.3)  # the thread's write of the first record, while the next waits
+        write(records)  # type: ignore[arg-type]
+
+    log.store.write = traced  # type: ignore[method-assign]
+    log.start()
+    try:
+        log.submit(rec("first"))
+        log._wake.set()
+        assert slow.wait(5)
+
+        async def wait_second() -> None:
+            await log.settled(log.submit(rec("second")))
+
+        asyncio.run(wait_second())
+        assert loops == ["decision-log", "decision-log"]
+        assert sorted(r.request_id for r in log.store.read(None, None)) == ["first", "second"]
+    finally:
+        log.close()
