@@ -2,14 +2,9 @@
 
 Requests call `submit` (a queue put). One background thread wakes every `interval_s` and drains
 the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
-URL (schema in store.py). When the store fails, the log is marked down (health,
-metrics), the batch goes to a bounded JSONL spill file on disk, and every later record follows
-it there until a retry (every `retry_s`) replays the spill into the store; replay is idempotent
-(record ids are unique). Records beyond `spill_max_bytes` are dropped and counted, never
-silently. A record the store refuses while it is up (a value it cannot hold: DataError,
-IntegrityError, OverflowError, ...) is set aside in a second file beside the spill (its suffix
-`.jsonl` becomes `.rejected.jsonl`; same bound) and counted, so that one bad record never holds
-back the others. `read(since=, version=)` returns rows with feedback joined.
+URL (schema in store.py). When the store fails, records go to a bounded spill file until it is
+back (decisions/keeper.py: spill, replay, records the store refuses set aside, drops counted,
+never silent). `read(since=, version=)` returns rows with feedback joined.
 
 Durability (`durable=True`, the default): `submit` returns the record's sequence number and
 `settled(seq)` waits until the writer has committed it (SQLite synchronous=FULL, PostgreSQL's
@@ -38,12 +33,12 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
+from confroute.decisions.keeper import RecordKeeper
 from confroute.decisions.records import (
     DecisionRecord,
     FeedbackRecord,
@@ -52,8 +47,6 @@ from confroute.decisions.records import (
     StageInfo,
     new_record_id,
 )
-from confroute.decisions.spill import Spill
-from confroute.decisions.store import Store, open_store
 from confroute.errors import NotReady
 
 __all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "LoggedDecision",
@@ -88,11 +81,8 @@ class DecisionLog:
         self.url = url
         self.durable = durable
         self.settle_timeout_s = settle_timeout_s
-        self.store: Store = open_store(url)
-        self.spill = Spill(Path(spill_path), spill_max_bytes, fsync=durable)
-        self.rejects = Spill(Path(spill_path).with_suffix(".rejected.jsonl"), spill_max_bytes,
-                             fsync=durable)
-        self.retry_s = retry_s
+        self.keeper = RecordKeeper(url, Path(spill_path), spill_max_bytes, retry_s, durable)
+        self.store, self.spill = self.keeper.store, self.keeper.spill
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._recent: OrderedDict[str, list[StageInfo]] = OrderedDict()
         self._recent_max = recent
@@ -104,10 +94,6 @@ class DecisionLog:
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._lost: list[tuple[int, int]] = []
         self._last_group = 0  # requests the last commit answered (is there concurrency?)
-        self.written = self.dropped = self.failures = 0
-        self.up = True
-        self.last_error: str | None = None
-        self._next_try = 0.0
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self.interval_s = interval_s
@@ -149,7 +135,7 @@ class DecisionLog:
                 self._waiters.append((seq, loop, fut))
         if fut.done():
             pass
-        elif self.inline and self.up and not self.spill.records:
+        elif self.inline and self.keeper.up and not self.spill.records:
             if loop not in self._inline_due:  # one commit for every request waiting by then
                 self._inline_due.add(loop)
                 # requests side by side (now or in the last group): the group-commit window, as
@@ -163,14 +149,14 @@ class DecisionLog:
                 await fut
         except TimeoutError:
             raise NotReady(f"the decision log did not confirm this request's decision within "
-                           f"{self.settle_timeout_s:g} s ({self.last_error or 'busy'}); retry",
+                           f"{self.settle_timeout_s:g} s ({self.keeper.last_error or 'busy'}); retry",
                            {"Retry-After": "1"}) from None
 
     def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the event loop: write what is queued in one transaction and settle its waiters;
         when the writer thread is busy (or the store went down meanwhile), wake it instead."""
         self._inline_due.discard(loop)
-        if not (self.up and not self.spill.records and self._io.acquire(blocking=False)):
+        if not (self.keeper.up and not self.spill.records and self._io.acquire(blocking=False)):
             self._wake.set()
             return
         try:
@@ -189,7 +175,7 @@ class DecisionLog:
             return
         if any(a <= seq <= b for a, b in self._lost):
             fut.set_exception(NotReady("the decision log could not keep this request's decision "
-                                       f"({self.last_error or 'spill file full'}); retry",
+                                       f"({self.keeper.last_error or 'spill file full'}); retry",
                                        {"Retry-After": "1"}))
         else:
             fut.set_result(None)
@@ -218,9 +204,10 @@ class DecisionLog:
         return self.store.read(since, version)
 
     def health(self) -> LogHealth:
+        k = self.keeper
         return LogHealth(
-            self.store.kind, self.up, self._queue.qsize(), self.written, self.spill.records,
-            self.spill.bytes, self.dropped, self.failures, self.last_error, self.rejects.records,
+            self.store.kind, k.up, self._queue.qsize(), k.written, k.spill.records,
+            k.spill.bytes, k.dropped, k.failures, k.last_error, k.rejects.records,
         )
 
     # -- writer side -------------------------------------------------------------------------
@@ -252,10 +239,7 @@ class DecisionLog:
         self.store.close()
 
     def _run(self) -> None:
-        try:
-            self.store.connect()
-        except Exception as exc:
-            self._mark_down(exc)
+        self.keeper.connect()
         stopping = False
         while not stopping:
             with self._io:
@@ -270,9 +254,9 @@ class DecisionLog:
                     # let this moment's join the transaction; a lone request is written at once
                     time.sleep(self.gather_s)
                 self._wake.clear()
-        self._next_try = 0.0
+        self.keeper.next_try = 0.0
         if self.spill.records:
-            self._replay()
+            self.keeper.replay()
 
     def _drain(self) -> tuple[list[Record], bool]:
         """Up to batch_size queued records, without waiting; and whether to stop."""
@@ -288,99 +272,12 @@ class DecisionLog:
         return batch, False
 
     def _handle(self, batch: list[Record]) -> None:
-        dropped = self.dropped
+        lost = True
         try:
-            if self.spill.records and not self._replay():
-                self._to_spill(batch)
-            elif batch:
-                self._write(batch)
+            lost = self.keeper.keep(batch)
         finally:
             # a drop in this batch fails every waiter in it (it may be any of them)
-            self._done(len(batch), lost=self.dropped > dropped)
-
-    def _write(self, batch: list[Record]) -> None:
-        try:
-            self.store.write(batch)
-            self.written += len(batch)
-            self._mark_up()
-        except Exception as exc:
-            left = self._one_by_one(batch) if _refused(exc) else batch
-            if left:
-                self._mark_down(exc)
-                self._to_spill(left)
-
-    def _one_by_one(self, batch: Sequence[Record]) -> list[Record]:
-        """After a batch the store refused: write each record alone, setting aside the ones it
-        refuses; the records not reached when the store itself fails (to be spilled)."""
-        for i, r in enumerate(batch):
-            try:
-                self.store.write([r])
-                self.written += 1
-            except Exception as exc:
-                if not _refused(exc):
-                    self._mark_down(exc)
-                    return list(batch[i:])
-                self._reject(r, exc)
-        self._mark_up()
-        return []
-
-    def _reject(self, r: Record, exc: Exception) -> None:
-        log.error("decision log: the store refused record for request %r (%s: %s); set aside "
-                  "in %s", r.request_id[:80], type(exc).__name__, exc, self.rejects.path)
-        try:
-            self.dropped += self.rejects.append([r])
-        except OSError:
-            self.dropped += 1
-
-    def _replay(self) -> bool:
-        """Move the spill file into the store; False (and the file kept) if it fails."""
-        if time.monotonic() < self._next_try:
-            return False
-        n, self.spill.unreadable = 0, 0
-        try:
-            for chunk in self.spill.chunks():
-                try:
-                    self.store.write(chunk)
-                    n += len(chunk)
-                except Exception as exc:
-                    if not _refused(exc):
-                        raise
-                    if self._one_by_one(chunk):  # the store went down on the way (marked down)
-                        return False
-        except Exception as exc:  # the file stays; writing it again later is idempotent
-            self._mark_down(exc)
-            return False
-        self.spill.clear()
-        self.written += n
-        self.dropped += self.spill.unreadable  # torn lines: lost, and counted
-        self.spill.unreadable = 0
-        log.warning("decision log back up: replayed %d spilled records", n)
-        self._mark_up()
-        return True
-
-    def _to_spill(self, batch: list[Record]) -> None:
-        if not batch:
-            return
-        try:
-            dropped = self.spill.append(batch)
-        except OSError as exc:
-            dropped = len(batch)
-            self.last_error = f"spill file {self.spill.path}: {exc}"
-        if dropped:
-            self.dropped += dropped
-            log.error("decision log spill full: dropped %d records", dropped)
-
-    def _mark_down(self, exc: Exception) -> None:
-        self.failures += 1
-        self._next_try = time.monotonic() + self.retry_s
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.up:
-            log.error("decision log %s is down, spilling to %s: %s",
-                      self.store.kind, self.spill.path, self.last_error)
-        self.up = False
-
-    def _mark_up(self) -> None:
-        self.up, self.last_error = True, None
+            self._done(len(batch), lost=lost)
 
     def _done(self, n: int, lost: bool = False) -> None:
         with self._idle:
@@ -418,10 +315,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:  # the writer thread
         return None
-
-
-def _refused(exc: BaseException) -> bool:
-    """A write error about the records (a value the store cannot hold), not about the store."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"DataError", "IntegrityError", "OverflowError", "ValueError",
-                         "TypeError", "UnicodeError"})
