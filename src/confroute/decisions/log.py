@@ -1,4 +1,4 @@
-"""The decision log: every decision and label, written durably, a request never waiting on a down store.
+"""The decision log: every decision and label, written durably and kept through store outages.
 
 Requests call `submit` (a queue put). One background thread wakes every `interval_s` and drains
 the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
@@ -16,7 +16,8 @@ service) the waiting requests' event loop does that group's commit itself, once 
 ready at that moment have run (after the group-commit window when requests overlap): the
 thread needed the GIL several times per commit while the loop was busy, so a commit of 0.33 ms
 took 3.1 ms from submit (measured), and the loop sat idle with every connection waiting. The
-loop is then blocked for one commit per group (a fraction of a ms on a local disk); the thread
+loop is then blocked for one commit per group (a fraction of a ms on a local disk; up to
+SQLite's 5 s busy timeout for the first failed write if another process holds the write lock); the thread
 still writes whatever the loop did not, and everything while the store is down or the spill
 file holds records. A record that could not be kept (spill full) fails its request with
 NotReady instead of acknowledging it. `durable=False` (CONFROUTE_LOG_
@@ -106,6 +107,7 @@ class DecisionLog:
         self._io = threading.Lock()
         self.inline = durable and inline_commit and self.store.kind == "sqlite"
         self._inline_due: set[asyncio.AbstractEventLoop] = set()  # loops with a commit queued
+        self._closed = False
 
     # -- request side ------------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class DecisionLog:
                 self._waiters.append((seq, loop, fut))
         if fut.done():
             pass
-        elif self.inline and self.keeper.up and not self.spill.records:
+        elif self.inline and not self._closed and self.keeper.up and not self.spill.records:
             if loop not in self._inline_due:  # one commit for every request waiting by then
                 self._inline_due.add(loop)
                 # requests side by side (now or in the last group): the group-commit window, as
@@ -156,7 +158,8 @@ class DecisionLog:
         """On the event loop: write what is queued in one transaction and settle its waiters;
         when the writer thread is busy (or the store went down meanwhile), wake it instead."""
         self._inline_due.discard(loop)
-        if not (self.keeper.up and not self.spill.records and self._io.acquire(blocking=False)):
+        if self._closed or not (self.keeper.up and not self.spill.records
+                                and self._io.acquire(blocking=False)):
             self._wake.set()
             return
         try:
@@ -236,10 +239,13 @@ class DecisionLog:
             self._wake.set()
             self._thread.join(timeout)
             self._thread = None
-        self.store.close()
+        with self._io:  # no inline commit after this: later waits time out (NotReady)
+            self._closed = True
+            self.store.close()
 
     def _run(self) -> None:
-        self.keeper.connect()
+        with self._io:  # an inline commit may connect too: one connection, made once
+            self.keeper.connect()
         stopping = False
         while not stopping:
             with self._io:
@@ -254,9 +260,10 @@ class DecisionLog:
                     # let this moment's join the transaction; a lone request is written at once
                     time.sleep(self.gather_s)
                 self._wake.clear()
-        self.keeper.next_try = 0.0
-        if self.spill.records:
-            self.keeper.replay()
+        with self._io:
+            self.keeper.next_try = 0.0
+            if self.spill.records:
+                self.keeper.replay()
 
     def _drain(self) -> tuple[list[Record], bool]:
         """Up to batch_size queued records, without waiting; and whether to stop."""

@@ -219,30 +219,45 @@ def test_fast_mode_does_not_wait(tmp_path: Path) -> None:
 
 
 def test_inline_commit_writes_on_the_loop_and_groups_the_waiting_requests(tmp_path: Path) -> None:
-    """inline_commit (SQLite, one process): the waiting requests' loop commits them itself, in
-    one transaction for every request waiting by then; without it, and with no writer thread,
-    the same wait times out."""
+    """inline_commit (SQLite, one process): the waiting requests' loop commits them itself, one
+    scheduled commit and one transaction for every request waiting by then; after a group, the
+    next lone request waits the group-commit window, the one after it does not. Without
+    inline_commit, and with no writer thread, the same wait times out."""
     import asyncio
 
     from confroute.errors import NotReady
 
     log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
-                      settle_timeout_s=2.0)  # no writer thread started: only the loop writes
+                      settle_timeout_s=2.0, group_commit_s=0.3)  # no writer thread: only the loop
     writes: list[int] = []
     write = log.store.write
     log.store.write = lambda records: (writes.append(len(records)), write(records))[1]
+    commits = [0]
+    commit = log._commit_inline
+
+    def counted(loop: asyncio.AbstractEventLoop) -> None:
+        commits[0] += 1
+        commit(loop)
+
+    log._commit_inline = counted  # type: ignore[method-assign]
 
     async def side_by_side() -> None:
         seqs = [log.submit(rec(f"r{i}")) for i in range(5)]
         await asyncio.gather(*(log.settled(s) for s in seqs))
 
+    async def alone(request_id: str) -> float:
+        t0 = time.monotonic()
+        await log.settled(log.submit(rec(request_id)))
+        return time.monotonic() - t0
+
     try:
         asyncio.run(side_by_side())
-        assert writes == [5]
+        assert (writes, commits[0]) == ([5], 1)
         assert sorted(r.request_id for r in log.store.read(None, None)) == [
             f"r{i}" for i in range(5)]
-        asyncio.run(log.settled(log.submit(rec("alone"))))
-        assert writes == [5, 1]
+        after_group, after_lone = asyncio.run(alone("a")), asyncio.run(alone("b"))
+        assert after_group >= 0.25 and after_lone < 0.25, (after_group, after_lone)
+        assert writes == [5, 1, 1]
     finally:
         log.close()
     threadless = DecisionLog(str(tmp_path / "e.db"), tmp_path / "s2.jsonl", settle_timeout_s=0.3)
@@ -252,13 +267,14 @@ def test_inline_commit_writes_on_the_loop_and_groups_the_waiting_requests(tmp_pa
 
 
 def test_inline_commit_leaves_the_batch_to_a_busy_writer_thread(tmp_path: Path) -> None:
-    """While the writer thread holds the log (a slow write), an inline commit does not wait for
-    it on the loop: it wakes the thread, which writes the waiting record after its own."""
+    """While the writer thread holds the log (a slow write), an inline commit neither waits for
+    it on the loop nor writes: it wakes the thread (asleep for 5 s otherwise), which writes the
+    waiting record after its own."""
     import asyncio
     import threading
 
     log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
-                      interval_s=5.0)
+                      interval_s=5.0, settle_timeout_s=3.0)
     loops: list[str] = []
     write, slow = log.store.write, threading.Event()
 
@@ -266,21 +282,52 @@ def test_inline_commit_leaves_the_batch_to_a_busy_writer_thread(tmp_path: Path) 
         loops.append(threading.current_thread().name)
         if not slow.is_set():
             slow.set()
-            time.sleep(0.3)  # the thread's write of the first record, while the next waits
+            time.sleep(0.5)  # the thread's write of the first record, while the next waits
         write(records)  # type: ignore[arg-type]
 
     log.store.write = traced  # type: ignore[method-assign]
+    held: list[float] = []
+    commit = log._commit_inline
+
+    def timed(loop: asyncio.AbstractEventLoop) -> None:
+        t0 = time.monotonic()
+        commit(loop)
+        held.append(time.monotonic() - t0)
+
+    log._commit_inline = timed  # type: ignore[method-assign]
     log.start()
     try:
         log.submit(rec("first"))
         log._wake.set()
         assert slow.wait(5)
+        log._wake.clear()  # from here only the inline commit can wake the thread in time
 
-        async def wait_second() -> None:
+        async def wait_second() -> float:
+            t0 = time.monotonic()
             await log.settled(log.submit(rec("second")))
+            return time.monotonic() - t0
 
-        asyncio.run(wait_second())
+        waited = asyncio.run(wait_second())
         assert loops == ["decision-log", "decision-log"]
+        assert held and max(held) < 0.2, held  # the loop did not wait for the thread's write
+        assert waited < 2.0
         assert sorted(r.request_id for r in log.store.read(None, None)) == ["first", "second"]
     finally:
         log.close()
+
+
+def test_no_inline_commit_after_close(tmp_path: Path) -> None:
+    """After close() nothing writes: a later wait fails with NotReady and the store stays closed."""
+    import asyncio
+
+    from confroute.errors import NotReady
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
+                      settle_timeout_s=0.3)
+    asyncio.run(log.settled(log.submit(rec("before"))))
+    log.close()
+    with pytest.raises(NotReady, match="did not confirm"):
+        asyncio.run(log.settled(log.submit(rec("after"))))
+    assert log.store._conn is None  # type: ignore[attr-defined]
+    assert [r.request_id for r in open_store(str(tmp_path / "d.db")).read(None, None)] == [
+        "before"]
