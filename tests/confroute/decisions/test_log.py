@@ -244,6 +244,7 @@ def test_inline_commit_writes_on_the_loop_and_groups_the_waiting_requests(tmp_pa
     async def side_by_side() -> None:
         seqs = [log.submit(rec(f"r{i}")) for i in range(5)]
         await asyncio.gather(*(log.settled(s) for s in seqs))
+        await asyncio.sleep(0.4)  # any further commit scheduled for this group would run now
 
     async def alone(request_id: str) -> float:
         t0 = time.monotonic()
