@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # commit); fast: the reply goes first and a crash can lose the last ~50 ms of decisions
     log_durability: Literal["durable", "fast"] = "durable"
     log_group_commit_ms: Annotated[float, Field(ge=0, le=100)] = 3.0  # durable: batch window
+    # durable, one worker, SQLite: the event loop commits each group itself (more requests/s);
+    # false keeps commits on the writer thread, for disks whose fsync stalls would block the loop
+    log_inline_commit: bool = True
     # security: bearer keys; feedback and admin need one when any is set
     api_keys: Annotated[list[str], NoDecode] = []
     require_key_for_all: bool = False  # route and chat need a key too

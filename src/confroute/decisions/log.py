@@ -48,6 +48,7 @@ from confroute.decisions.records import (
     StageInfo,
     new_record_id,
 )
+from confroute.decisions.store import SqliteStore
 from confroute.errors import NotReady
 
 __all__ = ["DecisionLog", "DecisionRecord", "FeedbackRecord", "LogHealth", "LoggedDecision",
@@ -105,9 +106,13 @@ class DecisionLog:
         self.batch_size = 2000  # records per transaction
         # one drain-write-settle at a time: the writer thread's, or a loop's inline commit
         self._io = threading.Lock()
-        self.inline = durable and inline_commit and self.store.kind == "sqlite"
+        sqlite = self.store if isinstance(self.store, SqliteStore) else None
+        self.inline = durable and inline_commit and sqlite is not None
         self._inline_due: set[asyncio.AbstractEventLoop] = set()  # loops with a commit queued
         self._closed = False
+        if self.inline and sqlite is not None:  # WAL checkpoints: the thread's, off the loop
+            sqlite.autocheckpoint = False
+        self.checkpoint_s = 1.0  # inline: how often the thread checkpoints the WAL
 
     # -- request side ------------------------------------------------------------------------
 
@@ -246,7 +251,7 @@ class DecisionLog:
     def _run(self) -> None:
         with self._io:  # an inline commit may connect too: one connection, made once
             self.keeper.connect()
-        stopping = False
+        stopping, last_checkpoint = False, time.monotonic()
         while not stopping:
             with self._io:
                 batch, stopping = self._drain()
@@ -260,10 +265,23 @@ class DecisionLog:
                     # let this moment's join the transaction; a lone request is written at once
                     time.sleep(self.gather_s)
                 self._wake.clear()
+            if self.inline:
+                last_checkpoint = self._checkpoint(last_checkpoint)
         with self._io:
             self.keeper.next_try = 0.0
             if self.spill.records:
                 self.keeper.replay()
+
+    def _checkpoint(self, last: float) -> float:
+        """Inline mode: checkpoint the WAL every checkpoint_s, outside the log's lock (the loop
+        goes on committing); a failure is logged and tried again next time."""
+        if time.monotonic() - last < self.checkpoint_s:
+            return last
+        try:
+            self.store.checkpoint()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("decision log: WAL checkpoint failed (%s: %s)", type(exc).__name__, exc)
+        return time.monotonic()
 
     def _drain(self) -> tuple[list[Record], bool]:
         """Up to batch_size queued records, without waiting; and whether to stop."""

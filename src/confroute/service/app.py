@@ -67,7 +67,7 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
                        spill_max_bytes=settings.spill_max_bytes, retry_s=settings.log_retry_s,
                        durable=settings.log_durability == "durable",
                        group_commit_s=settings.log_group_commit_ms / 1000,
-                       inline_commit=settings.workers == 1)
+                       inline_commit=settings.workers == 1 and settings.log_inline_commit)
     engine = Engine(settings.models_dir, panel, settings.grader, default_lam, conf)
     shadow = None
     if settings.mode == "shadow":

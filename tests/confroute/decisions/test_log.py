@@ -332,3 +332,40 @@ def test_no_inline_commit_after_close(tmp_path: Path) -> None:
     assert log.store._conn is None  # type: ignore[attr-defined]
     assert [r.request_id for r in open_store(str(tmp_path / "d.db")).read(None, None)] == [
         "before"]
+
+
+def test_inline_commit_leaves_wal_checkpoints_to_the_writer_thread(tmp_path: Path) -> None:
+    """With inline commits the loop's connection never checkpoints (SQLite would, inside the
+    commit that crosses 1,000 WAL pages); the writer thread does, on its own connection."""
+    import asyncio
+    import threading
+
+    log = DecisionLog(str(tmp_path / "d.db"), tmp_path / "spill.jsonl", inline_commit=True,
+                      interval_s=0.02)
+    log.checkpoint_s = 0.05
+    by: list[str] = []
+    checkpoint = log.store.checkpoint  # type: ignore[attr-defined]
+    log.store.checkpoint = lambda: (by.append(threading.current_thread().name), checkpoint())[1]
+    log.start()
+
+    async def many() -> None:
+        for i in range(40):
+            await asyncio.gather(*(log.settled(log.submit(rec(f"r{i}-{j}"))) for j in range(10)))
+
+    try:
+        asyncio.run(many())
+        wait_for(lambda: len(by) >= 2)
+        assert set(by) == {"decision-log"}
+        conn = log.store._conn  # type: ignore[attr-defined]
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert len(log.store.read(None, None)) == 400
+    finally:
+        log.close()
+    plain = DecisionLog(str(tmp_path / "e.db"), tmp_path / "s2.jsonl")
+    plain.start()
+    try:
+        asyncio.run(plain.settled(plain.submit(rec("x"))))
+        assert plain.store._conn.execute(  # type: ignore[attr-defined]
+            "PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        plain.close()

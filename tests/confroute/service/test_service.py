@@ -171,3 +171,18 @@ def test_discovery_endpoints(tmp_path: Path, models_dir: Path, path: str) -> Non
             spec = r.json()
             assert "RouteRequest" in spec["components"]["schemas"]
             assert "Token" in spec["components"]["schemas"]
+
+
+@pytest.mark.parametrize(("kw", "inline"), [
+    ({}, True),  # the default: one worker, durable SQLite
+    ({"log_inline_commit": False}, False),
+    ({"log_durability": "fast"}, False),
+    ({"decision_log": "postgresql://u@127.0.0.1:1/none"}, False),
+])
+def test_the_event_loop_commits_the_durable_log_only_where_it_should(
+        tmp_path: Path, models_dir: Path, kw: dict[str, Any], inline: bool) -> None:
+    """Inline commits (the loop writes the group) for one durable SQLite worker unless turned off
+    with CONFROUTE_LOG_INLINE_COMMIT=false; fast mode and PostgreSQL keep the writer thread."""
+    with _client(tmp_path, models_dir, **kw) as client:
+        log = client.app.state.resources.log  # type: ignore[attr-defined]
+        assert log.inline is inline
