@@ -17,10 +17,10 @@ ready at that moment have run (after the group-commit window when requests overl
 thread needed the GIL several times per commit while the loop was busy, so a commit of 0.33 ms
 took 3.1 ms from submit (measured), and the loop sat idle with every connection waiting. The
 loop is then blocked for one commit per group (a fraction of a ms on a local disk; up to
-SQLite's 5 s busy timeout for the first failed write if another process holds the write lock); the thread
-still writes whatever the loop did not, and everything while the store is down or the spill
-file holds records. A record that could not be kept (spill full) fails its request with
-NotReady instead of acknowledging it. `durable=False` (CONFROUTE_LOG_
+SQLite's 5 s busy timeout for the first failed write if another process holds the write lock);
+the thread still writes whatever the loop did not, everything while the store is down or the
+spill file holds records, and the WAL's checkpoints. A record that could not be kept (spill
+full) fails its request with NotReady instead of acknowledging it. `durable=False` (CONFROUTE_LOG_
 DURABILITY=fast) is the older behaviour: the reply goes out and the record follows within
 `interval_s`, so a crash can lose the last moments' decisions.
 """
@@ -84,7 +84,7 @@ class DecisionLog:
         self.durable = durable
         self.settle_timeout_s = settle_timeout_s
         self.keeper = RecordKeeper(url, Path(spill_path), spill_max_bytes, retry_s, durable)
-        self.store, self.spill = self.keeper.store, self.keeper.spill
+        self.store = self.keeper.store
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._recent: OrderedDict[str, list[StageInfo]] = OrderedDict()
         self._recent_max = recent
@@ -106,12 +106,12 @@ class DecisionLog:
         self.batch_size = 2000  # records per transaction
         # one drain-write-settle at a time: the writer thread's, or a loop's inline commit
         self._io = threading.Lock()
-        sqlite = self.store if isinstance(self.store, SqliteStore) else None
-        self.inline = durable and inline_commit and sqlite is not None
+        self._sqlite = self.store if isinstance(self.store, SqliteStore) else None
+        self.inline = durable and inline_commit and self._sqlite is not None
         self._inline_due: set[asyncio.AbstractEventLoop] = set()  # loops with a commit queued
         self._closed = False
-        if self.inline and sqlite is not None:  # WAL checkpoints: the thread's, off the loop
-            sqlite.autocheckpoint = False
+        if self._sqlite is not None:  # inline: WAL checkpoints are the thread's, off the loop
+            self._sqlite.autocheckpoint = not self.inline
         self.checkpoint_s = 1.0  # inline: how often the thread checkpoints the WAL
 
     # -- request side ------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class DecisionLog:
                 self._waiters.append((seq, loop, fut))
         if fut.done():
             pass
-        elif self.inline and not self._closed and self.keeper.up and not self.spill.records:
+        elif self._inline_ok():
             if loop not in self._inline_due:  # one commit for every request waiting by then
                 self._inline_due.add(loop)
                 # requests side by side (now or in the last group): the group-commit window, as
@@ -159,12 +159,15 @@ class DecisionLog:
                            f"{self.settle_timeout_s:g} s ({self.keeper.last_error or 'busy'}); retry",
                            {"Retry-After": "1"}) from None
 
+    def _inline_ok(self) -> bool:
+        """Whether a loop may commit now: inline mode, open, the store up, nothing spilled."""
+        return self.inline and not self._closed and self.keeper.up and not self.keeper.spill.records
+
     def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the event loop: write what is queued in one transaction and settle its waiters;
         when the writer thread is busy (or the store went down meanwhile), wake it instead."""
         self._inline_due.discard(loop)
-        if self._closed or not (self.keeper.up and not self.spill.records
-                                and self._io.acquire(blocking=False)):
+        if not (self._inline_ok() and self._io.acquire(blocking=False)):
             self._wake.set()
             return
         try:
@@ -265,20 +268,20 @@ class DecisionLog:
                     # let this moment's join the transaction; a lone request is written at once
                     time.sleep(self.gather_s)
                 self._wake.clear()
-            if self.inline:
-                last_checkpoint = self._checkpoint(last_checkpoint)
+            if self.inline and self._sqlite is not None:
+                last_checkpoint = self._checkpoint(self._sqlite, last_checkpoint)
         with self._io:
             self.keeper.next_try = 0.0
-            if self.spill.records:
+            if self.keeper.spill.records:
                 self.keeper.replay()
 
-    def _checkpoint(self, last: float) -> float:
+    def _checkpoint(self, sqlite: SqliteStore, last: float) -> float:
         """Inline mode: checkpoint the WAL every checkpoint_s, outside the log's lock (the loop
         goes on committing); a failure is logged and tried again next time."""
         if time.monotonic() - last < self.checkpoint_s:
             return last
         try:
-            self.store.checkpoint()  # type: ignore[attr-defined]
+            sqlite.checkpoint()
         except Exception as exc:
             log.warning("decision log: WAL checkpoint failed (%s: %s)", type(exc).__name__, exc)
         return time.monotonic()
