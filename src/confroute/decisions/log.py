@@ -4,7 +4,8 @@ Requests call `submit` (a queue put). One background thread wakes every `interva
 the queue in batches (one transaction each) into the store: SQLite WAL by default, PostgreSQL by
 URL (schema in store.py). When the store fails, records go to a bounded spill file until it is
 back (decisions/keeper.py: spill, replay, records the store refuses set aside, drops counted,
-never silent). `read(since=, version=)` returns rows with feedback joined.
+never silent). `read(since=, version=)` returns rows with feedback joined. Sequence numbers
+and the requests waiting on them are decisions/acks.py's.
 
 Durability (`durable=True`, the default): `submit` returns the record's sequence number and
 `settled(seq)` waits until the writer has committed it (SQLite synchronous=FULL, PostgreSQL's
@@ -28,7 +29,6 @@ DURABILITY=fast) is the older behaviour: the reply goes out and the record follo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import msgspec
 
+from confroute.decisions.acks import Acks
 from confroute.decisions.keeper import RecordKeeper
 from confroute.decisions.records import (
     DecisionRecord,
@@ -89,13 +90,7 @@ class DecisionLog:
         self._recent: OrderedDict[str, list[StageInfo]] = OrderedDict()
         self._recent_max = recent
         self._lock = threading.Lock()
-        self._idle = threading.Condition()
-        self._submitted = self._processed = 0
-        # durable mode: (seq, loop, future) of requests waiting for their records, and the
-        # sequence ranges whose records could not be kept
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._lost: list[tuple[int, int]] = []
-        self._last_group = 0  # requests the last commit answered (is there concurrency?)
+        self.acks = Acks(lambda: self.keeper.last_error)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self.interval_s = interval_s
@@ -121,9 +116,9 @@ class DecisionLog:
         (for `settled`)."""
         if isinstance(record, DecisionRecord):
             self._remember(record)
-        with self._idle:
-            self._submitted += 1
-            seq = self._submitted
+        with self.acks.cond:
+            self.acks.submitted += 1
+            seq = self.acks.submitted
             self._queue.put(record)  # under the lock: queue order is sequence order
         return seq
 
@@ -134,12 +129,7 @@ class DecisionLog:
         if not self.durable or seq <= 0:
             return
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._idle:
-            if self._processed >= seq:
-                self._resolve(fut, seq)
-            else:
-                self._waiters.append((seq, loop, fut))
+        fut = self.acks.wait_on(seq, loop)
         if fut.done():
             pass
         elif self._inline_ok():
@@ -147,8 +137,8 @@ class DecisionLog:
                 self._inline_due.add(loop)
                 # requests side by side (now or in the last group): the group-commit window, as
                 # the thread waits it; a lone request is written once the ready callbacks ran
-                side_by_side = max(len(self._waiters), self._last_group) > 1
-                loop.call_later(self.gather_s if side_by_side else 0.0, self._commit_inline, loop)
+                loop.call_later(self.gather_s if self.acks.side_by_side() else 0.0,
+                                self._commit_inline, loop)
         else:
             self._wake.set()
         try:
@@ -179,17 +169,6 @@ class DecisionLog:
             self._io.release()
         if not self._queue.empty():  # more than one batch's worth, or the stop: the thread's
             self._wake.set()
-
-    def _resolve(self, fut: asyncio.Future[None], seq: int) -> None:
-        """Settle one waiter (the lock held): an error when its record was not kept."""
-        if fut.done():
-            return
-        if any(a <= seq <= b for a, b in self._lost):
-            fut.set_exception(NotReady("the decision log could not keep this request's decision "
-                                       f"({self.keeper.last_error or 'spill file full'}); retry",
-                                       {"Retry-After": "1"}))
-        else:
-            fut.set_result(None)
 
     def _remember(self, r: DecisionRecord) -> None:
         with self._lock:
@@ -231,14 +210,8 @@ class DecisionLog:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted record is written, spilled or counted dropped."""
-        deadline = time.monotonic() + timeout
         self._wake.set()
-        with self._idle:
-            while self._processed < self._submitted:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._idle.wait(left):
-                    return False
-        return True
+        return self.acks.wait_all(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer and close the store."""
@@ -263,7 +236,7 @@ class DecisionLog:
                 # sleep rather than block on the queue: a put then never wakes this thread,
                 # so requests do not hand the GIL to the writer once per record
                 if self._wake.wait(self.interval_s) and self.gather_s and \
-                        max(len(self._waiters), self._last_group) > 1:
+                        self.acks.side_by_side():
                     # durable, with requests arriving side by side (now or in the last group):
                     # let this moment's join the transaction; a lone request is written at once
                     time.sleep(self.gather_s)
@@ -305,41 +278,4 @@ class DecisionLog:
             lost = self.keeper.keep(batch)
         finally:
             # a drop in this batch fails every waiter in it (it may be any of them)
-            self._done(len(batch), lost=lost)
-
-    def _done(self, n: int, lost: bool = False) -> None:
-        with self._idle:
-            first = self._processed + 1
-            self._processed += n
-            if lost and n:
-                self._lost = [*self._lost[-99:], (first, self._processed)]
-            if self._waiters:
-                ready: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[None]]]] = {}
-                keep = []
-                for seq, loop, fut in self._waiters:
-                    if seq <= self._processed:
-                        ready.setdefault(loop, []).append((seq, fut))
-                    else:
-                        keep.append((seq, loop, fut))
-                self._waiters = keep
-                self._last_group = sum(len(d) for d in ready.values())
-                here = _running_loop()  # an inline commit's loop: settle directly
-                for loop, done in ready.items():  # one wake-up per event loop, not per request
-                    if loop is here:
-                        self._settle(done)
-                        continue
-                    with contextlib.suppress(RuntimeError):  # that loop has closed
-                        loop.call_soon_threadsafe(self._settle, done)
-            self._idle.notify_all()
-
-    def _settle(self, done: list[tuple[int, asyncio.Future[None]]]) -> None:
-        with self._idle:
-            for seq, fut in done:
-                self._resolve(fut, seq)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # the writer thread
-        return None
+            self.acks.done(len(batch), lost=lost)
