@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_POSTGRES=1 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check src training tests bench
+ruff check src training tests bench scripts
 mypy
 # A skipped test fails the run (no PostgreSQL, no reference traces): set CONFROUTE_NO_SKIPS=0 to
 # allow skips on a machine that cannot install PostgreSQL.

@@ -3,12 +3,14 @@
 Per request (a request id; shadow mode's would-be stages, logged under '<id>:shadow', are read
 as the same request's would-be cascade): which model's answer was served (the last accepted
 stage, else the last answered one, as feedback reads it), whether it escalated or skipped ahead,
-and what it cost. Cost is the panel's per-token price times the answer's completion tokens (the
-logged `length` signal); the log holds no prompt tokens, so prompt prices are left out, which
-says so in the report. "Always the last model" costs each request the last model's logged cost
-where it was called, else its mean logged cost (the basis is stated beside the figure). Where
-feedback exists: accuracy of the served answers, and per model the ECE of p_correct on labeled
-rows against the ECE a perfectly calibrated p would show on as many rows.
+and what it cost. Cost is the panel's price of each logged call: per call, per prompt token
+and per completion token, with the tokens its server reported (logged from 2026-12-03); a row
+logged without them (an older build, or a /v1/route request without `usage`) is priced from its
+`length` signal with no prompt tokens, and the report counts those rows. "Always the last model"
+costs each request the last model's logged cost where it was called, else its mean logged cost
+(the basis is stated beside the figure). Where feedback exists: accuracy of the served answers,
+and per model the ECE of p_correct on labeled rows against the ECE a perfectly calibrated p
+would show on as many rows.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ from training import quality as M
 
 
 def stage_cost(d: LoggedDecision, panel: Panel) -> float:
-    """Completion-token price of one logged answer (0 for a model outside the panel)."""
+    """The panel's price of one logged call (0 for a model outside the panel): its reported
+    prompt and completion tokens, else its `length` signal and no prompt tokens."""
+    if d.model not in panel.names:
+        return 0.0
+    if d.completion_tokens is not None:
+        return panel.get(d.model).cost.of(d.prompt_tokens or 0, d.completion_tokens)
     tokens = d.signals.get("length")
     n = 0 if tokens is None or not math.isfinite(tokens) else int(tokens)
-    return panel.get(d.model).cost.of(0, n) if d.model in panel.names else 0.0
+    return panel.get(d.model).cost.of(0, n)
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,15 @@ def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[st
                         sum(stage_cost(x, panel) for x in stages),
                         own_last[0] if own_last else mean_last, s.correct))
     n = len(reqs)
+    untokened = sum(d.completion_tokens is None for d in decisions)
     out: dict[str, Any] = {
         "requests": n, "panel": panel.names,
-        "cost_basis": "panel price per completion token x the answer's logged length; prompt "
-                      "tokens are not in the log (left out)",
+        "cost_basis": "panel price per call, prompt token and completion token, with each call's "
+                      "reported tokens" + (f"; {untokened} of {len(decisions)} logged calls "
+                                           "carry no tokens (older rows, or /v1/route without "
+                                           "usage): priced from their length, prompt tokens "
+                                           "left out" if untokened else ""),
+        "calls_without_tokens": untokened,
         "always_last_basis": (f"{last}'s own logged cost where it was called, else its mean "
                               f"logged cost ({len(last_costs)} calls)") if last_costs
         else f"{last} never called: no comparison"}

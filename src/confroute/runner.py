@@ -318,7 +318,8 @@ class CascadeRunner:
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)
         rec = decision_record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
-                     out.endpoint, self.max_chars)
+                              out.endpoint, self.max_chars,
+                              (c.usage.prompt_tokens, c.usage.completion_tokens))
         seq = self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
         if not explore:
             out.last_seq = seq

@@ -47,6 +47,9 @@ class DecisionRecord(msgspec.Struct, tag="decision"):
     prediction: str | None = None
     response: str | None = None
     endpoint: str = "route"
+    # the call's tokens as its server reported them (route: the request's `usage`), for cost
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class FeedbackRecord(msgspec.Struct, tag="feedback"):
@@ -84,6 +87,8 @@ class LoggedDecision(msgspec.Struct, frozen=True):
     endpoint: str
     correct: bool | None
     gold: str | None
+    prompt_tokens: int | None = None  # None: not reported, or logged before tokens were
+    completion_tokens: int | None = None
 
 
 class StageInfo(msgspec.Struct, frozen=True):
@@ -123,12 +128,14 @@ def named_signals(s: Scored) -> dict[str, float | None]:
 
 
 def decision_record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
-           text: str | None, endpoint: str, max_chars: int) -> DecisionRecord:
-    """The decision-log record of one decision (the route endpoint's and the runner's)."""
+           text: str | None, endpoint: str, max_chars: int,
+           tokens: tuple[int | None, int | None] = (None, None)) -> DecisionRecord:
+    """The decision-log record of one decision (the route endpoint's and the runner's);
+    `tokens`: the call's prompt and completion tokens, where known."""
     signals = named_signals(s)
     p = None if math.isnan(s.p_correct) else s.p_correct
     return DecisionRecord(
         new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
         s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
-        s.prediction, text[:max_chars] if text and max_chars else None, endpoint,
+        s.prediction, text[:max_chars] if text and max_chars else None, endpoint, *tokens,
     )

@@ -1,26 +1,5 @@
-"""Decision-log storage: one store per database (SQLite file, PostgreSQL URL).
-
-The schema (same columns in both databases; REAL is DOUBLE PRECISION and the id BIGSERIAL in
-PostgreSQL, `correct` is 0/1 in SQLite and BOOLEAN in PostgreSQL):
-
-    decisions(id INTEGER PRIMARY KEY,       -- insertion order
-              record_id TEXT UNIQUE,        -- makes replaying the spill buffer idempotent
-              request_id TEXT, stage INTEGER,  -- stage: 0 for the first (cheapest) model called
-              model TEXT,
-              signals TEXT,                 -- JSON object {signal name: value}, null for NaN
-                                            -- (older logs: an array in FEATURE_NAMES order)
-              p_correct REAL, threshold REAL, -- NULL when undefined (no logprobs; last model)
-              decision TEXT,                -- accept | escalate | skip | error
-              reason TEXT,                  -- confident | not_confident | no_logprobs | ...
-              lam REAL, version TEXT,       -- cost_quality_tradeoff and router version used
-              latency_s REAL,               -- decision (route) or backend call (chat) seconds
-              created REAL,                 -- unix seconds
-              prediction TEXT,              -- the answer extracted from the response (grader)
-              response TEXT,                -- the response text (truncated to log_response_chars)
-              endpoint TEXT)                -- route | chat
-    feedback(request_id TEXT, stage INTEGER, correct BOOLEAN, gold TEXT, created REAL,
-             PRIMARY KEY (request_id, stage))  -- the latest feedback per stage wins
-"""
+"""Decision-log storage: one store per database (SQLite file, PostgreSQL URL); the tables and
+their upgrade are decisions/schema.py's."""
 
 from __future__ import annotations
 
@@ -28,52 +7,17 @@ import contextlib
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import msgspec
 
+from confroute.decisions import schema
 from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
 from confroute.features import FEATURE_NAMES
 
-_COLUMNS = (
-    "record_id", "request_id", "stage", "model", "signals", "p_correct", "threshold", "decision",
-    "reason", "lam", "version", "latency_s", "created", "prediction", "response", "endpoint",
-)
 _encode = msgspec.json.Encoder().encode  # the signals column: 1.6 µs a row, json.dumps 13
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-  id {serial} PRIMARY KEY, record_id TEXT NOT NULL UNIQUE, request_id TEXT NOT NULL,
-  stage INTEGER NOT NULL, model TEXT NOT NULL, signals TEXT NOT NULL, p_correct {real},
-  threshold {real}, decision TEXT NOT NULL, reason TEXT NOT NULL, lam {real},
-  version TEXT NOT NULL, latency_s {real} NOT NULL, created {real} NOT NULL,
-  prediction TEXT, response TEXT, endpoint TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS decisions_request ON decisions (request_id);
-CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
-CREATE TABLE IF NOT EXISTS feedback (
-  request_id TEXT NOT NULL, stage INTEGER NOT NULL, correct {boolean} NOT NULL, gold TEXT,
-  created {real} NOT NULL, PRIMARY KEY (request_id, stage));
-"""
-_INSERT = (
-    f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT (record_id) DO NOTHING"
-)
-_UPSERT_FEEDBACK = (
-    "INSERT INTO feedback (request_id, stage, correct, gold, created) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (request_id, stage) DO UPDATE SET correct = excluded.correct, "
-    "gold = excluded.gold, created = excluded.created"
-)
-_SELECT = (
-    "SELECT d.request_id, d.stage, d.model, d.signals, d.p_correct, d.threshold, d.decision, "
-    "d.reason, d.lam, d.version, d.latency_s, d.created, d.prediction, d.response, d.endpoint, "
-    "f.correct, f.gold FROM decisions d LEFT JOIN feedback f "
-    "ON f.request_id = d.request_id AND f.stage = d.stage"
-)
-_STAGES = (
-    "SELECT stage, model, decision, prediction FROM decisions WHERE request_id = ? ORDER BY id"
-)
 
 
 class Store(Protocol):
@@ -119,7 +63,7 @@ class SqlStore:
     def _ready(self, conn: Any) -> None:
         """A writer creates the tables if missing; a reader checks they are there."""
         if self.readonly:
-            _check_schema(conn)
+            schema.check_schema(conn)
         else:
             self._create_schema(conn)
 
@@ -129,9 +73,10 @@ class SqlStore:
             return
         with self._transaction(conn):
             cur = conn.cursor()
-            for stmt in _SCHEMA.format(**self.schema_types).split(";"):
+            for stmt in schema.SCHEMA.format(**self.schema_types).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+        schema.upgrade(conn)  # outside the transaction: a failed ALTER must not abort it
         self._schema_ready = True
 
     def write(self, records: Sequence[Record]) -> None:
@@ -143,9 +88,9 @@ class SqlStore:
             with self._transaction(self._conn):
                 cur = self._conn.cursor()
                 if rows:
-                    cur.executemany(self._sql(_INSERT), rows)
+                    cur.executemany(self._sql(schema.INSERT), rows)
                 if labels:
-                    cur.executemany(self._sql(_UPSERT_FEEDBACK), labels)
+                    cur.executemany(self._sql(schema.UPSERT_FEEDBACK), labels)
         except Exception:
             self.close()
             raise
@@ -159,19 +104,22 @@ class SqlStore:
         if version is not None:
             where.append("d.version = ?")
             args.append(version)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id"
-        return [_logged(row) for row in self._query(sql, args)]
+        filters = (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id"
+        return [_logged(row) for row in self._query(lambda present: schema.select(present)
+                                                    + filters, args)]
 
     def stages(self, request_id: str) -> list[StageInfo]:
-        return [StageInfo(*row) for row in self._query(_STAGES, [request_id])]
+        return [StageInfo(*row) for row in self._query(lambda _: schema.STAGES, [request_id])]
 
-    def _query(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
-        """Run a read on a fresh connection, so readers never share the writer's."""
+    def _query(self, sql: Callable[[set[str]], str], args: list[Any]) -> list[tuple[Any, ...]]:
+        """Run a read on a fresh connection, so readers never share the writer's; `sql` is
+        made from the columns the log has."""
         conn = self._open()
         try:
             self._ready(conn)
+            text = sql(schema.columns(conn))
             cur = conn.cursor()
-            cur.execute(self._sql(sql), args)
+            cur.execute(self._sql(text), args)
             return list(cur.fetchall())
         finally:
             conn.close()
@@ -251,25 +199,12 @@ def open_store(url: str, readonly: bool = False) -> Store:
     return SqliteStore(url, readonly=readonly)
 
 
-def _check_schema(conn: Any) -> None:
-    """ValueError unless both tables of a decision log are there."""
-    for table in ("decisions", "feedback"):
-        cur = conn.cursor()
-        try:
-            cur.execute(f"SELECT 1 FROM {table} LIMIT 0")  # a fixed table name
-        except Exception as exc:
-            raise ValueError(f"not a confroute decision log: no readable table {table!r} "
-                             f"({type(exc).__name__}: {str(exc).strip()})") from None
-        finally:
-            cur.close()
-
-
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
     signals = _encode(r.signals).decode()  # NaN and inf as null, like json.dumps after a filter
     return (
         r.record_id, _text(r.request_id), r.stage, r.model, signals, r.p_correct, r.threshold,
         r.decision, r.reason, r.lam, r.version, r.latency_s, r.created, _text(r.prediction),
-        _text(r.response), r.endpoint,
+        _text(r.response), r.endpoint, r.prompt_tokens, r.completion_tokens,
     )
 
 
@@ -298,4 +233,5 @@ def _logged(row: tuple[Any, ...]) -> LoggedDecision:
     signals = _signals(row[3])
     p = math.nan if row[4] is None else float(row[4])
     correct = None if row[15] is None else bool(row[15])
-    return LoggedDecision(*row[:3], signals, p, *row[5:15], correct, row[16])  # type: ignore[call-arg]
+    return LoggedDecision(*row[:3], signals, p, *row[5:15], correct,  # type: ignore[call-arg]
+                          row[16], *row[17:19])

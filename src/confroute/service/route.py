@@ -204,8 +204,10 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
         rid = req.request_id or (header_id if len(reqs) == 1 else None) or new_request_id()
         stage = req.stage if req.stage is not None else len(req.previous)
         metrics.decision(s.model, s.decision.decision, s.p_correct)
+        tokens = (req.usage.prompt_tokens, req.usage.completion_tokens) if req.usage else \
+            (None, None)
         seq = log.submit(decision_record(s, rid, stage, lam, latency, st.text or st.arrays.text,
-                                         "route", max_chars))
+                                         "route", max_chars, tokens))
         out.append(reply(s, rid, stage, lam, req.return_signals))
     return out, seq
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from support import free_port, wait_for
 
@@ -98,6 +100,74 @@ def postgres() -> Iterator[PgServer]:
 
 def test_postgres_roundtrip(postgres: PgServer, tmp_path: Path) -> None:
     _roundtrip(postgres.url, tmp_path / "spill.jsonl")
+
+
+# the decisions table as builds before 2026-12-02 19:00 wrote it: no token columns
+_OLD_DECISIONS = """CREATE TABLE decisions (
+  id {serial} PRIMARY KEY, record_id TEXT NOT NULL UNIQUE, request_id TEXT NOT NULL,
+  stage INTEGER NOT NULL, model TEXT NOT NULL, signals TEXT NOT NULL, p_correct {real},
+  threshold {real}, decision TEXT NOT NULL, reason TEXT NOT NULL, lam {real},
+  version TEXT NOT NULL, latency_s {real} NOT NULL, created {real} NOT NULL,
+  prediction TEXT, response TEXT, endpoint TEXT NOT NULL)"""
+_OLD_FEEDBACK = """CREATE TABLE feedback (
+  request_id TEXT NOT NULL, stage INTEGER NOT NULL, correct {boolean} NOT NULL, gold TEXT,
+  created {real} NOT NULL, PRIMARY KEY (request_id, stage))"""
+_OLD_ROW = ("INSERT INTO decisions (record_id, request_id, stage, model, signals, p_correct, "
+            "threshold, decision, reason, lam, version, latency_s, created, prediction, response, "
+            "endpoint) VALUES ('old-0', 'old', 0, 'smollm2-135m', '{{}}', 0.7, 0.5, 'accept', "
+            "'confident', 0.5, 'v0', 0.001, 1.0, '18', 'x', 'chat')")
+
+
+def _old_log_upgrades(url: str, spill: Path, execute: Callable[[str], None]) -> None:
+    """A log an older build wrote: a reader reads it unchanged (tokens None), the next writer
+    adds the token columns, and old and new rows read back side by side."""
+    for sql in (_OLD_DECISIONS, _OLD_FEEDBACK, _OLD_ROW):
+        execute(sql)
+    reader = open_store(url, readonly=True)
+    assert [(r.request_id, r.prompt_tokens, r.completion_tokens) for r in reader.read(None, None)
+            ] == [("old", None, None)]
+    log = DecisionLog(url, spill, retry_s=0.1)
+    log.start()
+    log.submit(msgspec.structs.replace(rec("new"), prompt_tokens=80, completion_tokens=300))
+    assert log.flush(10)
+    got = [(r.request_id, r.prompt_tokens, r.completion_tokens) for r in log.read()]
+    assert got == [("old", None, None), ("new", 80, 300)]
+    assert log.health().written == 1 and log.health().up
+    log.close()
+    again = DecisionLog(url, spill)  # a second start finds the columns there
+    again.start()
+    again.submit(rec("third"))
+    assert again.flush(10)
+    assert [r.completion_tokens for r in again.read()] == [None, 300, None]
+    again.close()
+
+
+def test_sqlite_log_of_an_older_build_gets_the_token_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    types = {"serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
+
+    def execute(sql: str) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(sql.format(**types))
+
+    _old_log_upgrades(str(db), tmp_path / "spill.jsonl", execute)
+
+
+def test_postgres_log_of_an_older_build_gets_the_token_columns(postgres: PgServer,
+                                                               tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS old_log")
+        conn.execute("CREATE DATABASE old_log")
+    url = postgres.url.rsplit("/", 1)[0] + "/old_log"
+    types = {"serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
+
+    def execute(sql: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.format(**types))
+
+    _old_log_upgrades(url, tmp_path / "spill.jsonl", execute)
 
 
 def test_postgres_outage_spills_then_replays(postgres: PgServer, tmp_path: Path) -> None:

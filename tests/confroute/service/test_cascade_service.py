@@ -3,6 +3,7 @@ ahead in the chat endpoint, and /v1/route judging any model's answer in its stat
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,10 +232,14 @@ def test_shadow_mode_serves_the_fixed_model_and_logs_what_the_router_would_do(
             assert backend.calls[f"{modes[2]}"] == 1  # the large model was called once
 
 
+def _token_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT request_id, prompt_tokens, completion_tokens FROM decisions "
+                            "WHERE endpoint = 'chat'").fetchall()
+
+
 def _shadow_rows(db: Path) -> list[tuple[Any, ...]]:
     """The would-be stages (logged under '<request id>:shadow')."""
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT stage, model, decision FROM decisions WHERE "
                             "endpoint = 'shadow' ORDER BY stage").fetchall()
@@ -286,3 +291,18 @@ def test_report_traffic_on_a_log_the_service_wrote(tmp_path: Path, cascade_model
     assert sh["served_cost"] == 3.0 and sh["would_be_cost"] == 3.0
     bad = CliRunner().invoke(cli, ["report", "traffic", "--log", str(tmp_path / "none.db")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+    # every logged call carries the tokens its server reported (the stub: 10 prompt tokens)
+    with sqlite3.connect(db) as conn:
+        tokens = conn.execute("SELECT prompt_tokens, completion_tokens FROM decisions").fetchall()
+    assert len(tokens) == 7 and all(pt == 10 and ct and ct > 0 for pt, ct in tokens)
+    # priced per token, the report counts both: per call + 10 prompt tokens + the completion's
+    priced = stub_panel(tmp_path / "priced.yaml", stub, ("unsure", "ok:7", "ok:9"), **{
+        m: {"cost": {"per_call": 0.0, "per_1k_prompt_tokens": 100.0,
+                     "per_1k_completion_tokens": 1.0}} for m in (SMALL, MEDIUM, LARGE)})
+    result = CliRunner().invoke(cli, ["report", "traffic", "--log", str(db), "--panel",
+                                      str(priced), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((out / "traffic.json").read_text())
+    enforce = [(pt, ct) for rid, pt, ct in _token_rows(db) if not rid.endswith(":shadow")]
+    assert rep["cost"] == pytest.approx(sum(pt * 0.1 + ct * 0.001 for pt, ct in enforce))
+    assert rep["calls_without_tokens"] == 0 and "carry no tokens" not in rep["cost_basis"]

@@ -158,6 +158,12 @@ def test_200_concurrent_requests_are_all_logged(tmp_path: Path, models_dir: Path
     assert statuses == [200] * 200
     rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
     assert sorted(r.request_id for r in rows) == sorted(f"burst-{i}" for i in range(200))
+    # each row carries the tokens its request's `usage` reported
+    usage = {f"burst-{i}": traces[i % len(traces)].usage for i in range(200)}
+    assert all((r.prompt_tokens, r.completion_tokens)
+               == (usage[r.request_id].prompt_tokens, usage[r.request_id].completion_tokens)
+               for r in rows)
+    assert any(r.prompt_tokens for r in rows)
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/healthz", "/openapi.json"])
