@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from servers import drain
 
 # about the size of confroute's chat reply for the bench trace (its text plus the router field)
 _CONSTANT = json.dumps({"choices": [{"message": {"content": "x" * 2000}}]}).encode()
@@ -34,9 +35,7 @@ def floor_proxy(kind: str, panel: Path) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
+        await drain(receive)
         if not sessions:  # aiohttp binds a session to the loop that made it
             sessions.append(aiohttp.ClientSession())
         payload = {"model": first["model"], "max_tokens": 300, "logprobs": True, "top_logprobs": 5,

@@ -108,13 +108,18 @@ def naive_app() -> Any:
     return app
 
 
+async def drain(receive: Any) -> None:
+    """Read (and drop) an ASGI request's body: the bench's apps answer without looking at it."""
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+
+
 def stub_backend(body: bytes) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
+        await drain(receive)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
