@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import msgspec
 import numpy as np
@@ -59,9 +59,14 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str | None = None  # a participant's name, as the request gave it
 
 
+# a token count as a request or a server reports it; the decision log keeps it in an INTEGER
+# column (32-bit in PostgreSQL), so a negative or larger count is a decode error (a 400)
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
 class Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
 
 
 class Generator(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -132,6 +132,11 @@ def _bad_bodies(t: Trace) -> list[tuple[Any, int, str]]:
         (b'{"model": "smollm2-135m\xc3", "content": []}', 400, "the body is not valid UTF-8"),
         ({**ok, "stage": 2**63}, 400, "invalid value at $.stage"),  # beyond any store's integers
         ({**ok, "stage": 1001}, 400, "invalid value at $.stage"),
+        # token counts go to INTEGER columns (PostgreSQL's 32-bit): beyond them, or negative
+        ({**ok, "usage": {"prompt_tokens": 2**64 - 1}}, 400, "invalid value at $.usage.prompt_tokens"),
+        ({**ok, "usage": {"completion_tokens": 2**31}}, 400,
+         "invalid value at $.usage.completion_tokens"),
+        ({**ok, "usage": {"prompt_tokens": -5}}, 400, "invalid value at $.usage.prompt_tokens"),
         ({**ok, "request_id": "a\u0000b"}, 400, "invalid value at $.request_id"),  # no NUL in PG
         ({**ok, "request_id": "x" * 201}, 400, "invalid value at $.request_id"),  # too long to name
         ([], 400, "1 to 50 items"),
