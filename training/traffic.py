@@ -85,9 +85,9 @@ def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[st
         "requests": n, "panel": panel.names,
         "cost_basis": "panel price per call, prompt token and completion token, with each call's "
                       "reported tokens" + (f"; {untokened} of {len(decisions)} logged calls "
-                                           "carry no tokens (older rows, or /v1/route without "
-                                           "usage): priced from their length, prompt tokens "
-                                           "left out" if untokened else ""),
+                                           "carry no tokens (older rows, or /v1/route or a "
+                                           "backend without usage): priced from their length, "
+                                           "prompt tokens left out" if untokened else ""),
         "calls_without_tokens": untokened,
         "always_last_basis": (f"{last}'s own logged cost where it was called, else its mean "
                               f"logged cost ({len(last_costs)} calls)") if last_costs

@@ -319,7 +319,8 @@ class CascadeRunner:
         self.metrics.decision(s.model, decision, s.p_correct)
         rec = decision_record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
                               out.endpoint, self.max_chars,
-                              (c.usage.prompt_tokens, c.usage.completion_tokens))
+                              (c.usage.prompt_tokens, c.usage.completion_tokens)
+                              if c.usage_reported else (None, None))
         seq = self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
         if not explore:
             out.last_seq = seq

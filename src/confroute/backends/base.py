@@ -36,6 +36,9 @@ class Completion:
     latency_s: float
     model: str = ""
     tool_calls: list[dict[str, Any]] | None = None  # the reply's tool calls, as the server sent them
+    # False: the server sent no `usage`, so `usage` is an estimate (no prompt tokens, one
+    # completion token per logprob) and the decision log records the call's tokens as unknown
+    usage_reported: bool = True
 
 
 class BackendError(RuntimeError):

@@ -64,6 +64,7 @@ def completion_from_reply(body: bytes, model: str, latency_s: float) -> Completi
         tokens=tokens,
         finish_reason=choice.finish_reason or "unknown",
         usage=reply.usage or Usage(0, len(tokens)),
+        usage_reported=reply.usage is not None,
         latency_s=round(latency_s, 3),
         model=model,
         tool_calls=msgspec.to_builtins(choice.message.tool_calls)

@@ -181,7 +181,10 @@ class PostgresStore(SqlStore):
     def _open(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self.url, connect_timeout=self.connect_timeout_s, autocommit=True)
+        conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout_s, autocommit=True)
+        if self.readonly:  # retrain and drift: the server refuses any change (SQLite: mode=ro)
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
 
     def _transaction(self, conn: Any) -> Any:
         return conn.transaction()

@@ -312,6 +312,7 @@ def test_reply_without_logprobs_gives_no_tokens(stub: tuple[Stub, str]) -> None:
     completion = asyncio.run(_backend(url).acomplete(QUESTION, PARAMS))
     assert (completion.response, completion.tokens, completion.finish_reason) == ("7", [], "stop")
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (11, 1)
+    assert completion.usage_reported
 
 
 def test_malformed_reply_is_a_backend_error(stub: tuple[Stub, str]) -> None:
@@ -342,3 +343,4 @@ def test_legacy_layout_is_converted_best_first() -> None:
     assert [(t.token, t.logprob) for t in completion.tokens] == [(" 5", -0.5), (".", -1.5)]
     assert [a.token for a in completion.tokens[1].top_logprobs] == ["!", "."]
     assert (completion.finish_reason, completion.usage.completion_tokens) == ("length", 2)
+    assert not completion.usage_reported  # no `usage` in the reply: an estimate, logged as unknown

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from support import free_port, wait_for
 
+from confroute.decisions import schema
 from confroute.decisions.log import DecisionLog, DecisionRecord, FeedbackRecord
 from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
@@ -35,17 +38,20 @@ def _roundtrip(url: str, spill: Path) -> None:
     log.submit(rec("old", created=t0 - 100, version="v0"))
     for i in range(20):
         log.submit(rec(f"r{i}", stage=i % 2))
+    log.submit(msgspec.structs.replace(rec("max"), prompt_tokens=2**31 - 1, completion_tokens=0))
     log.submit(FeedbackRecord("r3", 1, True, time.time(), gold="18"))
     log.submit(FeedbackRecord("r3", 1, False, time.time()))  # the latest label wins
     assert log.flush(10)
     rows = log.read(since=t0 - 1)
-    assert [r.request_id for r in rows] == [f"r{i}" for i in range(20)]
+    assert [r.request_id for r in rows] == [f"r{i}" for i in range(20)] + ["max"]
+    # the largest token count the service accepts (traces.TokenCount) fits either store
+    assert (rows[-1].prompt_tokens, rows[-1].completion_tokens) == (2**31 - 1, 0)
     assert math.isnan(rows[0].signals["agree_prev"]) and rows[0].signals[FEATURE_NAMES[0]] == 0.5
     labeled = [r for r in rows if r.correct is not None]
     assert [(r.request_id, r.stage, r.correct) for r in labeled] == [("r3", 1, False)]
     assert [r.request_id for r in log.read(version="v0")] == ["old"]
     assert [s.stage for s in open_store(url).stages("r5")] == [1]
-    assert log.health().up and log.health().written == 23
+    assert log.health().up and log.health().written == 24
     log.close()
 
 
@@ -118,7 +124,8 @@ _OLD_ROW = ("INSERT INTO decisions (record_id, request_id, stage, model, signals
             "'confident', 0.5, 'v0', 0.001, 1.0, '18', 'x', 'chat')")
 
 
-def _old_log_upgrades(url: str, spill: Path, execute: Callable[[str], None]) -> None:
+def _old_log_upgrades(url: str, spill: Path, execute: Callable[[str], None],
+                      connect: Callable[[], Any]) -> None:
     """A log an older build wrote: a reader reads it unchanged (tokens None), the next writer
     adds the token columns, and old and new rows read back side by side."""
     for sql in (_OLD_DECISIONS, _OLD_FEEDBACK, _OLD_ROW):
@@ -126,6 +133,8 @@ def _old_log_upgrades(url: str, spill: Path, execute: Callable[[str], None]) -> 
     reader = open_store(url, readonly=True)
     assert [(r.request_id, r.prompt_tokens, r.completion_tokens) for r in reader.read(None, None)
             ] == [("old", None, None)]
+    with contextlib.closing(connect()) as conn:
+        assert not set(schema.ADDED) & schema.columns(conn)  # the reader changed nothing
     log = DecisionLog(url, spill, retry_s=0.1)
     log.start()
     log.submit(msgspec.structs.replace(rec("new"), prompt_tokens=80, completion_tokens=300))
@@ -150,7 +159,7 @@ def test_sqlite_log_of_an_older_build_gets_the_token_columns(tmp_path: Path) -> 
         with sqlite3.connect(db) as conn:
             conn.execute(sql.format(**types))
 
-    _old_log_upgrades(str(db), tmp_path / "spill.jsonl", execute)
+    _old_log_upgrades(str(db), tmp_path / "spill.jsonl", execute, lambda: sqlite3.connect(db))
 
 
 def test_postgres_log_of_an_older_build_gets_the_token_columns(postgres: PgServer,
@@ -167,7 +176,52 @@ def test_postgres_log_of_an_older_build_gets_the_token_columns(postgres: PgServe
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.format(**types))
 
-    _old_log_upgrades(url, tmp_path / "spill.jsonl", execute)
+    _old_log_upgrades(url, tmp_path / "spill.jsonl", execute,
+                      lambda: psycopg.connect(url, autocommit=True))
+
+
+def _two_writers_add_a_column_at_once(connect: Callable[[], Any], execute: Callable[[str], None],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers start on an older log: the second saw the columns missing, the first added
+    them before its ALTER ran; that ALTER fails and the upgrade goes on (several workers)."""
+    for sql in (_OLD_DECISIONS, _OLD_FEEDBACK):
+        execute(sql)
+    with contextlib.closing(connect()) as first, contextlib.closing(connect()) as second:
+        real, stale = schema.columns, schema.columns(second)
+        schema.upgrade(first)
+        checks = iter([stale])  # the second writer's first look predates the first's ALTER
+        monkeypatch.setattr(schema, "columns", lambda conn: next(checks, None) or real(conn))
+        schema.upgrade(second)
+        assert set(schema.ADDED) <= real(second)
+
+
+def test_sqlite_two_writers_upgrade_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "old.db"
+    types = {"serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
+
+    def execute(sql: str) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(sql.format(**types))
+
+    _two_writers_add_a_column_at_once(lambda: sqlite3.connect(db), execute, monkeypatch)
+
+
+def test_postgres_two_writers_upgrade_at_once(postgres: PgServer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS two_writers")
+        conn.execute("CREATE DATABASE two_writers")
+    url = postgres.url.rsplit("/", 1)[0] + "/two_writers"
+    types = {"serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
+
+    def execute(sql: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.format(**types))
+
+    _two_writers_add_a_column_at_once(lambda: psycopg.connect(url, autocommit=True), execute,
+                                      monkeypatch)
 
 
 def test_postgres_outage_spills_then_replays(postgres: PgServer, tmp_path: Path) -> None:

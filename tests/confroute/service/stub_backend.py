@@ -4,6 +4,7 @@ The served model name chooses the behaviour, `mode[:answer]`:
 - `ok`: a confident answer (every token logprob -0.01, top-5 alternatives);
 - `unsure`: the same text with logprob -2.5 per token;
 - `nologprobs`: the answer without any logprobs;
+- `nousage`: `ok` without the reply's `usage` (servers that do not report tokens);
 - `slow`: sleeps 3 s before answering (panels give it a shorter timeout);
 - `error`: HTTP 500;
 - `tool`: a call of the tool `add` with arguments {"a": 3, "b": 4}, logprobs for its raw text
@@ -53,14 +54,17 @@ def reply(mode: str, answer: str, max_tokens: int) -> dict[str, Any]:
     if mode == "tool":
         return tool_reply()
     text = TEXT.format(answer=answer)
-    content = tokens(text, -0.01 if mode == "ok" else -2.5)[:max_tokens]
+    content = tokens(text, -0.01 if mode in ("ok", "nousage") else -2.5)[:max_tokens]
     text = "".join(t["token"] for t in content)
     logprobs = None if mode == "nologprobs" else {"content": content}
-    return {"id": "stub", "object": "chat.completion", "created": 0, "model": mode,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": logprobs, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": len(content),
-                      "total_tokens": 10 + len(content)}}
+    out = {"id": "stub", "object": "chat.completion", "created": 0, "model": mode,
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                        "logprobs": logprobs, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": len(content),
+                     "total_tokens": 10 + len(content)}}
+    if mode == "nousage":
+        del out["usage"]
+    return out
 
 
 class StubBackend:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from confroute.service import create_app
 
 from .conftest import PANEL, build_version, known_cascade, serve_app, settings_for, stub_panel
-from .stub_backend import StubBackend, tokens
+from .stub_backend import TEXT, StubBackend, tokens
 
 SMALL, MEDIUM, LARGE = PANEL
 
@@ -306,3 +306,34 @@ def test_report_traffic_on_a_log_the_service_wrote(tmp_path: Path, cascade_model
     enforce = [(pt, ct) for rid, pt, ct in _token_rows(db) if not rid.endswith(":shadow")]
     assert rep["cost"] == pytest.approx(sum(pt * 0.1 + ct * 0.001 for pt, ct in enforce))
     assert rep["calls_without_tokens"] == 0 and "carry no tokens" not in rep["cost_basis"]
+
+
+def test_a_server_without_usage_logs_its_tokens_as_unknown(tmp_path: Path, cascade_models: Path,
+                                                           stub: str) -> None:
+    """A reply without `usage`: the reply's usage is the estimate (no prompt tokens, one
+    completion token per logprob), the log says unknown and the report counts the call."""
+    import json
+
+    from support import wait_for
+    from typer.testing import CliRunner
+
+    from confroute.cli import app as cli
+
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("nousage:7", "ok:7", "ok:9"))
+    with TestClient(create_app(settings_for(tmp_path, cascade_models, panel))) as c:
+        r = c.post("/v1/chat/completions", json={
+            "model": "confroute:0.2", "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
+        assert r.status_code == 200, r.text
+        assert [t["model"] for t in r.json()["router"]["tried"]] == [SMALL]  # sure: accepted
+        words = len(TEXT.format(answer="7").split(" "))  # the stub's word tokens
+        assert r.json()["usage"] == {"prompt_tokens": 0, "completion_tokens": words,
+                                     "total_tokens": words}
+        db = tmp_path / "decisions.db"
+        wait_for(lambda: len(_token_rows(db)) == 1)
+    assert [row[1:] for row in _token_rows(db)] == [(None, None)]
+    out = tmp_path / "traffic"
+    result = CliRunner().invoke(cli, ["report", "traffic", "--log", str(db), "--panel",
+                                      str(panel), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((out / "traffic.json").read_text())
+    assert rep["calls_without_tokens"] == 1 and "1 of 1 logged calls" in rep["cost_basis"]

@@ -166,6 +166,22 @@ def test_200_concurrent_requests_are_all_logged(tmp_path: Path, models_dir: Path
     assert any(r.prompt_tokens for r in rows)
 
 
+def test_route_logs_the_usage_given_and_unknown_without(tmp_path: Path, models_dir: Path,
+                                                       traces: list[Trace]) -> None:
+    """/v1/route logs the request's `usage`, up to the largest count it accepts; without one
+    the call's tokens are logged as unknown (the traffic report counts such rows)."""
+    t = msgspec.to_builtins(traces[0])
+    bodies = {"none": {k: v for k, v in t.items() if k != "usage"},
+              "max": {**t, "usage": {"prompt_tokens": 2**31 - 1, "completion_tokens": 0}}}
+    with _client(tmp_path, models_dir) as client:
+        for rid, body in bodies.items():
+            r = client.post("/v1/route", json=body, headers={"x-request-id": rid})
+            assert r.status_code == 200, r.text
+    rows = DecisionLog(str(tmp_path / "decisions.db"), tmp_path / "unused.jsonl").read()
+    assert sorted((r.request_id, r.prompt_tokens, r.completion_tokens) for r in rows) == [
+        ("max", 2**31 - 1, 0), ("none", None, None)]
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/healthz", "/openapi.json"])
 def test_discovery_endpoints(tmp_path: Path, models_dir: Path, path: str) -> None:
     with _client(tmp_path, models_dir) as client:
