@@ -23,11 +23,17 @@ _FRAC = r"\\[dt]?frac\{\s*-?\d+\s*\}\{\s*\d+\s*\}"
 _NUM = rf"{_SIGN}(?:{_FRAC}|\$?\s?{_DIGITS}(?:[ \t]?/[ \t]?{_DIGITS})?)"
 _NUM_RE = re.compile(_NUM)
 # "41 - 28 = 13" written right after a marker: the answer is the result after the last "=".
+# The blanks are possessive (`*+`): with plain `*` a run of blanks could be split between
+# neighbouring terms in many ways, and a long sum with no "=" took exponential time.
 _EQUATION = re.compile(
-    rf"(?:[ \t]*(?:[-+*/×x÷−]|\\times|\\cdot|\\div)[ \t]*\(?[ \t]*{_NUM}[ \t]*\)?)*[ \t]*=[ \t]*"
+    rf"(?:[ \t]*+(?:[-+*/×x÷−]|\\times|\\cdot|\\div)[ \t]*+\(?[ \t]*+{_NUM}[ \t]*+\)?)*"
+    r"[ \t]*+=[ \t]*+"
 )
 _FRAC_PARTS = re.compile(r"\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
 _EXPONENT = re.compile(r"[eE]\s*([-+]?\d{1,12})")
+# Longer numbers are not read as numbers: their exact value could need more digits than Python
+# prints (4,300), and no answer is that long.
+_MAX_NUMBER_CHARS = 3000
 # Markers in order of trust; each captures the text right after the marker.
 _MARKERS = (
     re.compile(r"\banswer\b\s*(?:is|=)?\s*[:：]?\s*\**\s*(?:\\\(|\\\[)?\s*(?:\\boxed\{)?", re.I),
@@ -51,7 +57,8 @@ def parse_number(text: str) -> Fraction | None:
     s = s.rstrip("%").replace("−", "-")
     if frac := _FRAC_PARTS.search(s):
         s = f"{'-' if s.startswith('-') else ''}{frac.group(1)}/{frac.group(2)}"
-    if not s or ((e := _EXPONENT.search(s)) and abs(int(e.group(1))) > 300):
+    if not s or len(s) > _MAX_NUMBER_CHARS or any(
+            abs(int(e)) > 300 for e in _EXPONENT.findall(s)):
         return None  # Fraction("1e99999999") would build a 100-million-digit integer
     try:
         if "/" in s:
@@ -80,7 +87,7 @@ def extract_number(text: str) -> Extraction | None:
         for hit in _hits_last_first(marker, text):
             m = _NUM_RE.match(text, hit.end())
             if m is None:  # allow a few words between marker and number ("is actually 18")
-                m = _NUM_RE.search(text[: hit.end() + 24], hit.end())
+                m = _NUM_RE.search(text, hit.end(), hit.end() + 24)  # no copy of the text
             if m is not None and (found := _extraction(text, _follow_equation(text, m))):
                 return found
     for m in reversed(list(_NUM_RE.finditer(text))):

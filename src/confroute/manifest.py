@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from confroute.features import FEATURE_NAMES, FeatureConfig
 from confroute.modelstore import sha256_file
@@ -37,8 +37,8 @@ class Isotonic(_Frozen):
     """Isotonic calibration as its knot table: p = np.interp(f, x, y)."""
 
     method: Literal["isotonic"] = "isotonic"
-    x: list[float]
-    y: list[float]
+    x: list[FiniteFloat]  # NaN would pass the order check below (every comparison is false)
+    y: list[Annotated[float, Field(ge=0.0, le=1.0)]]  # probabilities
 
     @model_validator(mode="after")
     def _table(self) -> Isotonic:
@@ -53,8 +53,8 @@ class Sigmoid(_Frozen):
     """Platt scaling in scikit-learn's convention: p = 1 / (1 + exp(a*f + b))."""
 
     method: Literal["sigmoid"] = "sigmoid"
-    a: float
-    b: float
+    a: FiniteFloat
+    b: FiniteFloat
 
 
 class Identity(_Frozen):

@@ -7,6 +7,8 @@ reference run; each `expected` was written by reading the response, not by runni
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,21 @@ def test_numbers_beyond_int_and_float_limits_neither_crash_nor_hang() -> None:
     assert not numbers_equal("7", "1e300") and not numbers_equal("7", "9" * 400)
     assert numbers_equal("9" * 400, "9" * 400)
     assert not g.is_correct("7", "1e999") and g.is_correct("1000", "1e3")
+    # found by fuzzing the service: a later huge exponent, a decimal whose exact fraction needs
+    # more digits than Python prints (was a ValueError: a 500 on /v1/route)
+    assert parse_number("1e1/1e9999999") is None and parse_number("1e1/1e2") == Fraction(1, 10)
+    long_decimal = "1" * 4299 + "." + "1" * 4299
+    assert parse_number(long_decimal) is None and g.extract(f"answer: {long_decimal}") is None
+
+
+def test_a_long_sum_without_a_result_is_read_in_linear_time() -> None:
+    """A sum after the marker with no "=": the equation regex once split each run of blanks
+    between neighbouring terms every possible way (9 terms took 10 s, 25 would take years)."""
+    # in a child process with a timeout: a regex holds the GIL, so a hang cannot be timed out
+    # from a thread. The bound is far above what it takes: a guard, not a speed test.
+    code = ("import json, sys; from confroute.grading import extract_number as x; "
+            "print(json.dumps([[e.value, e.start, e.end] for e in map(x, json.load(sys.stdin))]))")
+    texts = ["The answer is " + f"{b}+{b}".join(["1"] * 25) + " x" for b in (" ", "   ", " \t ")]
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), text=True,
+                         capture_output=True, timeout=120, check=True).stdout
+    assert json.loads(out) == [["1", 14, 15]] * 3

@@ -102,6 +102,14 @@ def _tamper(raw: dict, how: str) -> None:
         raw["models"][names[1]]["file"] = raw["models"][names[0]]["file"]
     elif how == "negative window":
         raw["feature_config"]["group_window"] = -4
+    elif how == "NaN in a sigmoid":  # json writes NaN; a reload once accepted it
+        raw["models"][names[0]]["calibration"] = {"method": "sigmoid", "a": float("nan"), "b": 0.0}
+    elif how == "NaN in isotonic knots":  # passes an order check: every comparison is false
+        raw["models"][names[0]]["calibration"] = {"method": "isotonic", "x": [0.0, float("nan"), 1.0],
+                                                  "y": [0.1, 0.5, 0.9]}
+    elif how == "isotonic p above 1":
+        raw["models"][names[0]]["calibration"] = {"method": "isotonic", "x": [0.0, 1.0],
+                                                  "y": [0.1, 1.5]}
 
 
 @pytest.mark.parametrize(("how", "words"), [
@@ -110,6 +118,9 @@ def _tamper(raw: dict, how: str) -> None:
     ("no policy rows", "policy: .*non-empty"),
     ("two models, one file", "one file each"),
     ("negative window", "invalid manifest at feature_config: .*group_window >= 1"),
+    ("NaN in a sigmoid", "invalid manifest at models.*calibration.*finite"),
+    ("NaN in isotonic knots", "invalid manifest at models.*calibration.*finite"),
+    ("isotonic p above 1", "invalid manifest at models.*calibration.*less than or equal to 1"),
 ])
 def test_a_manifest_that_does_not_hang_together_is_refused(copy: Path, how: str,
                                                            words: str) -> None:

@@ -124,10 +124,11 @@ def _compact(req: Request) -> TokenArrays:
 def _check_values(arr: TokenArrays) -> None:
     """Logprobs are log-probabilities: finite (JSON cannot say otherwise) and at most 0."""
     for name, a in (("logprob", arr.logprob), ("top_logprobs", arr.top)):
-        if a.size and np.nanmax(a) > 1e-3:
-            i = int(np.nanargmax(a.max(axis=1) if a.ndim == 2 else a))
-            raise BadRequest(f"{name} must be <= 0 (log-probabilities); token {i} has "
-                             f"{float(np.nanmax(a)):g}")
+        bad = np.nan_to_num(a, nan=-np.inf) > 1e-3  # NaN: a missing (masked) alternative
+        if bad.any():
+            at = tuple(np.argwhere(bad)[0])  # the first offending token (and alternative)
+            raise BadRequest(f"{name} must be <= 0 (log-probabilities); token {int(at[0])} has "
+                             f"{float(a[at]):g}")
 
 
 def reply(s: Scored, request_id: str, stage: int, lam: float, signals: bool) -> RouteDecision:

@@ -21,6 +21,9 @@ from confroute.traces import Token, Usage
 
 Lambda = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 MAX_REQUEST_ID = 200  # feedback names a request by it: the same bound everywhere
+# alternatives per token: OpenAI's top_logprobs limit (and vLLM's default max_logprobs); it
+# also bounds the array a ragged body pads to (tokens × the widest row)
+MAX_TOP_LOGPROBS = 20
 MAX_STAGE = 1000  # a cascade's position; far beyond any panel, and within every store's integer
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 RequestIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID, pattern=NO_NUL)]
@@ -38,7 +41,7 @@ class WireToken(msgspec.Struct, gc=False):
 
     token: str
     logprob: float
-    top_logprobs: list[WireTopLogprob] = []
+    top_logprobs: Annotated[list[WireTopLogprob], msgspec.Meta(max_length=MAX_TOP_LOGPROBS)] = []
 
 
 class LogprobsBlock(msgspec.Struct, Generic[TokenT], gc=False):
@@ -60,7 +63,7 @@ class CompactTokens(msgspec.Struct, gc=False):
     """Numeric arrays instead of per-token objects."""
 
     logprob: list[float]
-    top_logprobs: list[list[float]] = []
+    top_logprobs: list[Annotated[list[float], msgspec.Meta(max_length=MAX_TOP_LOGPROBS)]] = []
     tokens: list[str] | None = None
 
 

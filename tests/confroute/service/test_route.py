@@ -123,6 +123,19 @@ def _bad_bodies(t: Trace) -> list[tuple[Any, int, str]]:
         ({"model": t.model, "choices": [{"logprobs": None}]}, 400, "no logprobs"),
         ({"model": t.model, "choices": []}, 400, "`choices` is empty"),
         (pos, 400, "must be <= 0"),
+        # a positive alternative beside a missing one (-99999: masked): was a 500 (all-NaN row)
+        ({"model": t.model, "tokens": [{"token": "7", "logprob": -0.1, "top_logprobs": [
+            {"token": "7", "logprob": 0.5}, {"token": "x", "logprob": -99999}]}]}, 400,
+         "top_logprobs must be <= 0 (log-probabilities); token 0 has 0.5"),
+        ({"model": t.model, "compact": {"logprob": [-0.1, -0.2],
+                                        "top_logprobs": [[0.5, -99999], [-0.2, -1]]}}, 400,
+         "token 0 has 0.5"),  # the token it is in, not the row with the largest finite maximum
+        # at most 20 alternatives (OpenAI's limit): a ragged body cannot pad to gigabytes
+        ({"model": t.model, "compact": {"logprob": [-1.0] * 3,
+                                        "top_logprobs": [[-1.0] * 21, [], []]}}, 400,
+         "invalid value at $.compact.top_logprobs[0]"),
+        ({"model": t.model, "tokens": [{"token": "x", "logprob": -1.0, "top_logprobs": [
+            {"token": "x", "logprob": -1.0}] * 21}]}, 400, "invalid value at $.tokens[0].top_logprobs"),
         ({"model": t.model, "compact": {"logprob": [-1.0, -2.0], "top_logprobs": [[-1.0]]}},
          400, "rows for 2 tokens"),
         ({"model": t.model, "compact": {"logprob": []}}, 400, "empty"),
