@@ -7,6 +7,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,33 +152,46 @@ def _old_log_upgrades(url: str, spill: Path, execute: Callable[[str], None],
     again.close()
 
 
-def test_sqlite_log_of_an_older_build_gets_the_token_columns(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class _Db:
+    """An empty database to write an older build's tables into, SQLite or PostgreSQL."""
+
+    url: str
+    connect: Callable[[], Any]
+    types: dict[str, str]
+
+    def execute(self, sql: str) -> None:
+        with contextlib.closing(self.connect()) as conn:
+            conn.execute(sql.format(**self.types))
+            conn.commit()
+
+
+def _sqlite_db(tmp_path: Path) -> _Db:
     db = tmp_path / "old.db"
-    types = {"serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
+    return _Db(str(db), lambda: sqlite3.connect(db),
+               {"serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"})
 
-    def execute(sql: str) -> None:
-        with sqlite3.connect(db) as conn:
-            conn.execute(sql.format(**types))
 
-    _old_log_upgrades(str(db), tmp_path / "spill.jsonl", execute, lambda: sqlite3.connect(db))
+def _postgres_db(postgres: PgServer, name: str) -> _Db:
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")  # a fixed test name
+        conn.execute(f"CREATE DATABASE {name}")
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    return _Db(url, lambda: psycopg.connect(url, autocommit=True),
+               {"serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"})
+
+
+def test_sqlite_log_of_an_older_build_gets_the_token_columns(tmp_path: Path) -> None:
+    db = _sqlite_db(tmp_path)
+    _old_log_upgrades(db.url, tmp_path / "spill.jsonl", db.execute, db.connect)
 
 
 def test_postgres_log_of_an_older_build_gets_the_token_columns(postgres: PgServer,
                                                                tmp_path: Path) -> None:
-    import psycopg
-
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS old_log")
-        conn.execute("CREATE DATABASE old_log")
-    url = postgres.url.rsplit("/", 1)[0] + "/old_log"
-    types = {"serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
-
-    def execute(sql: str) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql.format(**types))
-
-    _old_log_upgrades(url, tmp_path / "spill.jsonl", execute,
-                      lambda: psycopg.connect(url, autocommit=True))
+    db = _postgres_db(postgres, "old_log")
+    _old_log_upgrades(db.url, tmp_path / "spill.jsonl", db.execute, db.connect)
 
 
 def _two_writers_add_a_column_at_once(connect: Callable[[], Any], execute: Callable[[str], None],
@@ -196,32 +210,14 @@ def _two_writers_add_a_column_at_once(connect: Callable[[], Any], execute: Calla
 
 
 def test_sqlite_two_writers_upgrade_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "old.db"
-    types = {"serial": "INTEGER", "real": "REAL", "boolean": "INTEGER"}
-
-    def execute(sql: str) -> None:
-        with sqlite3.connect(db) as conn:
-            conn.execute(sql.format(**types))
-
-    _two_writers_add_a_column_at_once(lambda: sqlite3.connect(db), execute, monkeypatch)
+    db = _sqlite_db(tmp_path)
+    _two_writers_add_a_column_at_once(db.connect, db.execute, monkeypatch)
 
 
 def test_postgres_two_writers_upgrade_at_once(postgres: PgServer,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import psycopg
-
-    with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS two_writers")
-        conn.execute("CREATE DATABASE two_writers")
-    url = postgres.url.rsplit("/", 1)[0] + "/two_writers"
-    types = {"serial": "BIGSERIAL", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN"}
-
-    def execute(sql: str) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql.format(**types))
-
-    _two_writers_add_a_column_at_once(lambda: psycopg.connect(url, autocommit=True), execute,
-                                      monkeypatch)
+    db = _postgres_db(postgres, "two_writers")
+    _two_writers_add_a_column_at_once(db.connect, db.execute, monkeypatch)
 
 
 def test_postgres_outage_spills_then_replays(postgres: PgServer, tmp_path: Path) -> None:
