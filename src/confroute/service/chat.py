@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from confroute.errors import BadRequest, RoutingError, UnsupportedMediaType
+from confroute.errors import BadRequest, RoutingError
 from confroute.panel import Panel
 from confroute.runner import Cascade, ChatTask, Limits
 from confroute.service import chat_format
-from confroute.service.edge import bearer_token, check_key, send_json
+from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import is_utf8, plain_error, validation_json
 from confroute.service.route import encode, new_request_id, read_body
 from confroute.service.schemas import ChatHeaders, ChatMessage, ChatRequest
@@ -183,7 +183,7 @@ class ChatEndpoint:
             headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get("authorization", "").encode("latin-1")))
-        _check_content_type(headers.get("content-type"))
+        check_json_content_type(headers.get("content-type"))
         raw = (await read_body(receive)).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM: dropped
         hdrs, body, errors = None, None, list[Any]()
         try:
@@ -207,16 +207,6 @@ class InvalidRequest(Exception):
     def __init__(self, errors: list[Any]) -> None:
         super().__init__("invalid request")
         self.errors = errors
-
-
-def _check_content_type(value: str | None) -> None:
-    """JSON only (as FastAPI's strict content type): a form or text/plain POST, which a browser
-    sends cross-site without asking, never starts a paid cascade. No header: taken as JSON."""
-    if value is None:
-        return
-    kind = value.split(";", 1)[0].strip().lower()
-    if kind != "application/json" and not kind.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type {kind or value!r}: send application/json")
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

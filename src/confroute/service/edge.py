@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from confroute.errors import UnsupportedMediaType
 from confroute.service.errors import Unauthorized, error_json
 from confroute.service.metrics import Metrics
 from confroute.settings import Settings
@@ -136,3 +137,14 @@ async def require_key_if_all(request: Request,
 
 KeyRequired = Depends(require_key)
 KeyIfAll = Depends(require_key_if_all)
+
+
+def check_json_content_type(value: str | None) -> None:
+    """JSON only (as FastAPI's strict content type): a form or text/plain POST, which a browser
+    sends cross-site without asking, never starts a paid cascade or writes a decision record.
+    No header: taken as JSON."""
+    if value is None:
+        return
+    kind = value.split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type {kind or value!r}: send application/json")

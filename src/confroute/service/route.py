@@ -20,7 +20,7 @@ from confroute.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.errors import BadRequest, RoutingError
 from confroute.features import TokenArrays
 from confroute.policy import Decision
-from confroute.service.edge import bearer_token, check_key, send_json
+from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import bad_body, plain_error
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import (
@@ -237,6 +237,8 @@ class RouteEndpoint:
         headers = dict(scope["headers"])
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get(b"authorization")))
+        kind = headers.get(b"content-type")
+        check_json_content_type(kind.decode("latin-1") if kind is not None else None)
         body = await read_body(receive)
         reqs = decode(body, self.batch)
         out, seq = route(res.engine, res.log, metrics, reqs, header_request_id(headers),

@@ -176,6 +176,15 @@ def test_route_headers_and_methods(client: TestClient, traces: list[Trace]) -> N
         r = client.request(method, "/v1/route/batch" if method == "PUT" else "/v1/route")
         assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
         assert "takes POST only" in r.json()["error"]["message"]
+    # JSON only, as chat: a cross-site form or text/plain POST writes no decision record
+    raw = json.dumps(body).encode()
+    for path in ("/v1/route", "/v1/route/batch"):
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"):
+            r = client.post(path, content=raw, headers={"content-type": kind})
+            assert r.status_code == 415 and "send application/json" in r.text, (path, kind)
+    for kind in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        assert client.post("/v1/route", content=raw, headers={"content-type": kind}).status_code == 200
+    assert client.post("/v1/route", content=raw).status_code == 200  # no header: taken as JSON
 
 
 def test_too_many_items_and_chunked_bodies(client: TestClient, traces: list[Trace]) -> None:
