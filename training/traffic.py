@@ -5,12 +5,12 @@ as the same request's would-be cascade): which model's answer was served (the la
 stage, else the last answered one, as feedback reads it), whether it escalated or skipped ahead,
 and what it cost. Cost is the panel's price of each logged call: per call, per prompt token
 and per completion token, with the tokens its server reported (logged from 2026-12-03); a row
-logged without them (an older build, or a /v1/route request without `usage`) is priced from its
-`length` signal with no prompt tokens, and the report counts those rows. "Always the last model"
-costs each request the last model's logged cost where it was called, else its mean logged cost
-(the basis is stated beside the figure). Where feedback exists: accuracy of the served answers,
-and per model the ECE of p_correct on labeled rows against the ECE a perfectly calibrated p
-would show on as many rows.
+logged without them (an older build, or a /v1/route request or a backend reply without
+`usage`) is priced from its `length` signal with no prompt tokens, and the report counts
+those rows. "Always the last model" costs each request the last model's logged cost where it
+was called, else its mean logged cost (the basis is stated beside the figure). Where feedback
+exists: accuracy of the served answers, and per model the ECE of p_correct on labeled rows
+against the ECE a perfectly calibrated p would show on as many rows.
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ def columns(conn: Any) -> set[str]:
 def upgrade(conn: Any) -> None:
     """Add the columns of ADDED a log lacks. Another writer may add one meanwhile (several
     workers start at once): an ALTER that fails is fine when the column is there after it."""
+    present = columns(conn)
     for name, kind in ADDED.items():
-        if name in columns(conn):
+        if name in present:
             continue
         cur = conn.cursor()
         try:

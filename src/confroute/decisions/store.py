@@ -109,15 +109,16 @@ class SqlStore:
                                                     + filters, args)]
 
     def stages(self, request_id: str) -> list[StageInfo]:
-        return [StageInfo(*row) for row in self._query(lambda _: schema.STAGES, [request_id])]
+        return [StageInfo(*row) for row in self._query(schema.STAGES, [request_id])]
 
-    def _query(self, sql: Callable[[set[str]], str], args: list[Any]) -> list[tuple[Any, ...]]:
-        """Run a read on a fresh connection, so readers never share the writer's; `sql` is
-        made from the columns the log has."""
+    def _query(self, sql: str | Callable[[set[str]], str],
+               args: list[Any]) -> list[tuple[Any, ...]]:
+        """Run a read on a fresh connection, so readers never share the writer's; a callable
+        `sql` is made from the columns the log has (looked up only then)."""
         conn = self._open()
         try:
             self._ready(conn)
-            text = sql(schema.columns(conn))
+            text = sql(schema.columns(conn)) if callable(sql) else sql
             cur = conn.cursor()
             cur.execute(self._sql(text), args)
             return list(cur.fetchall())
