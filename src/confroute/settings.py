@@ -72,3 +72,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _ascii_keys(cls, keys: list[str]) -> list[str]:
+        """Bearer tokens are printable ASCII without spaces (RFC 6750): a key with anything else
+        could never be presented, so it is refused at start rather than answering 401 forever.
+        The key itself is not echoed."""
+        for i, k in enumerate(keys, 1):
+            if not (k.isascii() and k.isprintable() and " " not in k):
+                raise ValueError(f"key {i} of {len(keys)} has a character outside printable ASCII "
+                                 "or a space; API keys are bearer tokens (RFC 6750), ASCII only")
+        return keys

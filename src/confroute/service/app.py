@@ -25,7 +25,7 @@ from confroute.manifest import ManifestError
 from confroute.panel import Panel, load_panel
 from confroute.runner import CascadeRunner
 from confroute.service import chat, route
-from confroute.service.edge import EdgeMiddleware, KeyIfAll, KeyRequired
+from confroute.service.edge import EdgeMiddleware, JsonOnly, KeyIfAll, KeyRequired
 from confroute.service.errors import Conflict, install_error_handlers
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import ChatHeaders, ChatRequest, Feedback, route_openapi
@@ -131,7 +131,9 @@ _JSON = "application/json"
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A router service for `settings` (default: from the environment)."""
     settings = settings or Settings()
-    app = FastAPI(title="confroute", version="1", lifespan=lifespan,
+    # strict_content_type off: a body without a Content-Type is read as JSON, as chat and route
+    # read it; a non-JSON one is a 415 (JsonOnly), never FastAPI's "valid dictionary" 422
+    app = FastAPI(title="confroute", version="1", lifespan=lifespan, strict_content_type=False,
                   description="Cheapest model first; escalate only when its calibrated "
                               "confidence says so.")
     app.state.settings, app.state.metrics = settings, Metrics()
@@ -164,7 +166,7 @@ def _routes(app: FastAPI) -> None:
                                      headers=reply.headers)
         return Response(reply.body, media_type=_JSON, headers=reply.headers)
 
-    @app.post("/v1/feedback", dependencies=[KeyRequired])
+    @app.post("/v1/feedback", dependencies=[KeyRequired, JsonOnly])
     async def feedback(body: Feedback, res: ResourcesDep) -> dict[str, Any]:
         """Label a request: `correct` for the answer served, or `gold` to grade every stage."""
         return await apply_feedback(res.log, res.engine.grader, body.request_id, body.correct,

@@ -27,7 +27,7 @@ from confroute.runner import Cascade, ChatTask, Limits
 from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import is_utf8, plain_error, validation_json
-from confroute.service.route import encode, new_request_id, read_body
+from confroute.service.route import encode, new_request_id, read_body, request_id_text
 from confroute.service.schemas import ChatHeaders, ChatMessage, ChatRequest
 from confroute.traces import Message
 
@@ -180,6 +180,8 @@ class ChatEndpoint:
         res = self.app.state.resources
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:  # a repeated header: its first value, as Starlette reads it
+            if k == b"x-request-id" and "x-request-id" not in headers:
+                headers["x-request-id"] = request_id_text(v)  # UTF-8, as /v1/route reads it
             headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get("authorization", "").encode("latin-1")))
@@ -210,5 +212,6 @@ class InvalidRequest(Exception):
 
 
 def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    """Reply headers as bytes; values in UTF-8 (the x-request-id echoed as the client sent it)."""
+    return [(k.encode("latin-1"), v.encode("utf-8")) for k, v in headers.items()]
 

@@ -139,6 +139,13 @@ KeyRequired = Depends(require_key)
 KeyIfAll = Depends(require_key_if_all)
 
 
+async def _json_only(request: Request) -> None:
+    check_json_content_type(request.headers.get("content-type"))
+
+
+JsonOnly = Depends(_json_only)  # the FastAPI endpoints' body check (feedback), as the fast ones'
+
+
 def check_json_content_type(value: str | None) -> None:
     """JSON only (as FastAPI's strict content type): a form or text/plain POST, which a browser
     sends cross-site without asking, never starts a paid cascade or writes a decision record.

@@ -51,15 +51,22 @@ def decode(body: bytes, batch: bool) -> list[Request]:
     return got if isinstance(got, list) else [got]
 
 
-def header_request_id(headers: dict[bytes, bytes]) -> str | None:
-    """The x-request-id header; 400 when longer than a request id may be (feedback could not
-    name it)."""
-    rid = headers.get(b"x-request-id")
-    if not rid:
-        return None
-    if len(rid) > MAX_REQUEST_ID:
+def header_request_id(value: bytes | None) -> str | None:
+    """The x-request-id header as text (request_id_text); 400 when longer than a request id may
+    be (feedback could not name it)."""
+    rid = request_id_text(value) if value else None
+    if rid and len(rid) > MAX_REQUEST_ID:
         raise BadRequest(f"x-request-id: at most {MAX_REQUEST_ID} characters, got {len(rid)}")
-    return rid.decode("latin-1")
+    return rid or None
+
+
+def request_id_text(value: bytes) -> str:
+    """An x-request-id header value in UTF-8, as clients write non-ASCII ids: read as latin-1 it
+    was logged as mojibake that feedback (JSON, so Unicode) could never name. 400 if not UTF-8."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("x-request-id: not valid UTF-8") from None
 
 
 def new_request_id() -> str:
@@ -241,8 +248,9 @@ class RouteEndpoint:
         check_json_content_type(kind.decode("latin-1") if kind is not None else None)
         body = await read_body(receive)
         reqs = decode(body, self.batch)
-        out, seq = route(res.engine, res.log, metrics, reqs, header_request_id(headers),
-                         res.settings.log_response_chars, res.settings.max_batch)
+        rid = header_request_id(headers.get(b"x-request-id"))
+        out, seq = route(res.engine, res.log, metrics, reqs, rid, res.settings.log_response_chars,
+                         res.settings.max_batch)
         await res.log.settled(seq)  # durable mode: on disk before the reply
         if self.batch:
             return encode(RouteBatchResult(out))

@@ -285,6 +285,19 @@ def test_openai_client_streaming_logging_and_feedback(tmp_path: Path, models_dir
                                                                        (MEDIUM, True)]
         assert httpx.post(url + "/v1/feedback", json={"request_id": "nope",
                                                       "correct": True}).status_code == 404
+        # a non-ASCII request id is UTF-8 both ways (real sockets: the TestClient re-encodes
+        # headers), counted in characters, and feedback (JSON) names it; not UTF-8: a 400
+        rid = "réq-日本-" + "é" * 150  # 157 characters, 310 bytes: within the 200 allowed
+        ask = {"model": "confroute", "messages": QUESTION, "max_tokens": 16}
+        r = httpx.post(url + "/v1/chat/completions", json=ask, headers=[
+            (b"x-request-id", rid.encode())])
+        assert r.status_code == 200 and dict(r.headers.raw)[b"x-request-id"] == rid.encode()
+        assert r.json()["router"]["request_id"] == rid
+        assert [x["correct"] for x in httpx.post(url + "/v1/feedback", json={
+            "request_id": rid, "gold": "7"}).json()["labels"]] == [False, True]
+        r = httpx.post(url + "/v1/chat/completions", json=ask, headers=[
+            (b"x-request-id", b"r\xe9q")])
+        assert r.status_code == 400 and "x-request-id: not valid UTF-8" in r.text
     rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
     mine = [r for r in rows if r.request_id == router["request_id"]]
     assert [(r.stage, r.model, r.decision, r.correct, r.endpoint) for r in mine] == [

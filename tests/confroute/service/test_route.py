@@ -172,6 +172,11 @@ def test_route_headers_and_methods(client: TestClient, traces: list[Trace]) -> N
     assert r.status_code == 400 and "at most 200" in r.json()["error"]["message"]
     r = client.post("/v1/route", json=body, headers={"x-request-id": "r" * 200})
     assert r.status_code == 200 and r.json()["request_id"] == "r" * 200
+    # UTF-8, counted in characters (as feedback's JSON request_id is), not latin-1 bytes
+    r = client.post("/v1/route", json=body, headers={"x-request-id": ("é" * 200).encode()})
+    assert r.status_code == 200 and r.json()["request_id"] == "é" * 200, r.text
+    r = client.post("/v1/route", json=body, headers={"x-request-id": ("é" * 201).encode()})
+    assert r.status_code == 400 and "at most 200 characters, got 201" in r.text
     for method in ("GET", "PUT", "DELETE"):
         r = client.request(method, "/v1/route/batch" if method == "PUT" else "/v1/route")
         assert r.status_code == 405 and r.headers["allow"] == "POST", r.text

@@ -15,11 +15,13 @@ import httpx
 import msgspec
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from support import wait_for
 
 from confroute.decisions.log import DecisionLog
 from confroute.manifest import MANIFEST, switch_current
 from confroute.service import create_app
+from confroute.settings import Settings
 from confroute.traces import Trace
 
 from .conftest import PANEL, running_service, settings_for, write_panel
@@ -123,6 +125,35 @@ def test_api_keys(tmp_path: Path, models_dir: Path, traces: list[Trace]) -> None
     with _client(tmp_path, models_dir, api_keys="k1", require_key_for_all=True) as client:
         assert _route(client, traces[0]).status_code == 401
         assert _route(client, traces[0], Authorization="Bearer k1").status_code == 200
+    with pytest.raises(ValidationError, match="key 2 of 2 has a character outside printable"):
+        Settings(api_keys="k1,ké")  # could never be presented as a bearer token: refused at start
+    with pytest.raises(ValidationError, match="key 1 of 1"):
+        Settings(api_keys=["k 1"])
+
+
+def test_feedback_takes_json_and_says_so(tmp_path: Path, models_dir: Path,
+                                         traces: list[Trace]) -> None:
+    """As chat and route: no Content-Type is read as JSON; a form or text body is a 415 naming
+    the type (it was FastAPI's "Input should be a valid dictionary" 422), and labels nothing."""
+    with _client(tmp_path, models_dir) as client:
+        assert _route(client, traces[0], **{"x-request-id": "fb-1"}).status_code == 200
+        raw = json.dumps({"request_id": "fb-1", "correct": True}).encode()
+        for kind in ("text/plain", "application/x-www-form-urlencoded"):
+            r = client.post("/v1/feedback", content=raw, headers={"content-type": kind})
+            assert r.status_code == 415 and f"Content-Type '{kind}': send application/json" in (
+                r.json()["error"]["message"]), r.text
+        assert _correct(tmp_path) == [None]
+        r = client.post("/v1/feedback", content=raw)  # no header
+        assert r.status_code == 200 and r.json()["labels"][0]["correct"] is True, r.text
+        r = client.post("/v1/feedback", content=b"{not json", headers={
+            "content-type": "application/json"})
+        assert r.status_code == 422 and "JSON" in r.text, r.text
+    assert _correct(tmp_path) == [True]
+
+
+def _correct(tmp_path: Path) -> list[bool | None]:
+    return [r.correct for r in DecisionLog(str(tmp_path / "decisions.db"),
+                                           tmp_path / "unused.jsonl").read()]
 
 
 def test_health_and_metrics_report_a_down_log(tmp_path: Path, models_dir: Path,
@@ -155,6 +186,9 @@ def test_200_concurrent_requests_are_all_logged(tmp_path: Path, models_dir: Path
 
     with running_service(settings) as url:
         statuses = asyncio.run(burst(url))
+        # an x-request-id that is not UTF-8 (real sockets: the TestClient re-encodes headers)
+        r = httpx.post(url + "/v1/route", content=bodies[0], headers=[(b"x-request-id", b"r\xe9q")])
+        assert r.status_code == 400 and "x-request-id: not valid UTF-8" in r.text  # and no record
     assert statuses == [200] * 200
     rows = DecisionLog(settings.decision_log, tmp_path / "unused.jsonl").read()
     assert sorted(r.request_id for r in rows) == sorted(f"burst-{i}" for i in range(200))
