@@ -303,7 +303,14 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     figures = plot_report(report, out)
     report["figures"] = [f.name for f in figures]
-    report["mlflow"] = _log(m.mlflow_run_id, report, figures) if mlflow else "not requested"
+    report["mlflow"] = "not requested"
+    if mlflow:
+        from training.tracking import TrackingError  # mlflow loads only when asked to log
+
+        try:
+            report["mlflow"] = _log(m.mlflow_run_id, report, figures)
+        except TrackingError as exc:  # a broken store loses the log, not the report
+            report["mlflow"] = f"not logged: {exc}"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

@@ -54,9 +54,13 @@ def parse_since(spec: str | None, now: float | None = None) -> float | None:
     if m := _DURATION.match(spec):
         return now - float(m.group(1)) * _SECONDS[m.group(2)]
     try:
-        return float(spec)
+        seconds = float(spec)
     except ValueError:
         pass
+    else:  # nan, inf and 1e400 gave an empty report without a word
+        if not math.isfinite(seconds):
+            raise LogError(f"--since {spec!r}: not a time (give unix seconds, an ISO time or 24h)")
+        return seconds
     try:
         when = dt.datetime.fromisoformat(spec.strip())
     except ValueError:
@@ -73,7 +77,11 @@ def redact(url: str) -> str:
 def read_log(url: str, since: float | None = None, version: str | None = None) -> list[LoggedDecision]:
     """Logged decisions (feedback joined), oldest first; LogError if a SQLite log file is absent."""
     if not url.startswith(("postgresql://", "postgres://")):
+        if "://" in url and not url.startswith("sqlite:///"):
+            raise LogError(f"decision log {url!r}: a SQLite file path or a postgresql:// URL")
         path = Path(url.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise LogError(f"decision log {path} is a directory: give the SQLite file")
         if not path.is_file():
             raise LogError(f"decision log {path} does not exist (the service's "
                            f"CONFROUTE_DECISION_LOG, default var/decisions.db)")

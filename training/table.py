@@ -10,6 +10,7 @@ them; a cheaper model without a trace for the item is left out of that share.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from confroute.manifest import FeatureSpec
 from confroute.panel import Panel
 from confroute.query import QUERY_FEATURES, query_features, question_of
 from confroute.traces import Trace
+
+log = logging.getLogger(__name__)
 
 META_COLUMNS = (
     "item_id", "dataset", "model", "stage", "correct", "prediction",
@@ -49,12 +52,17 @@ def build_table(
             by_item[t.item_id][t.model] = t
     grader, config = get_grader(spec.grader), spec.config()
     rows, feats, queries, groups = [], [], [], []
+    unlabeled = 0
     for item_id, per_model in by_item.items():
         previous: list[str | None] = []
         for name in panel.names:
             if name not in per_model:
                 continue
             t = regrade(per_model[name], grader)
+            if t.correct is None:  # no gold and no grade: not a training row (it was "wrong"),
+                unlabeled += 1  # but later models still compare with its answer (agree_prev)
+                previous.append(t.prediction)
+                continue
             feats.append(extract_signals(t, previous=previous, grader=grader, config=config))
             cost = panel.get(name).cost.of(t.usage.prompt_tokens, t.usage.completion_tokens)
             rows.append((item_id, t.dataset, name, order[name], bool(t.correct), t.prediction,
@@ -63,6 +71,11 @@ def build_table(
             question = question_of(user_text(t), panel.prompt.template)
             queries.append(query_features(question))
             groups.append(question_group(question) or item_id)  # no text: its own group
+    if unlabeled and not rows:
+        raise ValueError(f"none of the {unlabeled} answers is labeled (no gold answer and no "
+                         "`correct`): nothing to fit or score; grade the traces first")
+    if unlabeled:
+        log.warning("%d answers without a label (no gold, no `correct`) left out", unlabeled)
     table = pd.DataFrame(rows, columns=list(META_COLUMNS))
     x = np.vstack(feats) if feats else np.empty((0, len(FEATURE_NAMES)))
     q = np.vstack(queries) if queries else np.empty((0, len(QUERY_COLUMNS)))

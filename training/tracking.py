@@ -123,6 +123,22 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     return str(client.create_experiment(name, artifact_location=location, tags=tags))
 
 
+class TrackingError(ValueError):
+    """The MLflow store cannot be opened or written (not a database, a bad URI, unreachable)."""
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """MLflow's and sqlite3's errors on opening or writing the store `uri`, as one TrackingError
+    naming it (they were tracebacks)."""
+    try:
+        yield
+    except (sqlite3.Error, MlflowException, OSError) as exc:
+        raise TrackingError(f"MLflow tracking store {uri}: {type(exc).__name__}: {exc}; set "
+                            "MLFLOW_TRACKING_URI (or the config's tracking.uri) to a working "
+                            "store") from None
+
+
 @contextlib.contextmanager
 def start_run(
     uri: str | None, experiment: str, run_name: str | None = None,
@@ -130,11 +146,12 @@ def start_run(
 ) -> Iterator[Run]:
     """A run that ends FINISHED, or FAILED if the block raises."""
     uri = resolve_uri(uri)
-    artifact_location(uri)  # a SQLite store's folder must exist before the client opens it
-    relocate(uri)
-    client = MlflowClient(tracking_uri=uri)
-    info = client.create_run(experiment_id(client, experiment, uri), run_name=run_name,
-                             tags=dict(tags or {})).info
+    with store_errors(uri):
+        artifact_location(uri)  # a SQLite store's folder must exist before the client opens it
+        relocate(uri)
+        client = MlflowClient(tracking_uri=uri)
+        info = client.create_run(experiment_id(client, experiment, uri), run_name=run_name,
+                                 tags=dict(tags or {})).info
     try:
         yield Run(client, info.run_id)
     except BaseException:
@@ -152,12 +169,13 @@ def log_evaluation(run_id: str, report: Mapping[str, Any], figures: Sequence[Pat
     Returns what was done, or why nothing was (the run is not in this store).
     """
     uri = resolve_uri(uri)
-    relocate(uri)
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        return f"not logged: run {run_id} is not in the tracking store {uri}"
+    with store_errors(uri):
+        relocate(uri)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            return f"not logged: run {run_id} is not in the tracking store {uri}"
     run = Run(client, run_id)
     metrics = {f"eval.{method}.{key}": float(m[key])
                for method, m in report.get("apgr", {}).get("methods", {}).items()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.features import FEATURE_NAMES
-from confroute.manifest import PanelInfo, PanelModelInfo
+from confroute.manifest import PanelInfo, PanelModelInfo, check_current_link
 from confroute.panel import Panel, load_panel
 from confroute.traces import read_traces
 from training import plots, tracking
@@ -75,6 +75,9 @@ def read_feature_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     if not (pd.api.types.is_bool_dtype(table["correct"]) or table["correct"].isin([0, 1]).all()):
         raise TrainError(f"{path}: column 'correct' must hold true/false or 0/1")
     table["correct"] = table["correct"].astype(bool)
+    cost = pd.to_numeric(table["cost"], errors="coerce")
+    if not (_numeric(table["cost"]) and np.isfinite(cost).all() and (cost >= 0).all()):
+        raise TrainError(f"{path}: column 'cost' must hold a finite number >= 0 in every row")
     skip = {*META_COLUMNS, *QUERY_COLUMNS, GROUP_COLUMN}
     features = [c for c in table.columns if c not in skip and _numeric(table[c])]
     if not features:
@@ -333,6 +336,8 @@ def build_version(
 
 def train(config: TrainConfig, data: Dataset | None = None) -> TrainResult:
     """Build a version and log it all (params, metrics, figures, model files) as one MLflow run."""
+    if config.switch_current:
+        check_current_link(config.models_dir)  # before the fit, not after it
     panel = load_panel(config.panel)
     data = data or load_dataset(config, panel)
     name = f"{config.classifier}-{config.calibration}"

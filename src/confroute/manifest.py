@@ -268,7 +268,22 @@ def switch_current(models_dir: str | Path, version: str) -> Path:
     models_dir = Path(models_dir)
     if not (models_dir / version / MANIFEST).is_file():
         raise ManifestError(f"{models_dir / version} is not a model version directory")
+    check_current_link(models_dir)
     tmp = models_dir / f".{CURRENT}.{uuid.uuid4().hex}"
     os.symlink(version, tmp)  # relative: the models directory can move as a whole
-    os.replace(tmp, models_dir / CURRENT)
+    try:
+        os.replace(tmp, models_dir / CURRENT)
+    except OSError:
+        tmp.unlink()  # no stray link left behind
+        raise
     return models_dir / CURRENT
+
+
+def check_current_link(models_dir: str | Path) -> None:
+    """ManifestError unless `models_dir/current` is absent or a symlink: a real directory or
+    file there would make switching fail after a whole fit (and is not confroute's)."""
+    current = Path(models_dir) / CURRENT
+    if (current.exists() or current.is_symlink()) and not current.is_symlink():
+        kind = "a directory" if current.is_dir() else "a file"
+        raise ManifestError(f"{current} is {kind}, not the symlink confroute switches between "
+                            "versions: move it away (or train into another --models-dir)")

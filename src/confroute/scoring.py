@@ -33,7 +33,10 @@ def _session(path: Path) -> ort.InferenceSession:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own kinds (InvalidProtobuf, Fail, ...)
+        raise ManifestError(f"{path}: onnxruntime cannot load it: {exc}") from None
 
 
 class Scorer:

@@ -73,6 +73,23 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        """An empty host (an unset variable) made uvicorn listen on every interface."""
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r}: give an address to listen on (127.0.0.1, 0.0.0.0, ...)")
+        return value
+
+    @field_validator("decision_log")
+    @classmethod
+    def _log_url(cls, value: str) -> str:
+        """A SQLite path or a postgresql:// URL (the stores there are), refused at start."""
+        scheme = value.partition("://")[0] if "://" in value else None
+        if not value.strip() or scheme not in (None, "sqlite", "postgresql", "postgres"):
+            raise ValueError(f"{value!r}: a SQLite file path or a postgresql:// URL")
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _ascii_keys(cls, keys: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -161,14 +162,27 @@ def iter_traces(path: str | Path) -> Iterator[Trace]:
     if path.name.endswith(COLUMNAR_SUFFIX):
         yield from read_columnar(path)
         return
+    for lineno, line in _lines(path):
+        try:
+            yield _decoder.decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """A JSONL (or gzip JSONL) file's non-blank lines, numbered; a file that cannot be read as
+    text (damaged gzip: zlib.error; truncated or not gzip; not UTF-8) raises TraceFormatError."""
     with _open_text(path, "rt") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+        lines = enumerate(fh, start=1)
+        while True:
             try:
-                yield _decoder.decode(line)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
+                lineno, line = next(lines)
+            except StopIteration:
+                return
+            except (zlib.error, EOFError, OSError, UnicodeDecodeError) as exc:
+                raise TraceFormatError(f"{path}: not a readable trace file: {exc}") from None
+            if line.strip():
+                yield lineno, line
 
 
 def read_traces(paths: str | Path | Iterable[str | Path]) -> list[Trace]:
@@ -247,19 +261,19 @@ def done_keys(path: str | Path) -> set[tuple[str, str]]:
     path = Path(path)
     if not path.exists():
         return set()
+    if path.name.endswith(COLUMNAR_SUFFIX):
+        raise TraceFormatError(f"{path}: a columnar trace file is written whole, not appended "
+                               "to; write traces to a .jsonl or .jsonl.gz file")
     keys: set[tuple[str, str]] = set()
     key_decoder = msgspec.json.Decoder(_Key)
-    with _open_text(path, "rt") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                k = key_decoder.decode(line)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                if not line.endswith("\n"):
-                    continue  # torn by a kill mid-write
-                raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
-            keys.add((k.model, k.item_id))
+    for lineno, line in _lines(path):
+        try:
+            k = key_decoder.decode(line)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if not line.endswith("\n"):
+                continue  # torn by a kill mid-write
+            raise TraceFormatError(f"{path}:{lineno}: {exc}") from exc
+        keys.add((k.model, k.item_id))
     return keys
 
 
@@ -351,7 +365,8 @@ def read_columnar(path: str | Path) -> list[Trace]:
         vocab = msgspec.json.decode(a["vocab"].tobytes(), type=list[str])
         lines = a["meta"].tobytes().split(b"\n") if a["meta"].size else []
         heads = [_decoder.decode(line) for line in lines]
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, msgspec.DecodeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError,
+            msgspec.DecodeError) as exc:
         raise TraceFormatError(f"{path}: not a readable columnar trace file: {exc}") from exc
     _check_columns(path, a, len(heads), len(vocab))
     tokens = [vocab[i] for i in a["top_token"].tolist()]

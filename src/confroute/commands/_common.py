@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -26,12 +27,22 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except expected as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(_message(exc))}")  # a path may hold "[/x]"
         raise typer.Exit(2) from None
+
+
+def _message(exc: BaseException) -> str:
+    """One line; a settings error as `field: what`, not pydantic's dump with a docs URL."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: "
+                         f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+    return str(exc)
 
 
 def require_dir(path: Path, option: str, hint: str = "") -> None:
     """Exit 2 with one line unless `path` is a directory (a typo must not start from nothing)."""
     if not path.is_dir():
-        console.print(f"[red]error:[/red] {option} {path} is not a directory{hint}")
+        console.print(f"[red]error:[/red] {escape(f'{option} {path} is not a directory{hint}')}")
         raise typer.Exit(2)

@@ -48,9 +48,9 @@ def evaluate(
             raise ValueError("give --traces or --table (one of them)")
         report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow,
                                 table)
-    Console().print(_summary(report))
+    Console(markup=False).print(_summary(report))
     if report.get("per_dataset"):
-        Console().print(_per_dataset(report["per_dataset"]))
+        Console(markup=False).print(_per_dataset(report["per_dataset"]))
     if learning_curve or leave_one_set_out:
         from training.config import load_config
         from training.generalisation import run_generalisation
@@ -62,7 +62,7 @@ def evaluate(
         for key, title in (("learning_curve", "learning curve"),
                            ("leave_one_set_out", "leave one set out")):
             if key in gen:
-                Console().print(_generalisation(gen[key]["summary"], title))
+                Console(markup=False).print(_generalisation(gen[key]["summary"], title))
         typer.echo(f"generalisation: {out / 'generalisation.json'}; figures: "
                    f"{', '.join(gen['figures'])}")
     for line in _targets(report["targets"]):

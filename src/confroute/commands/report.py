@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from confroute.commands import report_app
@@ -46,12 +47,12 @@ def traces(
         stats, duplicates = report.load_stats(paths)
         summary = report.summarize(stats, cfg.names if cfg else (), duplicates)
         walls = _parse_wall_times(wall_time, summary.models)
-        out = Console()
-        (out if out.is_terminal else Console(width=150)).print(_table(summary))
+        out = Console(markup=False)  # cells hold dataset and model names as given
+        (out if out.is_terminal else Console(width=150, markup=False)).print(_table(summary))
         _print_notes(summary)
         if not no_figures:
             written = report.write_figures(stats, figures)
-            console.print(f"{len(written)} figures in {figures}")
+            console.print(escape(f"{len(written)} figures in {figures}"))
         if json_out:
             _write(json_out, json.dumps(summary.to_dict(), indent=1) + "\n")
         if card and cfg:
@@ -77,8 +78,8 @@ def _print_notes(summary: Summary) -> None:
     """Coverage gaps and dropped duplicates, one line each (and a few examples)."""
     if summary.missing:
         examples = ", ".join(f"{m}:{i}" for m, i in summary.missing[:5])
-        console.print(f"[yellow]coverage:[/yellow] {len(summary.missing)} (model, item) pairs "
-                      f"missing, e.g. {examples}")
+        console.print("[yellow]coverage:[/yellow] " + escape(
+            f"{len(summary.missing)} (model, item) pairs missing, e.g. {examples}"))
     if summary.duplicates:
         console.print(f"{summary.duplicates} duplicate (model, item) traces: the last one counts")
 
@@ -97,7 +98,7 @@ def _parse_wall_times(specs: list[str], models: list[str]) -> dict[str, float]:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    console.print(f"wrote {path}")
+    console.print(escape(f"wrote {path}"))
 
 
 @report_app.command("traffic")
@@ -117,9 +118,9 @@ def traffic(
         cfg = load_panel(panel)
         decisions = read_log(log, parse_since(since))
         rep = traffic_report(decisions, cfg)
-        Console().print(_traffic_table(rep))
+        Console(markup=False).print(_traffic_table(rep))
         for key in ("cost_basis", "always_last_basis"):
-            console.print(f"{key.replace('_', ' ')}: {rep[key]}")
+            console.print(escape(f"{key.replace('_', ' ')}: {rep[key]}"))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             rep["figures"] = [p_correct_figure(decisions, cfg, out / "p_correct.png").name]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from confroute.commands._common import console, require_dir, user_errors
@@ -58,7 +59,7 @@ def retrain(
             result = rt.retrain(cfg, opts)
         except rt.NotEnoughLabels as exc:
             Console().print(counts_table(exc.counts))
-            console.print(f"[yellow]no candidate:[/yellow] {exc}")
+            console.print(f"[yellow]no candidate:[/yellow] {escape(str(exc))}")
             raise typer.Exit(rt.EXIT_NOT_ENOUGH_LABELS) from None
     report(result, models_dir)
     raise typer.Exit(result.exit_code)
@@ -156,8 +157,9 @@ def drift(
     with user_errors(LogError, ManifestError, OSError):
         scorer = current_scorer(models_dir)
         if scorer is None:
-            console.print(f"[yellow]note:[/yellow] no current version in {models_dir}: "
-                          f"p_correct is not compared, signals only ({panel})")
+            console.print("[yellow]note:[/yellow] " + escape(
+                f"no current version in {models_dir}: p_correct is not compared, signals only "
+                f"({panel})"))
         pnl = panel_of(scorer.manifest) if scorer else load_panel(panel)
         result = log_drift(log, parse_since(since), reference, scorer, pnl)
         out.parent.mkdir(parents=True, exist_ok=True)

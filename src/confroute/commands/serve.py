@@ -57,6 +57,7 @@ def serve(
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
         panel_config = load_panel(settings.panel)  # a bad panel: one clear line before starting
         _check_grader(settings)  # a grader the served version was not trained with: likewise
+        _check_sqlite_log(settings.decision_log)  # a log that can never open: likewise
         if settings.shadow_model is not None and settings.shadow_model not in panel_config.names:
             raise ValueError(f"shadow_model {settings.shadow_model!r} is not in panel "
                              f"{panel_config.name!r}: {panel_config.names}")
@@ -96,6 +97,25 @@ def _share_settings(settings: Any) -> None:
             continue
         text = ",".join(value) if isinstance(value, list) else str(value)
         os.environ[f"CONFROUTE_{name.upper()}"] = text
+
+
+def _check_sqlite_log(url: str) -> None:
+    """Refuse a SQLite decision log path that no store could ever open (a directory, a file that
+    is not SQLite, a parent that is a file): it would start ready and spill every record. A
+    PostgreSQL server that is down is an outage, not a misconfiguration: the service starts and
+    spills until it is back."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise ValueError(f"decision log {path} is a directory: give a SQLite file path")
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"decision log {path} exists and is not a SQLite database")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"decision log {path}: {parent} is a file, not a directory")
 
 
 def _check_grader(settings: Any) -> None:

@@ -98,13 +98,14 @@ def verify(
     table_features: bool = typer.Option(
         False, help="Accept the manifest's own feature list (a version fitted on a custom table)."),
 ) -> None:
-    """Check a version: every file's sha256, the feature order, one ONNX file per panel model."""
+    """Check a version: every file's sha256, the feature order, one ONNX file per panel model
+    that onnxruntime loads with the manifest's input and output (as the service opens it)."""
     from confroute.features import FEATURE_NAMES
     from confroute.manifest import ManifestError, resolve_version
-    from confroute.manifest import verify as check
+    from confroute.scoring import Scorer
 
     with user_errors(ManifestError):
         path = resolve_version(models_dir, version)
-        m = check(path, None if table_features else FEATURE_NAMES)
+        m = Scorer.load(path, None if table_features else FEATURE_NAMES).manifest
     typer.echo(f"ok {m.version} ({path}): {len(m.files)} files verified, "
                f"{len(m.feature_names)} features, models {', '.join(m.panel.names)}")
