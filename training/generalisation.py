@@ -90,6 +90,9 @@ def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str
     router's gains with a paired bootstrap interval over the left-out items."""
     full = complete_items(table, models)
     sets = sorted(full["dataset"].unique())
+    if len(sets) < 2:  # training on the rest would fit on nothing
+        raise ValueError(f"--leave-one-set-out needs items from two datasets or more; these "
+                         f"items are all from {sets or 'none'}")
     runs = []
     for left in sets:
         test = set(full.loc[full["dataset"] == left, "item_id"])

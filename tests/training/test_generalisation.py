@@ -63,6 +63,12 @@ def test_leave_one_set_out_never_trains_on_the_left_out_set(table: object,
     assert all("ci95" in row["gain_vs_single_models"] for row in out["summary"])
 
 
+def test_leave_one_set_out_of_one_set_says_so(table: object, config: TrainConfig) -> None:
+    one = table[table["dataset"] == table["dataset"].iloc[0]]  # type: ignore[index]
+    with pytest.raises(ValueError, match="needs items from two datasets or more"):
+        leave_one_set_out(config, one, load_panel(config.panel).names, n_boot=20)
+
+
 def test_summary_of_runs() -> None:
     runs = [{"k": "a", "n_train": 10, "n_test": 5, "apgr": {"router": 0.6, "single_models": 0.5}},
             {"k": "a", "n_train": 10, "n_test": 5, "apgr": {"router": 0.7, "single_models": 0.5}}]
