@@ -68,7 +68,7 @@ class TrainConfig(StrictModel):
     folds: Annotated[int, Field(ge=2)] = 5
     # isotonic knots at least this far apart: bounded slope, so float32 ONNX keeps parity
     isotonic_grid: Annotated[float, Field(gt=0, le=0.1)] = 0.01
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # numpy takes 0..2^32-1
     # LightGBM threads: OpenMP spins badly on a busy 2-core machine
     n_jobs: Annotated[int, Field(ge=1)] = 1
     bootstrap: Annotated[int, Field(ge=0)] = 1000  # resamples for the 95% intervals (0: none)

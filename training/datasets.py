@@ -119,6 +119,8 @@ def _load_other(spec: str) -> tuple[Any, str, str]:
         if not path.exists():
             raise DatasetError(f"dataset file {path} does not exist")
         return _read_file(kinds[path.suffix], path), path.stem, "all"
+    if path.exists():  # a local file of another kind is not a hub name (it waited on the hub)
+        raise DatasetError(f"{path}: a dataset file must be .jsonl, .json, .csv or .parquet")
     name, _, split = spec.partition(":")
     builtin = {b.split(":")[0] for b in BUILTIN_DATASETS}
     if name in builtin:  # a typo'd split must not wait on the hub

@@ -69,10 +69,10 @@ def cache_dir() -> Path:
 
 
 def model_path(name: str) -> Path:
-    return cache_dir() / "models" / f"{_source(name).name}.gguf"
+    return cache_dir() / "models" / f"{source(name).name}.gguf"
 
 
-def _source(name: str) -> ModelSource:
+def source(name: str) -> ModelSource:
     try:
         return REFERENCE_MODELS[name]
     except KeyError:
@@ -113,7 +113,7 @@ def pull(name: str, progress: Callable[[str, int, int], None] | None = None) -> 
     progress(stage, done, total) is called as parts download and as bytes are assembled.
     A file whose sha256 differs from the expected one is deleted and refused.
     """
-    src = _source(name)
+    src = source(name)
     target = model_path(name)
     if target.exists():
         if target.stat().st_size == src.size:
@@ -168,7 +168,7 @@ def _assemble(
 def is_verified(name: str) -> bool:
     """Whether the cached file of `name` exists and has the expected sha256."""
     path = model_path(name)
-    return path.exists() and sha256_file(path) == _source(name).sha256
+    return path.exists() and sha256_file(path) == source(name).sha256
 
 
 def resolve(name_or_path: str) -> Path:

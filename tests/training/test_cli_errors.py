@@ -45,6 +45,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     columnar = bytearray(next((ROOT / "data/reference-traces").glob("*.traces.npz")).read_bytes())
     columnar[5000:5100] = bytes(b ^ 255 for b in columnar[5000:5100])
     (tmp_path / "damaged.traces.npz").write_bytes(bytes(columnar))
+    (tmp_path / "seed.yaml").write_text("seed: -1\n")
     (tmp_path / "dir").mkdir()
     return {p.name: p for p in tmp_path.iterdir()}
 
@@ -54,6 +55,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (["train", "--config", "{dir}"], "Is a directory"),
     (["serve", "--panel", "{dir}"], "Is a directory"),
     (["serve", "--log-level", "loud"], "log_level"),
+    (["train", "--config", "{seed.yaml}"], "seed: Input should be greater than or equal to 0"),
+    # a local file of another kind was taken for a hub name (about 25 s of retries)
+    (["generate", "--dataset", "{junk.db}", "--out", "{dir}/g.jsonl"],
+     "a dataset file must be .jsonl, .json, .csv or .parquet"),
     # an empty host listened on every interface; logs no store opens started ready, spilling
     (["serve", "--host", ""], "host: '': give an address to listen on"),
     (["serve", "--decision-log", "mysql://x/y"], "a SQLite file path or a postgresql:// URL"),
@@ -198,3 +203,10 @@ def test_a_real_current_directory_is_refused_before_the_fit(tmp_path: Path) -> N
     code, output = _run("train", "--config", str(ROOT / "configs/train.yaml"), "--out", str(out))
     assert code == 2 and "is a directory, not the symlink" in output, output
     assert [p.name for p in out.iterdir()] == ["current"]
+
+
+def test_an_unknown_model_is_refused_before_any_download() -> None:
+    code, output = _run("models", "pull", "smollm2-135m", "nonexistent")
+    assert code == 2 and output.strip().splitlines() == [
+        "error: unknown reference model 'nonexistent'; known: smollm2-135m, qwen2.5-coder-0.5b, "
+        "qwen2.5-coder-1.5b"], output

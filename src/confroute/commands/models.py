@@ -30,6 +30,8 @@ def pull(names: list[str] = typer.Argument(..., help="Reference model names, or 
     if names == ["all"]:
         names = list(modelstore.REFERENCE_MODELS)
     with user_errors(modelstore.ModelStoreError):
+        for name in names:  # every name checked before any download or progress bar
+            modelstore.source(name)
         for name in names:
             src = modelstore.REFERENCE_MODELS.get(name)
             total = src.size if src else 1
