@@ -218,7 +218,10 @@ def per_dataset(a: EvalArrays, policy: Any, n_boot: int = 200, min_items: int = 
 
 def read_item_ids(path: str | Path) -> set[str]:
     """Item ids from a JSON list, or a JSON object with an "items" list."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # they did not name the file
+        raise ValueError(f"{path}: not a JSON file: {exc}") from None
     ids = data.get("items") if isinstance(data, dict) else data
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValueError(f"{path}: expected a JSON list of item ids or {{\"items\": [...]}}")

@@ -46,6 +46,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     columnar[5000:5100] = bytes(b ^ 255 for b in columnar[5000:5100])
     (tmp_path / "damaged.traces.npz").write_bytes(bytes(columnar))
     (tmp_path / "seed.yaml").write_text("seed: -1\n")
+    (tmp_path / "items.json").write_text('["a", "b"')  # cut short
     (tmp_path / "dir").mkdir()
     return {p.name: p for p in tmp_path.iterdir()}
 
@@ -56,6 +57,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (["serve", "--panel", "{dir}"], "Is a directory"),
     (["serve", "--log-level", "loud"], "log_level"),
     (["train", "--config", "{seed.yaml}"], "seed: Input should be greater than or equal to 0"),
+    (["evaluate", "--version", str(ROOT / "models/current"), "--traces",
+      str(ROOT / "data/reference-traces/svamp_test.traces.npz"), "--items-from", "{items.json}",
+      "--out", "{dir}/eval", "--no-mlflow"], "items.json: not a JSON file"),
+    (["evaluate", "--version", str(ROOT / "models/current"), "--traces",
+      str(ROOT / "data/reference-traces/svamp_test.traces.npz"), "--learning-curve",
+      "--config", "{seed.yaml}", "--out", "{dir}/eval", "--no-mlflow"], "seed: Input should be"),
     # a local file of another kind was taken for a hub name (about 25 s of retries)
     (["generate", "--dataset", "{junk.db}", "--out", "{dir}/g.jsonl"],
      "a dataset file must be .jsonl, .json, .csv or .parquet"),

@@ -46,18 +46,20 @@ def evaluate(
     with user_errors(ManifestError, KeyError, TrainError):
         if bool(traces) == (table is not None):
             raise ValueError("give --traces or --table (one of them)")
+        cfg = None
+        if learning_curve or leave_one_set_out:  # a bad --config said so only after the report
+            from training.config import load_config
+
+            cfg = load_config(config).model_copy(update={"traces": list(traces)})
         report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow,
                                 table)
     Console(markup=False).print(_summary(report))
     if report.get("per_dataset"):
         Console(markup=False).print(_per_dataset(report["per_dataset"]))
-    if learning_curve or leave_one_set_out:
-        from training.config import load_config
+    if cfg is not None:
         from training.generalisation import run_generalisation
-        from training.train import TrainError
 
         with user_errors(TrainError):
-            cfg = load_config(config).model_copy(update={"traces": list(traces)})
             gen = run_generalisation(cfg, out, learning_curve, leave_one_set_out, repeats)
         for key, title in (("learning_curve", "learning curve"),
                            ("leave_one_set_out", "leave one set out")):
