@@ -16,7 +16,7 @@ against the ECE a perfectly calibrated p would show on as many rows.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,9 @@ def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[st
                                            "backend without usage): priced from their length, "
                                            "prompt tokens left out" if untokened else ""),
         "calls_without_tokens": untokened,
+        # a log from another panel: its calls are priced 0 here, which the total must not hide
+        "calls_outside_panel": dict(sorted(Counter(
+            d.model for d in decisions if d.model not in panel.names).items())),
         "always_last_basis": (f"{last}'s own logged cost where it was called, else its mean "
                               f"logged cost ({len(last_costs)} calls)") if last_costs
         else f"{last} never called: no comparison"}

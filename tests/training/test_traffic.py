@@ -41,3 +41,8 @@ def test_calls_are_priced_with_their_tokens_and_older_rows_with_their_length() -
     assert "1 of 3 logged calls carry no tokens" in rep["cost_basis"]
     full = traffic_report([tokened], PANEL)
     assert full["calls_without_tokens"] == 0 and "carry no tokens" not in full["cost_basis"]
+    assert rep["calls_outside_panel"] == {} == full["calls_outside_panel"]
+    # a log from another panel: its calls are priced 0 here, and the report says so
+    other = traffic_report([tokened, _row("e", 0, "elsewhere", "accept", 9.0, (1, 1)),
+                            _row("f", 0, "elsewhere", "accept", 9.0, (1, 1))], PANEL)
+    assert other["calls_outside_panel"] == {"elsewhere": 2}

@@ -139,6 +139,8 @@ def _traffic_table(rep: dict[str, object]) -> Table:
             table.add_row(key.replace("_", " "), f(rep[key]))
     for m, share in dict(rep.get("answered", {})).items():  # type: ignore[call-overload]
         table.add_row(f"answered by {m}", f(share))
+    for m, calls in dict(rep.get("calls_outside_panel", {})).items():  # type: ignore[call-overload]
+        table.add_row(f"{m}: not in the panel", f"{calls} calls priced 0 (pass its --panel)")
     for m, c in dict(rep.get("calibration", {})).items():  # type: ignore[call-overload]
         ece = f" ECE {c['ece']:.3f} (calibrated p would show <= {c['ece_if_calibrated_p95']:.3f})" \
             if "ece" in c else ""
