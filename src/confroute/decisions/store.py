@@ -237,5 +237,11 @@ def _logged(row: tuple[Any, ...]) -> LoggedDecision:
     signals = _signals(row[3])
     p = math.nan if row[4] is None else float(row[4])
     correct = None if row[15] is None else bool(row[15])
-    return LoggedDecision(*row[:3], signals, p, *row[5:15], correct,  # type: ignore[call-arg]
-                          row[16], *row[17:19])
+    values = (*row[:3], signals, p, *row[5:15], correct, row[16], *row[17:19])
+    try:  # typed: a hand-edited row (a text stage) is a ValueError naming it, not a TypeError later
+        return msgspec.convert(dict(zip(_LOGGED_FIELDS, values, strict=True)), LoggedDecision)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"a logged decision of request {row[0]!r}: {exc}") from None
+
+
+_LOGGED_FIELDS = LoggedDecision.__struct_fields__

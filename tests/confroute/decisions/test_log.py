@@ -489,3 +489,23 @@ def test_inline_commit_leaves_wal_checkpoints_to_the_writer_thread(tmp_path: Pat
             "PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     finally:
         plain.close()
+
+
+def test_a_hand_edited_row_is_a_read_error_naming_it(tmp_path: Path) -> None:
+    """A text `stage` (SQLite keeps what it is given) was a TypeError in the traffic report's
+    sort; every logged row is read typed, and `confroute report traffic` says which request."""
+    from typer.testing import CliRunner
+
+    from confroute.cli import app
+
+    db = tmp_path / "d.db"
+    store = open_store(str(db))
+    store.write([rec("ok"), rec("edited", stage=1)])
+    store.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE decisions SET stage = 'x' WHERE request_id = 'edited'")
+    with pytest.raises(ValueError, match=r"request 'edited'.*stage"):
+        open_store(str(db), readonly=True).read(None, None)
+    result = CliRunner().invoke(app, ["report", "traffic", "--log", str(db)])
+    assert result.exit_code == 2 and "request 'edited'" in result.output, result.output
+    assert "Traceback" not in result.output
