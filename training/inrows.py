@@ -22,12 +22,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import msgspec
 import numpy as np
 import pandas as pd
 
+from confroute.decisions.location import sqlite_path
 from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
 from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
@@ -76,10 +76,11 @@ def redact(url: str) -> str:
 
 def read_log(url: str, since: float | None = None, version: str | None = None) -> list[LoggedDecision]:
     """Logged decisions (feedback joined), oldest first; LogError if a SQLite log file is absent."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        if "://" in url and not url.startswith("sqlite:///"):
-            raise LogError(f"decision log {url!r}: a SQLite file path or a postgresql:// URL")
-        path = Path(url.removeprefix("sqlite:///"))
+    try:
+        path = sqlite_path(url)
+    except ValueError as exc:
+        raise LogError(str(exc)) from None
+    if path is not None:
         if path.is_dir():
             raise LogError(f"decision log {path} is a directory: give the SQLite file")
         if not path.is_file():

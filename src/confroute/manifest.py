@@ -283,7 +283,7 @@ def check_current_link(models_dir: str | Path) -> None:
     """ManifestError unless `models_dir/current` is absent or a symlink: a real directory or
     file there would make switching fail after a whole fit (and is not confroute's)."""
     current = Path(models_dir) / CURRENT
-    if (current.exists() or current.is_symlink()) and not current.is_symlink():
+    if current.exists() and not current.is_symlink():
         kind = "a directory" if current.is_dir() else "a file"
         raise ManifestError(f"{current} is {kind}, not the symlink confroute switches between "
                             "versions: move it away (or train into another --models-dir)")

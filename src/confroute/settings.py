@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from confroute.decisions.location import sqlite_path
+
 
 class Settings(BaseSettings):
     """Everything `confroute serve` can be told; CLI options override the environment."""
@@ -85,9 +87,7 @@ class Settings(BaseSettings):
     @classmethod
     def _log_url(cls, value: str) -> str:
         """A SQLite path or a postgresql:// URL (the stores there are), refused at start."""
-        scheme = value.partition("://")[0] if "://" in value else None
-        if not value.strip() or scheme not in (None, "sqlite", "postgresql", "postgres"):
-            raise ValueError(f"{value!r}: a SQLite file path or a postgresql:// URL")
+        sqlite_path(value)
         return value
 
     @field_validator("api_keys")

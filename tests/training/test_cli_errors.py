@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 from confroute.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+# the shipped version on one reference set: what the evaluate cases judge
+EVALUATE = ["evaluate", "--version", str(ROOT / "models/current"), "--traces",
+            str(ROOT / "data/reference-traces/svamp_test.traces.npz")]
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -57,12 +60,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (["serve", "--panel", "{dir}"], "Is a directory"),
     (["serve", "--log-level", "loud"], "log_level"),
     (["train", "--config", "{seed.yaml}"], "seed: Input should be greater than or equal to 0"),
-    (["evaluate", "--version", str(ROOT / "models/current"), "--traces",
-      str(ROOT / "data/reference-traces/svamp_test.traces.npz"), "--items-from", "{items.json}",
-      "--out", "{dir}/eval", "--no-mlflow"], "items.json: not a JSON file"),
-    (["evaluate", "--version", str(ROOT / "models/current"), "--traces",
-      str(ROOT / "data/reference-traces/svamp_test.traces.npz"), "--learning-curve",
-      "--config", "{seed.yaml}", "--out", "{dir}/eval", "--no-mlflow"], "seed: Input should be"),
+    ([*EVALUATE, "--items-from", "{items.json}", "--out", "{dir}/eval", "--no-mlflow"],
+     "items.json: not a JSON file"),
+    ([*EVALUATE, "--learning-curve", "--config", "{seed.yaml}", "--out", "{dir}/eval",
+      "--no-mlflow"], "seed: Input should be"),
     # a local file of another kind was taken for a hub name (about 25 s of retries)
     (["generate", "--dataset", "{junk.db}", "--out", "{dir}/g.jsonl"],
      "a dataset file must be .jsonl, .json, .csv or .parquet"),
@@ -192,9 +193,7 @@ def test_a_broken_mlflow_store_is_one_line_and_evaluate_keeps_its_report(
     assert code == 2 and "Traceback" not in output, output
     assert f"MLflow tracking store sqlite:///{junk}: DatabaseError" in output, output
     assert not out.exists() and junk.read_text() == "not a database"
-    code, output = _run("evaluate", "--version", str(ROOT / "models/current"), "--traces",
-                        str(ROOT / "data/reference-traces/svamp_test.traces.npz"),
-                        "--out", str(tmp_path / "eval"))
+    code, output = _run(*EVALUATE, "--out", str(tmp_path / "eval"))
     assert code == 0, output
     import json
 

@@ -104,9 +104,11 @@ def _check_sqlite_log(url: str) -> None:
     is not SQLite, a parent that is a file): it would start ready and spill every record. A
     PostgreSQL server that is down is an outage, not a misconfiguration: the service starts and
     spills until it is back."""
-    if url.startswith(("postgresql://", "postgres://")):
+    from confroute.decisions.location import sqlite_path
+
+    path = sqlite_path(url)
+    if path is None:
         return
-    path = Path(url.removeprefix("sqlite:///"))
     if path.is_dir():
         raise ValueError(f"decision log {path} is a directory: give a SQLite file path")
     if path.is_file() and path.stat().st_size:

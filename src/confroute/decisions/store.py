@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from confroute.decisions import schema
+from confroute.decisions.location import sqlite_path
 from confroute.decisions.records import DecisionRecord, FeedbackRecord, LoggedDecision, Record, StageInfo
 from confroute.features import FEATURE_NAMES
 
@@ -194,13 +195,10 @@ class PostgresStore(SqlStore):
 def open_store(url: str, readonly: bool = False) -> Store:
     """A store for a SQLite path (or sqlite:///path) or a postgresql:// URL; `readonly` for
     readers, which must find an existing decision log and leave it as it is."""
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         return PostgresStore(url, readonly=readonly)
-    if url.startswith("sqlite:///"):
-        url = url.removeprefix("sqlite:///")
-    elif "://" in url:
-        raise ValueError(f"decision log {url!r}: use a SQLite file path or a postgresql:// URL")
-    return SqliteStore(url, readonly=readonly)
+    return SqliteStore(path, readonly=readonly)
 
 
 def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:

@@ -180,9 +180,9 @@ class ChatEndpoint:
         res = self.app.state.resources
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:  # a repeated header: its first value, as Starlette reads it
-            if k == b"x-request-id" and "x-request-id" not in headers:
-                headers["x-request-id"] = request_id_text(v)  # UTF-8, as /v1/route reads it
             headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+        if "x-request-id" in headers:  # UTF-8, as /v1/route reads it (latin-1 gives the bytes back)
+            headers["x-request-id"] = request_id_text(headers["x-request-id"].encode("latin-1"))
         if res.settings.require_key_for_all:
             check_key(res.settings, bearer_token(headers.get("authorization", "").encode("latin-1")))
         check_json_content_type(headers.get("content-type"))

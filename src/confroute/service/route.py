@@ -54,10 +54,12 @@ def decode(body: bytes, batch: bool) -> list[Request]:
 def header_request_id(value: bytes | None) -> str | None:
     """The x-request-id header as text (request_id_text); 400 when longer than a request id may
     be (feedback could not name it)."""
-    rid = request_id_text(value) if value else None
-    if rid and len(rid) > MAX_REQUEST_ID:
+    if not value:
+        return None
+    rid = request_id_text(value)
+    if len(rid) > MAX_REQUEST_ID:
         raise BadRequest(f"x-request-id: at most {MAX_REQUEST_ID} characters, got {len(rid)}")
-    return rid or None
+    return rid
 
 
 def request_id_text(value: bytes) -> str:
