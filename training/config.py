@@ -75,9 +75,11 @@ class TrainConfig(StrictModel):
     ece_bins: Annotated[int, Field(ge=2)] = 10  # equal-mass bins
     figures: bool = True  # reliability, signal histograms, importances as PNG in the run
     lambdas: list[float] | None = None  # policy grid; None: the policy's default
-    # cascade: accept / escalate / skip ahead by expected utility (training/fit_cascade.py);
+    # selected: per λ the candidate (single model, one global threshold, per-model thresholds,
+    # the fitted cascade) that cross-validation on the training items favours
+    # (training/select_policy.py); cascade: the fitted cascade alone (training/fit_cascade.py);
     # route_thresholds: the earlier table of one route and thresholds per λ (fit_policy.py)
-    policy: Literal["cascade", "route_thresholds"] = "cascade"
+    policy: Literal["selected", "cascade", "route_thresholds"] = "selected"
     models_dir: Path = Path("models")
     switch_current: bool = True  # point models/current at the new version
     lightgbm: LightGBMParams = LightGBMParams()

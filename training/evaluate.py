@@ -40,7 +40,7 @@ from training.cost_curves import (
 )
 from training.eval_arrays import EvalArrays, arrays_from_table
 from training.eval_plots import plot_report
-from training.export import HELDOUT_ITEMS
+from training.export import HELDOUT_ITEMS, TRAINING_ITEMS
 from training.fit_cascade import Replayed, replay_cascade
 from training.fit_policy import Outcome, fit_policy, replay
 from training.table import build_table, complete_items
@@ -63,6 +63,8 @@ DESCRIPTIONS = {
     "tuned_on_test": "a threshold cascade tuned on the evaluated items themselves: one route and "
                      "per-model thresholds on calibrated p per λ, grid-searched on these items' "
                      "outcomes (optimistic: the bar a cascade tuned in hindsight sets)",
+    "column_threshold": "one threshold on a named confidence column (--baseline-column) for every "
+                        "model of the panel route, swept over its quantiles",
     "oracle": "cheapest correct model (else the last model's cost); points: the best accuracy "
               "any router can reach at each cost",
 }
@@ -148,8 +150,10 @@ def single_models(a: EvalArrays, base: float) -> Curve:
     return Curve(points, correct, cost)
 
 
-def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, Any]:
-    """The report's numbers: router curve, baselines, APGR, oracle bound and targets."""
+def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200,
+                    column: tuple[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The report's numbers: router curve, baselines, APGR, oracle bound and targets; `column`:
+    (name, (n_items, M) scores) for the one-threshold baseline on a named column."""
     base = float(a.cost[:, -1].mean())
     singles = single_models(a, base)
     fixed = fixed_formula_score(a.avg_logprob, a.margin)
@@ -163,6 +167,9 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
         curves["fixed_formula"] = threshold_curve(fixed, a, base)
         curves["fixed_formula_any_route"] = any_route_curve(fixed, a, base)
         names += ["fixed_formula", "fixed_formula_any_route"]
+    if column is not None and np.isfinite(column[1]).any():
+        curves["column_threshold"] = threshold_curve(column[1], a, base)
+        names.append("column_threshold")
     earlier = policy.meta.get("route_thresholds") if isinstance(policy, CascadePolicy) else None
     if earlier:  # the previous policy, fitted on the same rows: the gain of the new one
         curves["route_thresholds"] = router_curve(a, Policy.from_dict(earlier), base)
@@ -178,6 +185,8 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200) -> dict[str, 
     for name in ("fixed_formula", "fixed_formula_any_route"):
         if name in baselines:
             baselines[name]["weights"] = HYBRID_WEIGHTS
+    if "column_threshold" in baselines and column is not None:
+        baselines["column_threshold"]["column"] = column[0]
     baselines["oracle"] = {"description": DESCRIPTIONS["oracle"], **oracle(a.correct, a.cost / base)}
     methods = {k: c.points for k, c in curves.items()} | {"oracle": baselines["oracle"]["points"]}
     table = apgr_table(methods, singles.points)
@@ -231,18 +240,40 @@ def read_item_ids(path: str | Path) -> set[str]:
 def select_items(
     table: pd.DataFrame, version_dir: Path, items_from: Path | None, exclude_from: Path | None
 ) -> tuple[pd.DataFrame, str]:
-    """Rows of the evaluated items, and a sentence saying where the item list came from."""
-    if items_from is None and exclude_from is None and (version_dir / HELDOUT_ITEMS).is_file():
-        items_from = version_dir / HELDOUT_ITEMS
-    source = "every item in the traces"
+    """Rows of the evaluated items, and a sentence saying where the item list came from.
+
+    Default (no list given): every item the version was not fitted on (training_items.json), so
+    a table of new questions is judged whole and a table of the version's own traces on its
+    held-out items; a version without that list (older) falls back to heldout_items.json."""
+    ids = set(table["item_id"].astype(str))
+    if items_from is None and exclude_from is None:
+        if (version_dir / TRAINING_ITEMS).is_file():
+            fitted = read_item_ids(version_dir / TRAINING_ITEMS)
+            kept = table[~table["item_id"].isin(fitted)]
+            if kept.empty:
+                raise ValueError(f"every one of the {len(ids)} items given was a training item of "
+                                 f"this version ({TRAINING_ITEMS}): nothing new to judge it on")
+            return kept, (f"items the version was not fitted on ({kept['item_id'].nunique()} of "
+                          f"{len(ids)}; {TRAINING_ITEMS} lists the others)")
+        if (version_dir / HELDOUT_ITEMS).is_file():
+            held = read_item_ids(version_dir / HELDOUT_ITEMS)
+            if not ids & held:
+                raise ValueError(
+                    f"none of the {len(ids)} items given is among the version's {len(held)} "
+                    f"held-out items ({HELDOUT_ITEMS}), and this version does not list its "
+                    "training items: pass --items-from (the ids to judge it on) or "
+                    "--exclude-items-from (the ids it was fitted on)")
+            items_from = version_dir / HELDOUT_ITEMS
+    source = "every item given"
     if items_from is not None:
         table = table[table["item_id"].isin(read_item_ids(items_from))]
-        source = f"items listed in {_shown(items_from)}"
+        source = f"items listed in {_shown(items_from)} ({table['item_id'].nunique()} of {len(ids)})"
     if exclude_from is not None:
         table = table[~table["item_id"].isin(read_item_ids(exclude_from))]
         source += f" minus items listed in {_shown(exclude_from)}"
     if items_from is None and exclude_from is None:
-        source += " (no held-out list: may include the items the version was fitted on)"
+        source += " (the version lists neither its held-out nor its training items: may include " \
+                  "the items it was fitted on)"
     return table, source
 
 
@@ -267,7 +298,7 @@ def panel_of(manifest: Manifest) -> Panel:
 def run_evaluation(
     version_dir: str | Path, traces: Sequence[str | Path], out_dir: str | Path,
     items_from: Path | None = None, exclude_items_from: Path | None = None, mlflow: bool = True,
-    table_path: Path | None = None,
+    table_path: Path | None = None, baseline_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a version on traces, or on a ready feature table (the columns `train --table`
     takes: item_id, model, correct, cost and the version's signal columns; infinite values by
@@ -293,13 +324,16 @@ def run_evaluation(
         raise ValueError(f"no selected item has a trace from every panel model {panel.names}")
     arrays = arrays_from_table(full, panel.names, m.feature_names, scorer.predict,
                                m.feature_config.grader)
+    column = None
+    if baseline_column is not None:
+        column = (baseline_column, column_matrix(full, baseline_column, arrays.items, panel.names))
     report: dict[str, Any] = {
         "version": m.version, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cost_source": COST_SOURCE, "items_source": source,
         "items_without_every_model": int(table["item_id"].nunique() - len(arrays.items)),
         "datasets": full.groupby("dataset")["item_id"].nunique().astype(int).to_dict()
         if "dataset" in full else {},
-        **evaluate_arrays(arrays, policy),
+        **evaluate_arrays(arrays, policy, column=column),
         "per_dataset": per_dataset(arrays, policy),
     }
     out = Path(out_dir)
@@ -311,17 +345,34 @@ def run_evaluation(
         from training.tracking import TrackingError  # mlflow loads only when asked to log
 
         try:
-            report["mlflow"] = _log(m.mlflow_run_id, report, figures)
+            report["mlflow"] = _log(m.mlflow_run_id, report, figures, m.mlflow_tracking_uri)
         except TrackingError as exc:  # a broken store loses the log, not the report
             report["mlflow"] = f"not logged: {exc}"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def _log(run_id: str | None, report: dict[str, Any], figures: list[Path]) -> str:
-    """Log to the version's MLflow run (in the default store, or $MLFLOW_TRACKING_URI)."""
+def column_matrix(table: pd.DataFrame, name: str, items: Sequence[str], models: Sequence[str]
+                  ) -> np.ndarray:
+    """(items, models) of a numeric column, for the one-threshold baseline on it; ValueError
+    naming the column when the table lacks it or it is not numeric."""
+    if name not in table:
+        raise ValueError(f"--baseline-column {name!r}: no such column (the table has "
+                         f"{sorted(map(str, table.columns))})")
+    if not pd.api.types.is_numeric_dtype(table[name]) or pd.api.types.is_bool_dtype(table[name]):
+        raise ValueError(f"--baseline-column {name!r}: the column is not numeric")
+    wide = table.pivot_table(index="item_id", columns="model", values=name, aggfunc="first",
+                             dropna=False)
+    # infinite values were clipped by the table reader's rule (train.clip_infinite)
+    return wide.reindex(index=list(items), columns=list(models)).to_numpy(float)
+
+
+def _log(run_id: str | None, report: dict[str, Any], figures: list[Path],
+         uri: str | None = None) -> str:
+    """Log to the version's MLflow run, in the store the manifest names (versions written before
+    it named one: $MLFLOW_TRACKING_URI, else the default store)."""
     if run_id is None:
         return "not logged: the version has no mlflow_run_id"
     from training.tracking import log_evaluation  # mlflow loads only when asked to log
 
-    return log_evaluation(run_id, report, figures)
+    return log_evaluation(run_id, report, figures, uri)

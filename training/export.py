@@ -42,6 +42,7 @@ LIBRARIES = ("numpy", "scikit-learn", "lightgbm", "onnx", "onnxruntime", "onnxml
 
 
 HELDOUT_ITEMS = "heldout_items.json"  # test-split item ids, read by training.evaluate
+TRAINING_ITEMS = "training_items.json"  # the item ids it was fitted on: evaluate leaves them out
 
 
 class ExportError(RuntimeError):
@@ -117,7 +118,9 @@ def export_version(
     metrics: dict[str, dict[str, Any]],
     mlflow_run_id: str | None,
     switch: bool = True,
+    mlflow_tracking_uri: str | None = None,
     heldout_items: Sequence[str] = (),
+    training_items: Sequence[str] = (),
 ) -> tuple[Path, dict[str, float]]:
     """Write, verify and parity-check a version; return its directory and max |diff| per model."""
     models_dir = Path(models_dir)
@@ -127,14 +130,19 @@ def export_version(
     try:
         entries = {name: _write_model(tmp, name, clf, metrics.get(name, {}))
                    for name, clf in fitted.items()}
-        extra = [HELDOUT_ITEMS] if heldout_items else []
-        if heldout_items:  # the items no classifier or policy was fitted on: what evaluate replays
-            (tmp / HELDOUT_ITEMS).write_text(json.dumps(sorted(heldout_items), indent=0) + "\n")
+        extra = []
+        # the items no classifier or policy was fitted on, and those they were: evaluate replays
+        # every item of a new table that is not a training item
+        for name, ids in ((HELDOUT_ITEMS, heldout_items), (TRAINING_ITEMS, training_items)):
+            if ids:
+                (tmp / name).write_text(json.dumps(sorted(ids), indent=0) + "\n")
+                extra.append(name)
         Manifest(
             version=version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             panel=panel, feature_names=list(feature_names), feature_config=feature_config,
             models=entries, policy=policy, metrics=jsonable(_overall(metrics)),
-            mlflow_run_id=mlflow_run_id, libraries=libraries(),
+            mlflow_run_id=mlflow_run_id, mlflow_tracking_uri=mlflow_tracking_uri,
+            libraries=libraries(),
             files=file_hashes(tmp, [e.file for e in entries.values()] + extra),
         ).write(tmp)
         diffs = parity(tmp, fitted, parity_rows, feature_names)

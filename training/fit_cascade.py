@@ -56,20 +56,13 @@ class Replayed:
 def fit_cascade(
     stage_p: StageP, correct: np.ndarray, cost: np.ndarray, models: Sequence[str],
     query: np.ndarray | None = None, lambdas: Sequence[float] | None = None,
-    n_bootstrap: int = 200, seed: int = 0, shrink: float = SHRINK,
+    n_bootstrap: int = 200, seed: int = 0, shrink: float = SHRINK, bags: int = 1,
 ) -> CascadePolicy:
     """A CascadePolicy from (n, M) arrays in panel order (correct, absolute cost), the
     cross-fitted `stage_p`, and (n, len(QUERY_FEATURES)) query features (None: start at the
     best model on average)."""
-    correct = np.asarray(correct).astype(bool)
-    cost = np.asarray(cost, dtype=float)
-    n, m = correct.shape
-    if cost.shape != (n, m) or len(models) != m or n < 1:
-        raise ValueError(f"correct and cost must be (n_items, {len(models)}); got "
-                         f"{correct.shape}, {cost.shape}")
-    base = float(cost[:, -1].mean())
-    if base <= 0 or not np.all(np.isfinite(cost)):
-        raise ValueError("costs must be finite and the last model's mean cost > 0")
+    correct, cost, base = check_outcomes(correct, cost, models)
+    n = correct.shape[0]
     rel = cost / base
     x = _query(query, n)
     span = [(float(lo), float(hi)) for lo, hi in zip(x[:, 1:].min(0), x[:, 1:].max(0),
@@ -84,7 +77,7 @@ def fit_cascade(
 
     rows, outs = [], []
     for lam in lams:
-        states, start = _fit_lambda(lam, p_of, correct, rel, x, shrink)
+        states, start = _bagged(lam, p_of, correct, rel, x, shrink, bags, seed)
         row = _row(lam, states, start, models)
         out = replay_cascade(row, models, p_of, correct, cost, query, span)
         rows.append((row, out))
@@ -101,6 +94,22 @@ def fit_cascade(
         "query_mean": [float(v) for v in mean], "start_uses_query": query is not None,
         "query_range": span,
         "single_accuracy": {mm: float(correct[:, j].mean()) for j, mm in enumerate(models)}})
+
+
+def check_outcomes(correct: np.ndarray, cost: np.ndarray, models: Sequence[str],
+                   min_items: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """(n, M) correct (bool) and absolute cost (float) in panel order, and the last model's mean
+    cost (the unit of relative cost); ValueError naming what is wrong."""
+    correct = np.asarray(correct).astype(bool)
+    cost = np.asarray(cost, dtype=float)
+    if correct.ndim != 2 or cost.shape != correct.shape or correct.shape[1] != len(models) \
+            or correct.shape[0] < min_items:
+        raise ValueError(f"correct and cost must be (n_items >= {min_items}, {len(models)}); "
+                         f"got {correct.shape}, {cost.shape}")
+    base = float(cost[:, -1].mean())
+    if base <= 0 or not np.all(np.isfinite(cost)):
+        raise ValueError("costs must be finite and the last model's mean cost > 0")
+    return correct, cost, base
 
 
 def _monotone(rows: Sequence[CascadeRow]) -> tuple[CascadeRow, ...]:
@@ -200,6 +209,38 @@ def _fit_lambda(
         fitted[s] = (options, tau, mean_p)
     start = {j: _ridge(x, -lam_c * rel[:, j] + value[(j,)], shrink) for j in range(m)}
     return fitted, start
+
+
+def _bagged(
+    lam: float, p_of: Callable[[tuple[int, ...]], np.ndarray], correct: np.ndarray,
+    rel: np.ndarray, x: np.ndarray, shrink: float, bags: int, seed: int,
+) -> tuple[dict[tuple[int, ...], tuple[dict[int, tuple[float, float]], float, float]],
+           dict[int, np.ndarray]]:
+    """_fit_lambda, or with bags > 1 its lines averaged over that many bootstrap resamples of the
+    items (bagging: a line tipped by a few items is averaged with fits that lack them), each
+    state's threshold recomputed from the averaged lines."""
+    if bags <= 1:
+        return _fit_lambda(lam, p_of, correct, rel, x, shrink)
+    n = correct.shape[0]
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(bags):
+        idx = np.asarray(rng.integers(0, n, n))
+        fits.append(_fit_lambda(lam, _resampled(p_of, idx), correct[idx], rel[idx], x[idx],
+                                shrink))
+    states = {}
+    for s, (options, _tau, _mp) in fits[0][0].items():
+        avg = {j: (float(np.mean([f[0][s][0][j][0] for f in fits])),
+                   float(np.mean([f[0][s][0][j][1] for f in fits]))) for j in options}
+        mean_p = float(np.mean([f[0][s][2] for f in fits]))
+        states[s] = (avg, _threshold(lam, avg), mean_p)
+    start = {j: np.mean([f[1][j] for f in fits], axis=0) for j in fits[0][1]}
+    return states, start
+
+
+def _resampled(p_of: Callable[[tuple[int, ...]], np.ndarray], idx: np.ndarray
+               ) -> Callable[[tuple[int, ...]], np.ndarray]:
+    return lambda s: p_of(s)[idx]
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, shrink: float) -> np.ndarray:

@@ -68,13 +68,14 @@ def replay(
 def fit_policy(
     p: np.ndarray, correct: np.ndarray, cost: np.ndarray, models: Sequence[str],
     lambdas: Sequence[float] | None = None, n_bootstrap: int = 200, seed: int = 0,
-    n_candidates: int = 50, route_p: RouteP | None = None,
+    n_candidates: int = 50, route_p: RouteP | None = None, max_route: int | None = None,
 ) -> Policy:
     """Policy from held-out (n_items, M) arrays in panel order: calibrated p, correct, cost.
 
     `route_p(route)` may give p per route (panel indices): column j as scored when the route's
     earlier models were called (agree_prev sees only their answers, as in the service). Without
     it, `p` serves every route, which is exact for routes that skip no cheaper model.
+    `max_route` caps the models on a route (None: every length).
     """
     p, correct, cost = _check_arrays(p, correct, cost, models)
     p_of = _route_probabilities(p, route_p)
@@ -84,7 +85,7 @@ def fit_policy(
     base = float(cost[:, -1].mean())
     if base <= 0:
         raise ValueError("the last panel model has zero mean cost; costs cannot be normalised")
-    points = _all_points(p_of, correct, cost / base, n_candidates)
+    points = _all_points(p_of, correct, cost / base, n_candidates, max_route)
     return _build(p_of, correct, cost / base, models, lams, points, n_bootstrap, seed)
 
 
@@ -144,10 +145,13 @@ class _Points:
     grids: list[list[np.ndarray]]  # per route, the candidate τ per non-final stage
 
 
-def _all_points(p_of: RouteP, correct: np.ndarray, cost: np.ndarray, k: int) -> _Points:
-    """Score every route (ordered subset of the panel) over its threshold grid."""
+def _all_points(p_of: RouteP, correct: np.ndarray, cost: np.ndarray, k: int,
+                max_route: int | None = None) -> _Points:
+    """Score every route (ordered subset of the panel, at most `max_route` models) over its
+    threshold grid."""
     n, m = correct.shape
-    routes = [r for size in range(1, m + 1) for r in itertools.combinations(range(m), size)]
+    top = m if max_route is None else min(m, max_route)
+    routes = [r for size in range(1, top + 1) for r in itertools.combinations(range(m), size)]
     acc, cst, rid, combo, grids = [], [], [], [], []
     for i, r in enumerate(routes):
         p = p_of(r)

@@ -36,11 +36,11 @@ MAIN = ("router", "single_models", "tuned_on_test", "route_thresholds", "raw_avg
 
 
 def fit_and_score(config: TrainConfig, table: pd.DataFrame, models: list[str],
-                  train_items: set[str], test_items: set[str], n_boot: int = 0
-                  ) -> dict[str, Any]:
+                  train_items: set[str], test_items: set[str], n_boot: int = 0,
+                  features: Sequence[str] = FEATURE_NAMES) -> dict[str, Any]:
     """Fit the pipeline on `train_items`, evaluate on `test_items`: APGR per method."""
     t = table[table["item_id"].isin(train_items | test_items)].reset_index(drop=True)
-    data = Dataset(t, list(FEATURE_NAMES), t["item_id"].isin(test_items).to_numpy())
+    data = Dataset(t, list(features), t["item_id"].isin(test_items).to_numpy())
     fitted = fit_panel(config, data, models)
     policy = load_policy(fit_policy_table(config, data, fitted, models))
     held = complete_items(t[data.test], models)
@@ -48,7 +48,7 @@ def fit_and_score(config: TrainConfig, table: pd.DataFrame, models: list[str],
     def predict(model: str, x: np.ndarray) -> np.ndarray:
         return fitted[model].predict_proba(x)[:, 1]
 
-    arrays = arrays_from_table(held, models, list(FEATURE_NAMES), predict, config.features.grader)
+    arrays = arrays_from_table(held, models, list(features), predict, config.features.grader)
     rep = evaluate_arrays(arrays, policy, n_boot)
     apgr = {k: v["apgr"] for k, v in rep["apgr"]["methods"].items()}
     router = next((q for q in rep["curve"] if q["lambda"] == 0.3), None)
@@ -65,7 +65,7 @@ def _groups(table: pd.DataFrame) -> pd.Series:
 
 def learning_curve(config: TrainConfig, table: pd.DataFrame, models: list[str],
                    sizes: Sequence[int | str] = SIZES, repeats: int = 5, test_size: float = 0.3,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, features: Sequence[str] = FEATURE_NAMES) -> dict[str, Any]:
     """APGR per method against the number of training items, over repeated grouped splits."""
     groups = _groups(complete_items(table, models))
     runs = []
@@ -78,16 +78,20 @@ def learning_curve(config: TrainConfig, table: pd.DataFrame, models: list[str],
         order = [i for k in keys[n_test:] for i in groups.index[groups == k]]
         for size in sizes:
             n = len(order) if size == "all" else min(int(size), len(order))
-            got = fit_and_score(config, table, models, set(order[:n]), test)
+            got = fit_and_score(config, table, models, set(order[:n]), test, features=features)
             runs.append({"repeat": r, "size": str(size), **got})
     return {"runs": runs, "summary": summarize(runs, "size", [str(s) for s in sizes]),
             "repeats": repeats, "test_size": test_size}
 
 
 def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str],
-                      n_boot: int = 200) -> dict[str, Any]:
+                      n_boot: int = 200, features: Sequence[str] = FEATURE_NAMES
+                      ) -> dict[str, Any]:
     """Fit on every dataset but one, evaluate on the one left out; one run per dataset, the
     router's gains with a paired bootstrap interval over the left-out items."""
+    if "dataset" not in table:
+        raise ValueError("--leave-one-set-out needs a 'dataset' column naming each item's set; "
+                         "the table has none")
     full = complete_items(table, models)
     sets = sorted(full["dataset"].unique())
     if len(sets) < 2:  # training on the rest would fit on nothing
@@ -102,7 +106,7 @@ def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str
         shared = set(groups[groups.index.isin(test)])
         train = {i for i in train if groups[i] not in shared}
         runs.append({"left_out": left,
-                     **fit_and_score(config, table, models, train, test, n_boot)})
+                     **fit_and_score(config, table, models, train, test, n_boot, features)})
     return {"runs": runs, "summary": summarize(runs, "left_out", sets)}
 
 
@@ -148,7 +152,8 @@ def _stats(v: np.ndarray) -> dict[str, Any]:
 
 def run_generalisation(config: TrainConfig, out_dir: Any, curve: bool = True, loso: bool = True,
                        repeats: int = 5, sizes: Sequence[int | str] = SIZES) -> dict[str, Any]:
-    """Both analyses on the config's traces; generalisation.json and its figures in out_dir."""
+    """Both analyses on the config's traces, or on its feature table (`table`, the columns
+    `train --table` takes); generalisation.json and its figures in out_dir."""
     import json
     from pathlib import Path
 
@@ -156,17 +161,28 @@ def run_generalisation(config: TrainConfig, out_dir: Any, curve: bool = True, lo
     from confroute.traces import read_traces
     from training.eval_plots import plot_generalisation
     from training.table import build_table
+    from training.train import TrainError, read_feature_table
 
     panel = load_panel(config.panel)
-    table = build_table(read_traces(config.traces), panel, config.features)
+    features: Sequence[str] = FEATURE_NAMES
+    if config.table is not None:
+        table, features = read_feature_table(config.table)
+    else:
+        table = build_table(read_traces(config.traces), panel, config.features)
+    absent = [m for m in panel.names if not (table["model"] == m).any()]
+    if absent:
+        raise TrainError(f"the refits' panel ({config.panel}) has model(s) {absent} with no rows "
+                         f"in the data: give --config a config whose panel is the version's")
     quiet = config.model_copy(update={"bootstrap": 0, "figures": False})
     report: dict[str, Any] = {"panel": panel.name, "models": panel.names,
-                              "datasets": sorted(table["dataset"].unique())}
+                              "datasets": sorted(table["dataset"].unique())
+                              if "dataset" in table else []}
     if curve:
         report["learning_curve"] = learning_curve(quiet, table, panel.names, sizes, repeats,
-                                                  config.test_size, config.seed)
+                                                  config.test_size, config.seed, features)
     if loso:
-        report["leave_one_set_out"] = leave_one_set_out(quiet, table, panel.names)
+        report["leave_one_set_out"] = leave_one_set_out(quiet, table, panel.names,
+                                                        features=features)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["figures"] = [p.name for p in plot_generalisation(report, out)]

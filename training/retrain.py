@@ -230,7 +230,8 @@ def fit_candidate(
     version_dir, _ = export_version(
         out, fitted, held_out, panel=panel_info(panel), feature_names=data.features,
         feature_config=train.features, policy=policy, metrics=metrics,
-        mlflow_run_id=run_id, switch=False)
+        mlflow_run_id=run_id, switch=False,
+        mlflow_tracking_uri=tracking.resolve_uri(train.tracking.uri) if run_id else None)
     return version_dir, note
 
 

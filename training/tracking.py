@@ -169,6 +169,9 @@ def log_evaluation(run_id: str, report: Mapping[str, Any], figures: Sequence[Pat
     Returns what was done, or why nothing was (the run is not in this store).
     """
     uri = resolve_uri(uri)
+    if uri.startswith(_SQLITE) and not Path(uri[len(_SQLITE):]).is_file():
+        # opening it would create an empty store (a stray mlruns/mlflow.db) holding no such run
+        return f"not logged: the tracking store {uri} does not exist here (run {run_id})"
     with store_errors(uri):
         relocate(uri)
         client = MlflowClient(tracking_uri=uri)

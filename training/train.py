@@ -190,10 +190,12 @@ def fit_policy_table(
 ) -> dict[str, Any]:
     """The λ table, fitted on training items every model answered, from cross-fitted p.
 
-    With `policy: cascade` the manifest holds the cascade policy and, in its meta, the
-    route-and-thresholds table fitted on the same rows (what `confroute evaluate` compares)."""
+    With `policy: selected` (the default) or `cascade` the manifest holds a cascade policy and, in
+    its meta, the route-and-thresholds table fitted on the same rows (what `confroute evaluate`
+    compares)."""
     from training.fit_cascade import fit_cascade
     from training.fit_policy import fit_policy
+    from training.select_policy import fit_selected
 
     train = data.table[~data.test]
     p = pd.DataFrame(np.nan, index=pd.Index(train["item_id"].unique()), columns=models)
@@ -214,9 +216,14 @@ def fit_policy_table(
     if config.policy == "route_thresholds":
         return table
     pm = p.loc[complete, models].to_numpy(float)
-    cascade = fit_cascade(scorer or (lambda j, before: pm[:, j]), correct, cost, models,
-                          query=query_matrix(train, complete), lambdas=config.lambdas,
-                          seed=config.seed)
+    stage = scorer or (lambda j, before: pm[:, j])
+    query = query_matrix(train, complete)
+    if config.policy == "selected":
+        cascade = fit_selected(stage, correct, cost, models, query=query, lambdas=config.lambdas,
+                               folds=config.folds, seed=config.seed)
+    else:
+        cascade = fit_cascade(stage, correct, cost, models, query=query, lambdas=config.lambdas,
+                              seed=config.seed)
     out = cascade.to_dict()
     # the query features read the bare question: the service and evaluate strip this template
     out["meta"]["prompt_template"] = load_panel(config.panel).prompt.template
@@ -327,10 +334,12 @@ def build_version(
         config.models_dir, fitted, held_out, panel=panel_info(panel),
         feature_names=data.features, feature_config=config.features, policy=policy,
         metrics=metrics, mlflow_run_id=run_id,
+        mlflow_tracking_uri=tracking.resolve_uri(config.tracking.uri) if run_id else None,
         # the service computes FEATURE_NAMES: a version on other columns cannot serve, so it is
         # exported (for offline use) without becoming current
         switch=config.switch_current and list(data.features) == list(FEATURE_NAMES),
-        heldout_items=data.table.loc[data.test, "item_id"].unique().tolist())
+        heldout_items=data.table.loc[data.test, "item_id"].unique().tolist(),
+        training_items=data.table.loc[~data.test, "item_id"].unique().tolist())
     return Built(fitted, metrics, version_dir, diffs)
 
 

@@ -16,7 +16,9 @@ stands in for p when an answer has no logprobs (then only a call is possible, un
 left). The last panel model always stands. A λ between grid points uses the nearest one (ties:
 the lower λ), as policy.Policy does. A grid λ may be served by the lines of a lower grid λ
 (`fitted_lambda`, see training/fit_cascade.py): where its own fit came out dearer than the lower
-λ's, so that cost never rises with λ. Runtime code: numpy-free, microseconds per decision.
+λ's, so that cost never rises with λ. An accepted answer's reason is `confident` where it is at
+least as likely right as any model ahead is on average, else `not_worth_escalating`. Runtime
+code: numpy-free, microseconds per decision.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class CascadeRow:
     answered: Mapping[str, float] = field(default_factory=dict)  # share answered per model
     calls: Mapping[str, float] = field(default_factory=dict)  # share of items calling each
     fitted_lambda: float | None = None  # the λ its lines were fitted at (None: `lam`)
+    # which candidate rule serves this λ (training/select_policy.py): cascade (fitted lines),
+    # thresholds (one route, a threshold per model), global_threshold, single (one model)
+    source: str = "cascade"
 
     @property
     def fit_lam(self) -> float:
@@ -79,7 +84,7 @@ class CascadeRow:
             "states": {k: s.to_dict() for k, s in self.states.items()},
             "accuracy": self.accuracy, "cost": self.cost, "n_items": self.n_items,
             "accuracy_ci": list(self.accuracy_ci) if self.accuracy_ci else None,
-            "answered": dict(self.answered), "calls": dict(self.calls),
+            "answered": dict(self.answered), "calls": dict(self.calls), "source": self.source,
         }
 
     @classmethod
@@ -98,7 +103,8 @@ class CascadeRow:
             n_items=int(d.get("n_items", 0)),
             answered={str(k): float(v) for k, v in d.get("answered", {}).items()},
             calls={str(k): float(v) for k, v in d.get("calls", {}).items()},
-            fitted_lambda=float(d["fitted_lambda"]) if d.get("fitted_lambda") is not None else None)
+            fitted_lambda=float(d["fitted_lambda"]) if d.get("fitted_lambda") is not None else None,
+            source=str(d.get("source", "cascade")))
 
 
 @dataclass(frozen=True)
@@ -186,12 +192,21 @@ class CascadePolicy:
                 nxt, best = m, v
         values["accept"] = (1.0 - r.fit_lam) * q
         if not no_lp and p >= state.threshold:
-            return Decision("accept", state.threshold, None, "confident", values)
+            return Decision("accept", state.threshold, None, self._accept_reason(p, state), values)
         following = self._following[model]
         reason = "no_logprobs" if no_lp else "not_confident"
         if nxt == following:
             return Decision("escalate", state.threshold, nxt, reason, values)
         return Decision("skip_ahead", state.threshold, nxt, reason, values)
+
+    def _accept_reason(self, p: float, state: State) -> str:
+        """`confident` where the answer is at least as likely right as any model it could go on
+        to is on average (accepting wins on p itself); otherwise `not_worth_escalating`: a
+        better answer is likely ahead but not worth its cost at this λ. Without the fitted
+        single-model accuracies (older versions) every acceptance reads `confident`."""
+        acc = self.meta.get("single_accuracy") or {}
+        ahead = [float(acc[m]) for m in state.options if m in acc]
+        return "confident" if not ahead or p >= max(ahead) else "not_worth_escalating"
 
     def for_target_accuracy(self, target: float, conservative: bool = False
                             ) -> tuple[float, CascadeRow]:

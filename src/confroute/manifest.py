@@ -137,6 +137,7 @@ class Manifest(_Frozen):
     policy: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None  # the store that run is in (evaluate logs there)
     libraries: dict[str, str] = {}
     files: dict[str, str] = {}
 

@@ -35,7 +35,7 @@ class Decision:
     decision: Literal["accept", "escalate", "skip", "skip_ahead"]
     threshold: float | None  # τ the p_correct was compared with (None when no comparison)
     next_model: str | None  # the model to call next (None when the answer stands)
-    reason: str  # confident | not_confident | no_logprobs | last_model | not_in_route
+    reason: str  # confident | not_worth_escalating | not_confident | no_logprobs | last_model | not_in_route
     # expected utility of each option (cascade policy: "accept" and each later model)
     values: Mapping[str, float] | None = None
 

@@ -225,6 +225,14 @@ def test_report_is_logged_to_the_versions_mlflow_run(
     assert names == {"evaluation/report.json", *(f"evaluation/{f.name}" for f in figures)}
     assert _log("0" * 32, body, figures).startswith("not logged: run 0000")
     assert _log(None, body, figures) == "not logged: the version has no mlflow_run_id"
+    # the store the manifest names, and never a new empty one where it is missing
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert _log(run.run_id, body, figures, uri).startswith(f"logged to run {run.run_id}")
+    gone = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    said = _log(run.run_id, body, figures, gone)
+    assert said.startswith("not logged:") and "does not exist" in said
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_item_source_names_paths_relative_to_the_working_directory(
@@ -241,7 +249,7 @@ def test_item_source_names_paths_relative_to_the_working_directory(
     monkeypatch.chdir(tmp_path / "project")
     rows, source = select_items(table, version.resolve(), None, None)
     assert list(rows["item_id"]) == ["a"]
-    assert source == f"items listed in models/v1/{HELDOUT_ITEMS}"
+    assert source == f"items listed in models/v1/{HELDOUT_ITEMS} (1 of 2)"
     elsewhere = tmp_path / "outside.json"  # not under the working directory: stated as given
     elsewhere.write_text(json.dumps(["b"]))
     _, source = select_items(table, version, None, elsewhere)

@@ -14,7 +14,7 @@ from confroute.features import FEATURE_NAMES
 from confroute.manifest import Manifest, Sigmoid, resolve_current, verify
 from confroute.panel import load_panel
 from training.config import TrainConfig
-from training.export import HELDOUT_ITEMS, PARITY_TOL, ExportError, export_version
+from training.export import HELDOUT_ITEMS, PARITY_TOL, TRAINING_ITEMS, ExportError, export_version
 from training.train import Dataset, build_version, load_dataset, panel_info
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +89,12 @@ def test_manifest_records_what_the_service_needs(tmp_path: Path, data: Dataset) 
     built = build_version(_config(tmp_path, classifier="logistic"), data, load_panel(PANEL))
     raw = json.loads((built.version_dir / "manifest.json").read_text())
     assert raw["version"] == built.version_dir.name and raw["version"].startswith("v")
-    assert set(raw["files"]) == {f"{m}.onnx" for m in load_panel(PANEL).names} | {HELDOUT_ITEMS}
+    assert set(raw["files"]) == {f"{m}.onnx" for m in load_panel(PANEL).names} | {
+        HELDOUT_ITEMS, TRAINING_ITEMS}
     heldout = json.loads((built.version_dir / HELDOUT_ITEMS).read_text())
     assert set(heldout) == set(data.table.loc[data.test, "item_id"])  # what evaluate replays
+    fitted_on = json.loads((built.version_dir / TRAINING_ITEMS).read_text())
+    assert set(fitted_on) == set(data.table.loc[~data.test, "item_id"])  # what it leaves out
     assert {"lightgbm", "onnxruntime", "scikit-learn"} <= set(raw["libraries"])
     assert raw["feature_config"] == {"group_window": 16, "tail": 16, "bottom_frac": 0.1,
                                      "token_filter": "non_special", "grader": "numeric"}

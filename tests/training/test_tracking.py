@@ -63,7 +63,8 @@ def test_run_holds_figures_and_the_exported_model(store: Path, results: list[Tra
     assert {"figures/reliability.png", "figures/importances.png"} <= figures
     model = {a.path for a in client.list_artifacts(run_id, "model")}
     onnx = {f"model/{m}.onnx" for m in load_panel(PANEL).names}
-    assert model == {"model/manifest.json", "model/heldout_items.json"} | onnx
+    assert model == {"model/manifest.json", "model/heldout_items.json",
+                     "model/training_items.json"} | onnx
     local = Path(client.download_artifacts(run_id, "model/manifest.json", str(store)))
     assert json.loads(local.read_text())["mlflow_run_id"] == run_id
     assert Manifest.load(results[0].version_dir).mlflow_run_id == run_id
@@ -138,6 +139,33 @@ def test_evaluate_judges_a_policy_on_any_labeled_table(
     assert set(report["apgr"]["methods"]) == {"router", "single_models", "random_mixing",
                                               "route_thresholds", "tuned_on_test", "oracle"}
     assert "no avg_logprob/margin" in result.output
+    # the one-threshold baseline on a named column, and a table of questions the version never saw
+    fresh = table.assign(item_id="new-" + table["item_id"].astype(str))
+    fresh.to_csv(tmp_path / "fresh.csv", index=False)
+    new = [*args[:4], str(tmp_path / "fresh.csv"), "--out", str(tmp_path / "eval-new"),
+           "--no-mlflow", "--baseline-column", "judge"]
+    result = CliRunner().invoke(app, new)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval-new" / "report.json").read_text())
+    assert report["n_items"] == fresh["item_id"].nunique()  # every new question, not a slice
+    assert "not fitted on" in report["items_source"]
+    assert report["baselines"]["column_threshold"]["column"] == "judge"
+    assert report["apgr"]["methods"]["column_threshold"]["apgr"] is not None
+    nope = CliRunner().invoke(app, [*new[:-1], "nope"])
+    assert nope.exit_code == 2 and "'nope'" in nope.output and "Traceback" not in nope.output
+    own = table[table["item_id"].isin(json.loads((version / "training_items.json").read_text()))]
+    own.to_csv(tmp_path / "own.csv", index=False)
+    only = CliRunner().invoke(app, [*args[:4], str(tmp_path / "own.csv"), *args[5:]])
+    assert only.exit_code == 2 and "training item" in only.output
+    # the learning curve refits on the table (it read no traces and failed in scikit-learn)
+    curve = CliRunner().invoke(app, [*args, "--learning-curve", "--repeats", "2", "--config",
+                                     str(tmp_path / "train.yaml")])
+    assert curve.exit_code == 0, curve.output
+    gen = json.loads((tmp_path / "eval" / "generalisation.json").read_text())
+    assert {r["size"] for r in gen["learning_curve"]["runs"]} == {"50", "100", "200", "all"}
+    loso = CliRunner().invoke(app, [*args, "--leave-one-set-out", "--config",
+                                    str(tmp_path / "train.yaml")])
+    assert loso.exit_code == 2 and "'dataset' column" in loso.output
     both = CliRunner().invoke(app, [*args, "--traces", str(TRACES)])
     assert both.exit_code == 2 and "--traces or --table" in both.output
     table.drop(columns="judge").to_csv(tmp_path / "less.csv", index=False)

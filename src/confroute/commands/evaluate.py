@@ -29,9 +29,13 @@ def evaluate(
     exclude_items_from: Path | None = typer.Option(
         None, help="JSON list of item ids to leave out (e.g. the version's fitting items)."),
     mlflow: bool = typer.Option(True, help="Log the report to the version's MLflow run."),
+    baseline_column: str | None = typer.Option(
+        None, help="A confidence column of the table (or traces' signals, e.g. avg_logprob) for "
+                   "the one-threshold baseline: one threshold for every model, swept."),
     learning_curve: bool = typer.Option(
         False, help="Also refit the whole pipeline on 50, 100, 200 and all training items over "
-                    "repeated item-grouped splits (--config's settings and traces)."),
+                    "repeated item-grouped splits (--config's settings and panel, on the "
+                    "--traces or --table given)."),
     leave_one_set_out: bool = typer.Option(
         False, help="Also refit on every dataset but one and evaluate on the one left out."),
     config: Path = typer.Option(Path("configs/train.yaml"),
@@ -50,9 +54,11 @@ def evaluate(
         if learning_curve or leave_one_set_out:  # a bad --config said so only after the report
             from training.config import load_config
 
-            cfg = load_config(config).model_copy(update={"traces": list(traces)})
+            cfg = load_config(config).model_copy(
+                update={"traces": list(traces), "table": table} if table is None
+                else {"traces": [], "table": table})
         report = run_evaluation(version, traces, out, items_from, exclude_items_from, mlflow,
-                                table)
+                                table, baseline_column)
     Console(markup=False).print(_summary(report))
     if report.get("per_dataset"):
         Console(markup=False).print(_per_dataset(report["per_dataset"]))

@@ -11,7 +11,7 @@ Same columns in both databases; REAL is DOUBLE PRECISION and the id BIGSERIAL in
                                             -- (older logs: an array in FEATURE_NAMES order)
               p_correct REAL, threshold REAL, -- NULL when undefined (no logprobs; last model)
               decision TEXT,                -- accept | escalate | skip | error
-              reason TEXT,                  -- confident | not_confident | no_logprobs | ...
+              reason TEXT,                  -- confident | not_worth_escalating | not_confident | ...
               lam REAL, version TEXT,       -- cost_quality_tradeoff and router version used
               latency_s REAL,               -- decision (route) or backend call (chat) seconds
               created REAL,                 -- unix seconds
