@@ -14,7 +14,7 @@ from confroute.manifest import FeatureSpec
 from confroute.panel import StrictModel, load_yaml_model
 
 ClassifierKind = Literal["lightgbm", "logistic"]
-CalibrationKind = Literal["isotonic", "sigmoid", "none"]
+CalibrationKind = Literal["isotonic", "sigmoid", "none", "auto"]
 CLASSIFIERS: tuple[ClassifierKind, ...] = ("lightgbm", "logistic")
 CALIBRATIONS: tuple[CalibrationKind, ...] = ("isotonic", "sigmoid", "none")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from training.cost_curves import (
 from training.eval_arrays import EvalArrays, arrays_from_table
 from training.eval_plots import plot_report
 from training.export import HELDOUT_ITEMS, TRAINING_ITEMS
-from training.fit_cascade import Replayed, replay_cascade
+from training.fit_cascade import Replayed, first_models, replay_cascade
 from training.fit_policy import Outcome, fit_policy, replay
 from training.table import build_table, complete_items
 
@@ -106,9 +107,13 @@ def router_curve(a: EvalArrays, policy: Any, base: float) -> Curve:
 def cascade_curve(a: EvalArrays, policy: CascadePolicy, base: float) -> Curve:
     """The cascade policy replayed at each grid λ, as the service runs it."""
     outs, extras = [], []
-    for row in policy.rows:
+    span = policy.meta.get("query_range")
+    first: np.ndarray | None = None
+    for row in policy.rows:  # a question's first model: no dearer than at a lower λ (the service)
+        own = first_models(row, a.models, a.query, span, len(a.items))
+        first = own if first is None else np.minimum(first, own)
         out = replay_cascade(row, a.models, lambda s: a.p_after(s[-1], s[:-1]), a.correct,
-                             a.cost, a.query, policy.meta.get("query_range"))
+                             a.cost, a.query, span, first)
         outs.append(out)
         two = float((out.calls.sum(1) >= 2).mean())
         extras.append({
@@ -369,10 +374,11 @@ def column_matrix(table: pd.DataFrame, name: str, items: Sequence[str], models: 
 
 def _log(run_id: str | None, report: dict[str, Any], figures: list[Path],
          uri: str | None = None) -> str:
-    """Log to the version's MLflow run, in the store the manifest names (versions written before
-    it named one: $MLFLOW_TRACKING_URI, else the default store)."""
+    """Log to the version's MLflow run: in $MLFLOW_TRACKING_URI where it is set (the user's
+    explicit choice), else in the store the manifest names, else the default store."""
     if run_id is None:
         return "not logged: the version has no mlflow_run_id"
     from training.tracking import log_evaluation  # mlflow loads only when asked to log
 
-    return log_evaluation(run_id, report, figures, uri)
+    return log_evaluation(run_id, report, figures,
+                          None if os.environ.get("MLFLOW_TRACKING_URI") else uri)

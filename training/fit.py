@@ -86,6 +86,9 @@ class IdentityCalibrator(BaseEstimator):
         return Identity()
 
 
+AUTO_CALIBRATIONS = ("none", "sigmoid", "isotonic")  # what `auto` chooses among, simplest first
+
+
 def make_calibrator(method: str, grid: float = 0.01) -> BaseEstimator:
     """A calibrator by its config name: isotonic, sigmoid or none."""
     if method == "isotonic":
@@ -159,7 +162,8 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
             fold_bases.append(clone(base).fit(X[train], y[train]))
             scores[test] = fold_bases[-1].predict_proba(X[test])[:, 1]
             self.fold_of_[test] = k
-        calibrator = make_calibrator(self.calibration, self.isotonic_grid)
+        self.calibration_ = self._chosen_calibration(scores, y, splits)
+        calibrator = make_calibrator(self.calibration_, self.isotonic_grid)
         self.calibrator_ = clone(calibrator).fit(scores, y)
         self.oof_proba_ = np.empty(len(y))  # calibrated, and calibrated out of fold too
         self.fold_models_ = []
@@ -169,6 +173,24 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
             self.fold_models_.append((fold_base, fold_cal))
         self.estimator_ = base.fit(X, y)
         return self._fitted(X, self.classifier)
+
+    def _chosen_calibration(self, scores: np.ndarray, y: np.ndarray,
+                            splits: list[tuple[np.ndarray, np.ndarray]]) -> str:
+        """The configured calibration, or with `auto` the one of least out-of-fold Brier score
+        on the cross-fitted scores (each fold's calibrator fitted on the other folds' scores):
+        isotonic needs more rows than a few hundred give some models, sigmoid cannot bend, and
+        which wins differs per model. Ties go to the simpler (none, then sigmoid)."""
+        if self.calibration != "auto":
+            return self.calibration
+        self.calibration_brier_ = {}
+        for kind in AUTO_CALIBRATIONS:
+            q = np.empty(len(y))
+            for train, test in splits:
+                q[test] = make_calibrator(kind, self.isotonic_grid).fit(
+                    scores[train], y[train]).predict(scores[test])
+            self.calibration_brier_[kind] = float(np.mean((q - y) ** 2))
+        return min(AUTO_CALIBRATIONS, key=lambda k: (round(self.calibration_brier_[k], 12),
+                                                     AUTO_CALIBRATIONS.index(k)))
 
     def oof_proba(self, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Calibrated P(correct) of training rows `rows` given other features `X` for them (say,
@@ -198,6 +220,7 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
         return list(StratifiedGroupKFold(**kw).split(X, y, groups))
 
     def _fit_prior(self, X: np.ndarray, y: np.ndarray) -> CorrectnessClassifier:
+        self.calibration_ = "none"
         self.estimator_ = PriorClassifier().fit(X, y)
         self.calibrator_ = IdentityCalibrator().fit(y, y)
         self.oof_proba_ = np.full(len(y), self.estimator_.p_)

@@ -271,21 +271,15 @@ def _row(lam: float, states: dict, start: dict[int, np.ndarray], models: Sequenc
 def replay_cascade(
     row: CascadeRow, models: Sequence[str], p_of: Callable[[tuple[int, ...]], np.ndarray],
     correct: np.ndarray, cost: np.ndarray, query: np.ndarray | None,
-    query_range: Sequence[tuple[float, float]] | None = None,
+    query_range: Sequence[tuple[float, float]] | None = None, first: np.ndarray | None = None,
 ) -> Replayed:
-    """Run one λ's cascade on every item, as CascadePolicy.first and .decide do in the service
-    (without query features every item starts where the intercepts say). Features are clipped
-    to `query_range`, the fitting rows' range, as the service clips them: the start lines are
-    not extrapolated to questions unlike any the policy saw."""
+    """Run one λ's cascade on every item, as CascadePolicy.first and .decide do in the service;
+    `first`: each item's first model (panel index) where the caller caps it as the service does
+    (CascadePolicy.first: no dearer than at a lower λ), else the row's own (first_models)."""
     n, m = correct.shape
     pos = {name: k for k, name in enumerate(models)}
-    starts = sorted(row.start, key=pos.__getitem__)
-    w = np.array([row.start[s] for s in starts])  # (starts, 1 + features)
-    x = _query(query, n) if query is not None else np.ones((n, 1))
-    if query_range is not None and x.shape[1] > 1:
-        lo, hi = np.array(query_range, dtype=float).T
-        x = np.column_stack([x[:, 0], np.clip(x[:, 1:], lo, hi)])
-    first = np.array([pos[s] for s in starts])[np.argmax(x @ w[:, : x.shape[1]].T, axis=1)]
+    if first is None:
+        first = first_models(row, models, query, query_range, n)
     calls = np.zeros((n, m), dtype=bool)
     answered = np.full(n, -1)
     at: list[tuple[int, ...]] = [(int(j),) for j in first]
@@ -307,6 +301,22 @@ def replay_cascade(
             break
     rows_ = np.arange(n)
     return Replayed(answered, correct[rows_, answered].astype(bool), (cost * calls).sum(1), calls)
+
+
+def first_models(row: CascadeRow, models: Sequence[str], query: np.ndarray | None,
+                 query_range: Sequence[tuple[float, float]] | None, n: int) -> np.ndarray:
+    """Each item's first model (panel index) by the row's start lines (without query features
+    every item starts where the intercepts say). Features are clipped to `query_range`, the
+    fitting rows' range, as the service clips them: the start lines are not extrapolated to
+    questions unlike any the policy saw."""
+    pos = {name: k for k, name in enumerate(models)}
+    starts = sorted(row.start, key=pos.__getitem__)
+    w = np.array([row.start[s] for s in starts])  # (starts, 1 + features)
+    x = _query(query, n) if query is not None else np.ones((n, 1))
+    if query_range is not None and x.shape[1] > 1:
+        lo, hi = np.array(query_range, dtype=float).T
+        x = np.column_stack([x[:, 0], np.clip(x[:, 1:], lo, hi)])
+    return np.array([pos[s] for s in starts])[np.argmax(x @ w[:, : x.shape[1]].T, axis=1)]
 
 
 def _with_numbers(row: CascadeRow, out: Replayed, ci: tuple[float, float] | None,

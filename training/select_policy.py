@@ -8,10 +8,12 @@ item. Then, per grid λ:
 
 - λ = 0 ("best accuracy, at the least cost"): the cascade fitted at the lowest grid λ' that is
   either no dearer out of fold than the strongest single model (the single of highest
-  out-of-fold accuracy) or more accurate than it by more than `lambda0_se` standard errors of the
-  paired per-item difference; that single model itself where the cascade is less accurate than
-  it beyond noise. So λ = 0 never pays more than the best one model for what that model gives,
-  and pays more only for accuracy these items can tell apart from noise.
+  out-of-fold accuracy) or more accurate than it out of fold (by more than `lambda0_se` standard
+  errors of the paired per-item difference; default 0: any gain); that single model itself where
+  the cheap-enough cascade is less accurate than it by more than one standard error. So λ = 0
+  does not pay more than the best one model for what that model gives. Demanding one standard
+  error of gain instead (`lambda0_se` 1) kept more panels' λ = 0 within the strongest model's
+  cost but cost APGR, most at 50 training items (docs/benchmarks.md, 2026-12-07).
 - λ > 0: the cascade fitted at λ, unless another candidate's out-of-fold utility
   `(1 - λ) acc - λ cost` beats it by more than `switch_se` standard errors (then the cheapest
   of those within `switch_se` of the best: the one-standard-error rule with cost as simplicity).
@@ -55,7 +57,7 @@ from training.policy_candidates import (
     sub_items,
 )
 
-LAMBDA0_SE = 1.0  # λ = 0 pays above the strongest single model only for accuracy beyond this
+LAMBDA0_SE = 0.0  # λ = 0 pays above the strongest single model only for accuracy beyond this
 SWITCH_SE = math.inf  # λ > 0 leaves the cascade only for a candidate better beyond this
 BAGS = 1  # bootstrap fits averaged into the cascade's lines (1: no bagging; see above)
 MIN_FOLD_ITEMS = 10
@@ -139,14 +141,14 @@ def _most_accurate(cands: Sequence[Candidate], acc: np.ndarray, cost: np.ndarray
 
     def gain(i: int) -> tuple[float, float]:
         d = acc[i] - acc[s]
-        return float(d.mean()), float(lambda0_se * _paired_se(d[None, :])[0])
+        return float(d.mean()), float(_paired_se(d[None, :])[0])
 
     for i in cascades:
-        g, noise = gain(i)
-        if g > noise + 1e-12:
+        g, se = gain(i)
+        if g > lambda0_se * se + 1e-12:
             return i  # more accurate than the best single model beyond noise: worth its price
         if mean_cost[i] <= mean_cost[s] + 1e-12:
-            return i if g >= -noise - 1e-12 else s
+            return i if g >= -se - 1e-12 else s  # as cheap: unless clearly less accurate
     return s
 
 

@@ -113,7 +113,8 @@ class Start:
 
     model: str
     values: Mapping[str, float]
-    reason: str  # query_features | no_question
+    reason: str  # query_features | no_question, + _capped_by_lower_lambda where a lower λ's
+    # first model was cheaper and is kept
 
 
 @dataclass(frozen=True)
@@ -163,10 +164,32 @@ class CascadePolicy:
         span = self.meta.get("query_range")  # no extrapolation past the fitting rows' range
         if span:
             x = [min(max(v, lo), hi) for v, (lo, hi) in zip(x, span, strict=True)]
-        values = {m: w[0] + sum(wi * xi for wi, xi in zip(w[1:], x, strict=True))
-                  for m, w in r.start.items()}
-        best = max(values, key=lambda m: (values[m], -self.models.index(m)))
+        values = _start_values(r.start, x)
+        best = max(values, key=lambda m: (values[m], -self._pos[m]))
+        # a question's first model never gets dearer as λ rises: no dearer than its first model at
+        # any lower grid λ (the start lines of neighbouring λ are fitted apart and can cross)
+        for start in self._lower_starts[self._grid.index(r.lam)]:
+            low = _start_values(start, x)
+            other = max(low, key=lambda m: (low[m], -self._pos[m]))
+            if self._pos[other] < self._pos[best]:
+                best, reason = other, f"{reason}_capped_by_lower_lambda"
         return Start(best, values, reason)
+
+    @cached_property
+    def _pos(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.models)}
+
+    @cached_property
+    def _lower_starts(self) -> list[list[Mapping[str, tuple[float, ...]]]]:
+        """Per grid row, the distinct start lines of the rows below it (not its own)."""
+        out, seen, distinct = [], set(), []  # type: ignore[var-annotated]
+        for r in self.rows:
+            out.append(list(distinct))
+            key = tuple(sorted(r.start.items()))
+            if key not in seen:
+                seen.add(key)
+                distinct.append(r.start)
+        return out
 
     def after(self, lam: float, model: str) -> str | None:
         """The panel model after `model` (where a failed call goes on; None: none is left)."""
@@ -229,6 +252,11 @@ class CascadePolicy:
             return cls(tuple(d["models"]), rows, dict(d.get("meta", {})))
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
             raise ValueError(f"malformed cascade policy table: {exc!r}") from None
+
+
+def _start_values(start: Mapping[str, tuple[float, ...]], x: Sequence[float]) -> dict[str, float]:
+    return {m: w[0] + sum(wi * xi for wi, xi in zip(w[1:], x, strict=True))
+            for m, w in start.items()}
 
 
 def _validate(models: Sequence[str], rows: Sequence[CascadeRow]) -> None:

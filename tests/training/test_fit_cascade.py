@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from confroute.cascade import CascadePolicy
-from training.fit_cascade import fit_cascade, replay_cascade
+from training.fit_cascade import first_models, fit_cascade, replay_cascade
 
 MODELS = ("a", "b", "c")
 COST = np.array([0.1, 0.3, 1.0])
@@ -77,8 +77,11 @@ def test_offline_replay_is_what_the_service_decides(fitted: CascadePolicy) -> No
     assert span[1][1] < 40 and fitted.first(0.3, [9.0, 40.0]) == fitted.first(0.3, [
         span[0][1], span[1][1]])
     for lam in (0.2, 0.5):
+        # the service keeps a question's first model no dearer than at any lower grid λ
+        first = np.min([first_models(r, MODELS, query, span, len(p)) for r in fitted.rows
+                        if r.lam <= lam], axis=0)
         out = replay_cascade(fitted.row(lam), MODELS, lambda s: p[:, s[-1]], correct, cost, query,
-                             span)
+                             span, first)
         for i in range(len(p)):
             model: str | None = fitted.first(lam, query[i].tolist()).model
             called: list[str] = []
