@@ -369,7 +369,10 @@ def column_matrix(table: pd.DataFrame, name: str, items: Sequence[str], models: 
     wide = table.pivot_table(index="item_id", columns="model", values=name, aggfunc="first",
                              dropna=False)
     # infinite values were clipped by the table reader's rule (train.clip_infinite)
-    return wide.reindex(index=list(items), columns=list(models)).to_numpy(float)
+    x = wide.reindex(index=list(items), columns=list(models)).to_numpy(float)
+    if not np.isfinite(x).any():
+        raise ValueError(f"--baseline-column {name!r}: no finite value on the evaluated items")
+    return x
 
 
 def _log(run_id: str | None, report: dict[str, Any], figures: list[Path],

@@ -92,6 +92,9 @@ def leave_one_set_out(config: TrainConfig, table: pd.DataFrame, models: list[str
     if "dataset" not in table:
         raise ValueError("--leave-one-set-out needs a 'dataset' column naming each item's set; "
                          "the table has none")
+    if table["dataset"].isna().any():
+        raise ValueError(f"--leave-one-set-out: the 'dataset' column is empty in "
+                         f"{int(table['dataset'].isna().sum())} rows; name every item's set")
     full = complete_items(table, models)
     sets = sorted(full["dataset"].unique())
     if len(sets) < 2:  # training on the rest would fit on nothing
@@ -175,7 +178,7 @@ def run_generalisation(config: TrainConfig, out_dir: Any, curve: bool = True, lo
                          f"in the data: give --config a config whose panel is the version's")
     quiet = config.model_copy(update={"bootstrap": 0, "figures": False})
     report: dict[str, Any] = {"panel": panel.name, "models": panel.names,
-                              "datasets": sorted(table["dataset"].unique())
+                              "datasets": sorted(table["dataset"].dropna().astype(str).unique())
                               if "dataset" in table else []}
     if curve:
         report["learning_curve"] = learning_curve(quiet, table, panel.names, sizes, repeats,

@@ -168,11 +168,14 @@ class CascadePolicy:
         best = max(values, key=lambda m: (values[m], -self._pos[m]))
         # a question's first model never gets dearer as λ rises: no dearer than its first model at
         # any lower grid λ (the start lines of neighbouring λ are fitted apart and can cross)
+        own = best
         for start in self._lower_starts[self._grid.index(r.lam)]:
             low = _start_values(start, x)
             other = max(low, key=lambda m: (low[m], -self._pos[m]))
             if self._pos[other] < self._pos[best]:
-                best, reason = other, f"{reason}_capped_by_lower_lambda"
+                best = other
+        if best != own:
+            reason = f"{reason}_capped_by_lower_lambda"
         return Start(best, values, reason)
 
     @cached_property

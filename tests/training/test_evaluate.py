@@ -229,6 +229,12 @@ def test_report_is_logged_to_the_versions_mlflow_run(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
     assert _log(run.run_id, body, figures, uri).startswith(f"logged to run {run.run_id}")
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # $MLFLOW_TRACKING_URI, where set, wins
+    with tracking.start_run(other, "confroute", run_name="train") as there:
+        pass
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert _log(there.run_id, body, figures, uri).startswith(f"logged to run {there.run_id}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     gone = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
     said = _log(run.run_id, body, figures, gone)
     assert said.startswith("not logged:") and "does not exist" in said
@@ -254,3 +260,18 @@ def test_item_source_names_paths_relative_to_the_working_directory(
     elsewhere.write_text(json.dumps(["b"]))
     _, source = select_items(table, version, None, elsewhere)
     assert source.endswith(f"minus items listed in {elsewhere}")
+
+
+def test_a_baseline_column_or_a_dataset_column_that_cannot_serve_is_named() -> None:
+    """--baseline-column on a column with no finite value, and --leave-one-set-out on a table
+    whose 'dataset' column is empty in some rows (a TypeError traceback before): clear errors."""
+    from training.config import TrainConfig as Config
+    from training.evaluate import column_matrix
+    from training.generalisation import leave_one_set_out
+
+    table = pd.DataFrame({"item_id": ["a", "a", "b", "b"], "model": ["m", "n", "m", "n"],
+                          "conf": [np.nan] * 4, "dataset": ["x", "x", None, None]})
+    with pytest.raises(ValueError, match="'conf': no finite value"):
+        column_matrix(table, "conf", ["a", "b"], ["m", "n"])
+    with pytest.raises(ValueError, match="'dataset' column is empty in 2 rows"):
+        leave_one_set_out(Config(), table, ["m", "n"])

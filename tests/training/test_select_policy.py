@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,6 +82,7 @@ def test_lambda0_pays_above_the_best_single_model_only_for_more_accuracy(seed: i
     assert d.mean() >= -noise - 1e-12  # and never clearly less accurate than that model
     strict = choose(cands, acc, cst, [0.0, 0.1, 0.3], lambda0_se=1.0)[0]  # 1 SE of gain to pay
     d = acc[strict] - acc[single]
+    noise = d.std(ddof=1) / np.sqrt(d.size)
     assert cst[strict].mean() <= cst[single].mean() + 1e-12 or d.mean() > noise
     assert [cst[i].mean() for i in pick] == sorted((cst[i].mean() for i in pick), reverse=True)
 
@@ -111,6 +113,11 @@ def test_an_informative_cheap_model_is_cascaded_at_some_lambda() -> None:
     mixed = [r for r in pol.rows if 0.05 < r.calls["big"] < 0.95]
     assert mixed, [(r.lam, r.source, r.calls) for r in pol.rows]
     assert all(r.calls["small"] == 1.0 for r in mixed)
+    for r in mixed:  # it is the unsure answers that go on, so the mix beats the small model alone
+        kept = pol.decide("small", 0.9, r.lam).decision == "accept"
+        sent = pol.decide("small", 0.1, r.lam).decision != "accept"
+        assert kept and sent, (r.lam, r.source)
+        assert r.accuracy > correct[:, 0].mean() + 0.05
 
 
 def test_a_threshold_row_decides_in_the_service_as_it_replays(
@@ -145,6 +152,11 @@ def test_the_policy_round_trips_and_keeps_its_sources(
     again = CascadePolicy.from_dict(pol.to_dict())
     assert [r.source for r in again.rows] == [r.source for r in pol.rows]
     assert again.first(0.5).model == pol.first(0.5).model
+    models = ["a", "b", "c"]
+    rows = (route_row(0.0, [0, 2], [0.7], models, "thresholds"),
+            route_row(0.5, [1], [], models, "single"))
+    mixed = CascadePolicy(tuple(models), rows).to_dict()
+    assert [r.source for r in CascadePolicy.from_dict(mixed).rows] == ["thresholds", "single"]
 
 
 def test_the_shipped_version_reads_lambda_right_on_every_reference_question() -> None:
@@ -185,11 +197,12 @@ def test_a_first_model_that_would_get_dearer_with_lambda_is_capped() -> None:
     low = route_row(0.0, [0, 1], [0.5], list(models), "cascade")
     low = CascadeRow(0.0, {"a": (0.0, 1.0, *zeros), "b": (0.5, 0.0, *zeros)}, low.states, 0.8, 1.0)
     high = CascadeRow(0.5, {"a": (0.5, 0.0, *zeros), "b": (0.0, 1.0, *zeros)}, low.states, 0.7, 0.5)
-    pol = CascadePolicy(models, (low, high), {"query_range": None})
+    pol = CascadePolicy(models, (low, high, replace(high, lam=1.0)), {"query_range": None})
     x = [1.0, *zeros]  # row 0: a 1.0 > b 0.5 -> a; row 0.5 alone: b 1.0 > a 0.5 -> b
     assert pol.first(0.0, x).model == "a"
     capped = pol.first(0.5, x)
     assert capped.model == "a" and capped.reason == "query_features_capped_by_lower_lambda"
+    assert pol.first(1.0, x).reason == "query_features_capped_by_lower_lambda"  # said once
     assert pol.first(0.5, [0.0, *zeros]).model == "a"  # no crossing: its own choice, a
     q = np.array([x, [0.0, *zeros]])
     assert list(first_models(high, list(models), q, None, 2)) == [1, 0]  # the row alone

@@ -24,8 +24,9 @@ def evaluate(
                    "instead of traces: any labeled data can judge a version's policy."),
     out: Path = typer.Option(..., help="Directory for report.json and the figures."),
     items_from: Path | None = typer.Option(
-        None, help="JSON list of item ids to evaluate on (default: the version's "
-                   "heldout_items.json when it has one, else every item)."),
+        None, help="JSON list of item ids to evaluate on (default: every item the version was "
+                   "not fitted on, by its training_items.json; older versions: their "
+                   "heldout_items.json, else every item)."),
     exclude_items_from: Path | None = typer.Option(
         None, help="JSON list of item ids to leave out (e.g. the version's fitting items)."),
     mlflow: bool = typer.Option(True, help="Log the report to the version's MLflow run."),
