@@ -154,6 +154,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per panel, the router's and the cascade alone's APGR minus one threshold's and the tuned
+    cascade's, against the accuracy spread of the panel's single models (APGR divides by the
+    weak-strong gap, so narrow panels spread widely: the x axis shows which those are)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,17 +164,17 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
     ok = [r for r in rows if r["apgr"]["router"] is not None and r["apgr"]["global_threshold"]
           is not None]
+    spread = [max(r["accuracy"]) - min(r["accuracy"]) for r in ok]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    thr = [r["apgr"]["global_threshold"] for r in ok]
-    for name, mark in (("router", "o"), ("cascade_only", "x")):
-        ax[0].scatter(thr, [r["apgr"][name] for r in ok], s=12, marker=mark, label=name)
-    lo, hi = min([*thr, 0]), max([*thr, 1])
-    ax[0].plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax[0].set(xlabel="one global threshold (tuned on test), APGR", ylabel="APGR", title="vs threshold")
-    ax[0].legend()
-    ax[1].scatter([r["apgr"]["tuned"] for r in ok], [r["apgr"]["router"] for r in ok], s=12)
-    ax[1].plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax[1].set(xlabel="cascade tuned on test, APGR", ylabel="router APGR", title="vs tuned")
+    for k, (ref, title) in enumerate((("global_threshold", "minus one global threshold"),
+                                      ("tuned", "minus the cascade tuned on test"))):
+        for name, mark in (("router", "o"), ("cascade_only", "x")):
+            ax[k].scatter(spread, [r["apgr"][name] - r["apgr"][ref] for r in ok], s=10,
+                          marker=mark, label=name, alpha=0.7)
+        ax[k].axhline(0, color="k", lw=0.8)
+        ax[k].set(xlabel="accuracy spread of the single models", ylabel="APGR difference",
+                  title=title, ylim=(-1, 1))
+        ax[k].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
