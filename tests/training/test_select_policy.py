@@ -214,3 +214,20 @@ def test_a_first_model_that_would_get_dearer_with_lambda_is_capped() -> None:
                    np.ones((2, 2)), nan, nan, query=q)
     at_high = cascade_curve(a, pol, 1.0).points[1]
     assert at_high["calls"] == {"a": 1.0, "b": 0.0}  # both start on a, as the service does
+
+
+def test_the_zoo_bench_writes_the_summary_the_issue_names() -> None:
+    """bench/panel_zoo.py on two small panels: every summary field, each a number in range."""
+    from bench.panel_zoo import one_panel, summarise
+
+    rows = [one_panel(seed, 60) for seed in (5, 6)]
+    s = summarise(rows)
+    for key in ("panels", "share_not_below_threshold", "mean_gain_vs_threshold",
+                "mean_gap_to_tuned", "median_cost_ratio_to_tuned",
+                "max_lambda0_cost_over_strongest"):
+        assert key in s and s[key] == s[key], key  # present and not NaN
+    assert s["panels"] == 2 and 0.0 <= s["share_not_below_threshold"] <= 1.0
+    assert s["max_lambda0_cost_over_strongest"] > 0
+    for r in rows:  # the router's curve is what the policy fitted on the 60 questions serves
+        assert len(r["chosen"]) == 21 and set(r["chosen"]) <= set(METHODS)
+        assert r["apgr"]["oracle"] >= r["apgr"]["router"] - 1e-9
