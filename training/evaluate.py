@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -383,5 +382,4 @@ def _log(run_id: str | None, report: dict[str, Any], figures: list[Path],
         return "not logged: the version has no mlflow_run_id"
     from training.tracking import log_evaluation  # mlflow loads only when asked to log
 
-    return log_evaluation(run_id, report, figures,
-                          None if os.environ.get("MLFLOW_TRACKING_URI") else uri)
+    return log_evaluation(run_id, report, figures, uri)

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_array, check_is_fitted
 
@@ -188,7 +189,7 @@ class CorrectnessClassifier(ClassifierMixin, BaseEstimator):
             for train, test in splits:
                 q[test] = make_calibrator(kind, self.isotonic_grid).fit(
                     scores[train], y[train]).predict(scores[test])
-            self.calibration_brier_[kind] = float(np.mean((q - y) ** 2))
+            self.calibration_brier_[kind] = float(brier_score_loss(y, q))
         return min(AUTO_CALIBRATIONS, key=lambda k: (round(self.calibration_brier_[k], 12),
                                                      AUTO_CALIBRATIONS.index(k)))
 

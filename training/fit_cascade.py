@@ -68,13 +68,7 @@ def fit_cascade(
     span = [(float(lo), float(hi)) for lo, hi in zip(x[:, 1:].min(0), x[:, 1:].max(0),
                                                      strict=True)] if query is not None else None
     lams = sorted({float(v) for v in (DEFAULT_LAMBDAS if lambdas is None else lambdas)})
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-
-    def p_of(s: tuple[int, ...]) -> np.ndarray:
-        if s not in cache:
-            cache[s] = np.asarray(stage_p(s[-1], s[:-1]), dtype=float)
-        return cache[s]
-
+    p_of = cached_states(stage_p)
     rows, outs = [], []
     for lam in lams:
         states, start = _bagged(lam, p_of, correct, rel, x, shrink, bags, seed)
@@ -94,6 +88,18 @@ def fit_cascade(
         "query_mean": [float(v) for v in mean], "start_uses_query": query is not None,
         "query_range": span,
         "single_accuracy": {mm: float(correct[:, j].mean()) for j, mm in enumerate(models)}})
+
+
+def cached_states(stage_p: StageP) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """A state's (models called, the answering one last) p, computed once per state."""
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def p_of(s: tuple[int, ...]) -> np.ndarray:
+        if s not in cache:
+            cache[s] = np.asarray(stage_p(s[-1], s[:-1]), dtype=float)
+        return cache[s]
+
+    return p_of
 
 
 def check_outcomes(correct: np.ndarray, cost: np.ndarray, models: Sequence[str],

@@ -89,6 +89,19 @@ def fit_policy(
     return _build(p_of, correct, cost / base, models, lams, points, n_bootstrap, seed)
 
 
+def route_p_from_stages(stage_p: Callable[[int, tuple[int, ...]], np.ndarray], m: int, n: int
+                        ) -> RouteP:
+    """p per route from a stage scorer `(model j, earlier calls) -> (n,) p`: column j as scored
+    after the route's earlier models (NaN for the route's last model and models off it)."""
+    def route_p(route: Sequence[int]) -> np.ndarray:
+        out = np.full((n, m), np.nan)
+        for k, j in enumerate(route[:-1]):
+            out[:, j] = stage_p(j, tuple(route[:k]))
+        return out
+
+    return route_p
+
+
 def _route_probabilities(p: np.ndarray, route_p: RouteP | None) -> RouteP:
     """route -> validated (n, M) p, computed once per route."""
     cache: dict[tuple[int, ...], np.ndarray] = {}
@@ -126,10 +139,10 @@ def _check_arrays(
 def _candidates(col: np.ndarray, k: int) -> np.ndarray:
     """Up to k observed p values (evenly spaced among the distinct ones), then NEVER; ascending."""
     vals = np.unique(col[~np.isnan(col)])
-    return np.append(_thin(vals, k), NEVER)
+    return np.append(thin(vals, k), NEVER)
 
 
-def _thin(c: np.ndarray, k: int) -> np.ndarray:
+def thin(c: np.ndarray, k: int) -> np.ndarray:
     return c if c.size <= k else c[np.unique(np.linspace(0, c.size - 1, k).round().astype(int))]
 
 
@@ -170,7 +183,7 @@ def _route_grid(route: tuple[int, ...], n: int, cands: dict[int, np.ndarray]) ->
     """Candidate τ per non-final stage; stages after the first thinned to fit the memory budget."""
     later = len(route) - 2
     k = int((_GRID_BUDGET / n) ** (1 / later)) if later > 0 else 0
-    return [cands[j] if s == 0 else _thin(cands[j], max(k, 2)) for s, j in enumerate(route[:-1])]
+    return [cands[j] if s == 0 else thin(cands[j], max(k, 2)) for s, j in enumerate(route[:-1])]
 
 
 def _route_points(

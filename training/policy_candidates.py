@@ -20,8 +20,8 @@ import numpy as np
 from confroute.cascade import CascadeRow, State, state_key
 from confroute.policy import utility
 from confroute.query import QUERY_FEATURES
-from training.fit_cascade import Replayed, StageP, fit_cascade, replay_cascade
-from training.fit_policy import NEVER, fit_policy
+from training.fit_cascade import Replayed, StageP, cached_states, fit_cascade, replay_cascade
+from training.fit_policy import NEVER, fit_policy, replay, route_p_from_stages, thin
 
 METHODS = ("single", "global_threshold", "thresholds", "cascade")  # simplest first
 
@@ -65,59 +65,45 @@ def _global_rows(p: np.ndarray, correct: np.ndarray, rel: np.ndarray, lams: Sequ
                  models: Sequence[str], n_taus: int = 40) -> dict[float, CascadeRow]:
     """Per λ': the route (2+ models in panel order) and one threshold for all its models that
     maximise utility on these items; a threshold halfway between observed p values."""
-    n, m = correct.shape
+    m = correct.shape[1]
     pts: list[tuple[float, float, tuple[int, ...], float]] = []
     for k in range(2, m + 1):
         for route in itertools.combinations(range(m), k):
             pooled = p[:, list(route[:-1])]
             pooled = np.unique(pooled[np.isfinite(pooled)])
-            taus = np.append(pooled[np.unique(np.linspace(0, pooled.size - 1, min(n_taus, pooled.size))
-                                              .round().astype(int))] if pooled.size else [], NEVER)
+            taus = np.append(thin(pooled, n_taus), NEVER)
             for tau in taus:
-                open_ = np.ones(n, dtype=bool)
-                acc, cst = np.zeros(n), np.zeros(n)
-                for j in route:
-                    cst += open_ * rel[:, j]
-                    take = open_ & ((p[:, j] >= tau) if j != route[-1] else True)
-                    acc += take * correct[:, j]
-                    open_ &= ~take
+                out = replay(p, correct, rel, route, [tau] * (k - 1))
                 lower = pooled[pooled < tau]
                 mid = float((lower.max() + tau) / 2) if lower.size and tau < NEVER else float(tau)
-                pts.append((float(acc.mean()), float(cst.mean()), route, mid if tau > 0 else 0.0))
-    out = {}
-    acc_, cst_ = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
+                pts.append((float(out.correct.mean()), float(out.cost.mean()), route,
+                            mid if tau > 0 else 0.0))
+    acc, cst = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
+    out_rows = {}
     for lam in lams:
-        obj = utility(acc_, cst_, lam)
-        tied = np.flatnonzero(obj >= obj.max() - 1e-12)
-        i = int(tied[np.argmin(cst_[tied])])
-        route, tau = pts[i][2], pts[i][3]
-        out[lam] = route_row(lam, route, [tau] * (len(route) - 1), models, "global_threshold")
-    return out
+        _, _, route, tau = pts[_best(utility(acc, cst, lam), cst)]
+        out_rows[lam] = route_row(lam, route, [tau] * (len(route) - 1), models, "global_threshold")
+    return out_rows
+
+
+def _best(obj: np.ndarray, cost: np.ndarray) -> int:
+    """Index of the highest utility; ties (1e-12) go to the lower cost."""
+    tied = np.flatnonzero(obj >= obj.max() - 1e-12)
+    return int(tied[np.argmin(cost[tied])])
 
 
 def _single_rows(correct: np.ndarray, rel: np.ndarray, lams: Sequence[float],
                  models: Sequence[str]) -> dict[float, CascadeRow]:
     acc, cst = correct.mean(0), rel.mean(0)
-    out = {}
-    for lam in lams:
-        obj = utility(acc, cst, lam)
-        j = int(np.flatnonzero(obj >= obj.max() - 1e-12)[np.argmin(cst[obj >= obj.max() - 1e-12])])
-        out[lam] = route_row(lam, [j], [], models, "single")
-    return out
+    return {lam: route_row(lam, [_best(utility(acc, cst, lam), cst)], [], models, "single")
+            for lam in lams}
 
 
 def _threshold_rows(stage_p: StageP, correct: np.ndarray, cost: np.ndarray,
                     lams: Sequence[float], models: Sequence[str]) -> dict[float, CascadeRow]:
-    m = len(models)
-
-    def route_p(route: Sequence[int]) -> np.ndarray:
-        out = np.full(correct.shape, np.nan)
-        for k, j in enumerate(route[:-1]):
-            out[:, j] = stage_p(j, tuple(route[:k]))
-        return out
-
+    n, m = correct.shape
     pol = fit_policy(p_matrix(stage_p, m), correct, cost, models, lams, n_bootstrap=0,
-                     route_p=route_p)
+                     route_p=route_p_from_stages(stage_p, m, n))
     pos = {name: k for k, name in enumerate(models)}
     return {r.lam: route_row(r.lam, [pos[x] for x in r.route],
                              [r.thresholds[x] for x in r.route[:-1]], models, "thresholds")
@@ -152,13 +138,7 @@ def fit_candidates(stage_p: StageP, correct: np.ndarray, cost: np.ndarray,
 def replay_row(row: CascadeRow, models: Sequence[str], stage_p: StageP, correct: np.ndarray,
             cost: np.ndarray, query: np.ndarray | None, span: object) -> Replayed:
     """The row on these items as the service runs it (only fitted cascade rows read the query)."""
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-
-    def p_of(s: tuple[int, ...]) -> np.ndarray:
-        if s not in cache:
-            cache[s] = np.asarray(stage_p(s[-1], s[:-1]), dtype=float)
-        return cache[s]
-
     reads = row.source == "cascade"
-    return replay_cascade(row, models, p_of, correct, cost, query if reads else None,
+    return replay_cascade(row, models, cached_states(stage_p), correct, cost,
+                          query if reads else None,
                           span if reads else None)  # type: ignore[arg-type]

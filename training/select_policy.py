@@ -22,7 +22,8 @@ item. Then, per grid λ:
   switching at 1 and 3 standard errors lost 0.014 and 0.009 mean APGR against never switching
   and kept fewer panels at or above one global threshold (0.83 and 0.83 against 0.85): picking
   among ~80 rules on 300 items is a noisier choice than fitting one. The knob stays for panels
-  unlike the zoo's.
+  unlike the zoo's. With it infinite only the candidates λ = 0 can choose (the cascade and the
+  single models) are fitted: the others would be cross-validated for nothing.
 - cost never rises with λ: a λ whose choice is dearer than the lower λ's serves the lower λ's
   rule; a lower λ whose choice is dearer and less accurate than a higher λ's takes that one.
 
@@ -163,6 +164,8 @@ def fit_selected(
     correct, cost, base = check_outcomes(correct, cost, models, min_items=2)
     n = correct.shape[0]
     lams = sorted({float(v) for v in (DEFAULT_LAMBDAS if lambdas is None else lambdas)})
+    if not math.isfinite(switch_se):  # only λ = 0's rule chooses: the cascade or one model
+        methods = [mm for mm in methods if mm in ("single", "cascade")]
     cands, acc, cst = cross_validate(stage_p, correct, cost, models, query, lams, folds, seed,
                                      methods, bags)
     picked = choose(cands, acc, cst, lams, switch_se, lambda0_se)

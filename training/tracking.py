@@ -29,16 +29,22 @@ DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 _SQLITE = "sqlite:///"
 
 
-def resolve_uri(uri: str | None = None) -> str:
-    """The tracking URI: explicit, else MLFLOW_TRACKING_URI, else the local SQLite store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def resolve_uri(uri: str | None = None, fallback: str | None = None) -> str:
+    """The tracking URI: explicit, else MLFLOW_TRACKING_URI, else `fallback` (a version's own
+    store), else the local SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or fallback or DEFAULT_URI
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI (None: another kind of store)."""
+    return Path(uri[len(_SQLITE):]) if uri.startswith(_SQLITE) else None
 
 
 def artifact_location(uri: str) -> str | None:
     """For a SQLite store, `<db folder>/artifacts` as a file URI; else the server decides."""
-    if not uri.startswith(_SQLITE):
+    db = _sqlite_file(uri)
+    if db is None:
         return None
-    db = Path(uri[len(_SQLITE):])
     db.parent.mkdir(parents=True, exist_ok=True)
     return (db.parent.resolve() / "artifacts").as_uri()
 
@@ -58,10 +64,8 @@ def relocate(uri: str) -> int:
     tagged experiments the recorded paths under the old folder are rewritten in the database.
     Returns the number of values changed (0 for a store in place, a new store, any other store).
     """
-    if not uri.startswith(_SQLITE):
-        return 0
-    db = Path(uri[len(_SQLITE):])
-    if not db.is_file():
+    db = _sqlite_file(uri)
+    if db is None or not db.is_file():
         return 0
     want = (db.parent.resolve() / "artifacts").as_uri()
     changed = 0
@@ -161,15 +165,18 @@ def start_run(
 
 
 def log_evaluation(run_id: str, report: Mapping[str, Any], figures: Sequence[Path],
-                   uri: str | None = None) -> str:
-    """Add an evaluation report to the version's training run, so runs compare on routing too.
+                   store: str | None = None) -> str:
+    """Add an evaluation report to the version's training run, so runs compare on routing too:
+    in $MLFLOW_TRACKING_URI where it is set (the user's explicit choice), else in `store` (the
+    store the version's manifest names), else the default store.
 
     Metrics `eval.<method>.apgr|cost_50|cost_80` for the router and every baseline, and
     `eval.target.<name>` (1 met, 0 missed); `report.json` and the figures under `evaluation/`.
     Returns what was done, or why nothing was (the run is not in this store).
     """
-    uri = resolve_uri(uri)
-    if uri.startswith(_SQLITE) and not Path(uri[len(_SQLITE):]).is_file():
+    uri = resolve_uri(None, store)
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_file():
         # opening it would create an empty store (a stray mlruns/mlflow.db) holding no such run
         return f"not logged: the tracking store {uri} does not exist here (run {run_id})"
     with store_errors(uri):

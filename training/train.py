@@ -194,7 +194,7 @@ def fit_policy_table(
     its meta, the route-and-thresholds table fitted on the same rows (what `confroute evaluate`
     compares)."""
     from training.fit_cascade import fit_cascade
-    from training.fit_policy import fit_policy
+    from training.fit_policy import fit_policy, route_p_from_stages
     from training.select_policy import fit_selected
 
     train = data.table[~data.test]
@@ -210,7 +210,7 @@ def fit_policy_table(
     correct = wide.loc[complete, "correct"][models].to_numpy(bool)
     cost = wide.loc[complete, "cost"][models].to_numpy(float)
     scorer = _stage_p(data, fitted, models, complete, config.features.grader)
-    route_p = _route_p(scorer, models, len(complete)) if scorer else None
+    route_p = route_p_from_stages(scorer, len(models), len(complete)) if scorer else None
     table = fit_policy(p.loc[complete, models].to_numpy(float), correct, cost, models,
                        config.lambdas, route_p=route_p).to_dict()
     if config.policy == "route_thresholds":
@@ -237,18 +237,6 @@ def query_matrix(table: pd.DataFrame, items: pd.Index) -> np.ndarray | None:
         return None
     q = table.drop_duplicates("item_id").set_index("item_id").loc[items, list(QUERY_COLUMNS)]
     return q.to_numpy(float)
-
-
-def _route_p(scorer: Callable[[int, tuple[int, ...]], np.ndarray], models: list[str], n: int
-             ) -> Callable[[Sequence[int]], np.ndarray]:
-    """p per route from a stage scorer: column j as scored after the route's earlier models."""
-    def route_p(route: Sequence[int]) -> np.ndarray:
-        out = np.full((n, len(models)), np.nan)
-        for k, j in enumerate(route[:-1]):
-            out[:, j] = scorer(j, tuple(route[:k]))
-        return out
-
-    return route_p
 
 
 def _stage_p(
