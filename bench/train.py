@@ -5,7 +5,7 @@ cross-fitting stays grouped) to `--rows` rows. Timed: fitting every panel model'
 its cross-fitted calibration, then the export (ONNX conversion, manifest, parity check). Latency:
 one held-out row at a time through the runtime scorer (onnxruntime + numpy calibration) beside
 LightGBM's own predict_proba on the same rows; also from token arrays to a policy decision (the
-service's hot path: signals_from_arrays -> Scorer.predict -> Policy.decide).
+service's hot path: signals_from_arrays -> Scorer.predict -> ThresholdPolicy.decide).
 
     python bench/train.py [--rows 100000] [--traces data/reference-traces]
 """
@@ -26,7 +26,7 @@ import pandas as pd
 from confroute.features import answer_token_slice, signals_from_arrays, token_arrays
 from confroute.grading import NumericGrader
 from confroute.panel import load_panel
-from confroute.policy import Policy
+from confroute.policy import ThresholdPolicy
 from confroute.scoring import Scorer
 from confroute.traces import read_traces
 from training.config import TrainConfig
@@ -62,7 +62,7 @@ def percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
             "p99_us": float(np.percentile(times, 99) / 1e3)}
 
 
-def hot_path(scorer: Scorer, policy: Policy, traces_path: list[Path], n: int) -> dict[str, Any]:
+def hot_path(scorer: Scorer, policy: ThresholdPolicy, traces_path: list[Path], n: int) -> dict[str, Any]:
     """Token arrays -> signals -> calibrated p -> decision, one trace at a time (and signals alone)."""
     model = scorer.models[0]
     grader = NumericGrader()
@@ -118,7 +118,7 @@ def main() -> None:
                    parity_max_abs=max(diffs.values()), parity_rows=sum(map(len, held.values())))
         out["latency"] = latency(Scorer.load(version), fitted, held, args.latency_rows)
         out["latency"]["arrays_to_decision"] = hot_path(
-            Scorer.load(version), Policy.from_dict(policy), args.traces, args.latency_rows)
+            Scorer.load(version), ThresholdPolicy.from_dict(policy), args.traces, args.latency_rows)
     print(json.dumps(out, indent=2))
 
 

@@ -22,10 +22,12 @@ import pandas as pd
 
 from confroute.cascade import CascadePolicy
 from confroute.features import FEATURE_NAMES
-from confroute.looper import HybridWeights, formula_score
+from confroute.formula import formula_score
+from confroute.looper import HybridWeights
 from confroute.manifest import Manifest
 from confroute.panel import Cost, LlamaCppModel, Panel, Prompt
-from confroute.policy import Policy, load_policy
+from confroute.policies import load_policy
+from confroute.policy import ThresholdPolicy
 from confroute.scoring import Scorer
 from confroute.traces import read_traces
 from training.cost_curves import (
@@ -176,7 +178,7 @@ def evaluate_arrays(a: EvalArrays, policy: Any, n_boot: int = 200,
         names.append("column_threshold")
     earlier = policy.meta.get("route_thresholds") if isinstance(policy, CascadePolicy) else None
     if earlier:  # the previous policy, fitted on the same rows: the gain of the new one
-        curves["route_thresholds"] = router_curve(a, Policy.from_dict(earlier), base)
+        curves["route_thresholds"] = router_curve(a, ThresholdPolicy.from_dict(earlier), base)
         names.append("route_thresholds")
     if np.isfinite(a.p).any():
         hindsight = fit_policy(a.p, a.correct, a.cost, a.models, list(policy.lambdas), n_bootstrap=0,

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from confroute.policy import Policy, PolicyRow, utility
+from confroute.policy import PolicyRow, ThresholdPolicy
+from confroute.policy_api import utility
 
 DEFAULT_LAMBDAS = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21))
 RouteP = Callable[[Sequence[int]], np.ndarray]  # route (panel indices) -> (n, M) p for it
@@ -69,7 +70,7 @@ def fit_policy(
     p: np.ndarray, correct: np.ndarray, cost: np.ndarray, models: Sequence[str],
     lambdas: Sequence[float] | None = None, n_bootstrap: int = 200, seed: int = 0,
     n_candidates: int = 50, route_p: RouteP | None = None, max_route: int | None = None,
-) -> Policy:
+) -> ThresholdPolicy:
     """Policy from held-out (n_items, M) arrays in panel order: calibrated p, correct, cost.
 
     `route_p(route)` may give p per route (panel indices): column j as scored when the route's
@@ -236,7 +237,7 @@ def _midpoint(tau: float, col: np.ndarray) -> float:
 def _build(
     p_of: RouteP, correct: np.ndarray, cost: np.ndarray, models: Sequence[str],
     lams: list[float], pts: _Points, n_bootstrap: int, seed: int,
-) -> Policy:
+) -> ThresholdPolicy:
     """Rows from the chosen points, replayed for their numbers and bootstrap intervals."""
     chosen = [_thresholds(pts, _select(pts, lam), p_of) for lam in lams]
     outcomes = [replay(p_of(r), correct, cost, r, t) for r, t in chosen]
@@ -249,7 +250,7 @@ def _build(
         for lam, (r, taus), o, ci in zip(lams, chosen, outcomes, cis, strict=True)
     )
     _check_monotone(rows)
-    return Policy(tuple(models), rows, {
+    return ThresholdPolicy(tuple(models), rows, {
         "objective": "(1 - lambda) * accuracy - lambda * cost / cost_of_last_model",
         "cost_unit": f"mean cost / mean cost of always calling {models[-1]}",
         "search": "all routes x exact threshold grid", "n_items": int(correct.shape[0]),

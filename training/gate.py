@@ -31,7 +31,8 @@ from pydantic import Field
 from confroute.cascade import CascadePolicy
 from confroute.features import FEATURE_NAMES
 from confroute.panel import StrictModel
-from confroute.policy import Policy, load_policy, utility
+from confroute.policies import load_policy
+from confroute.policy_api import FittedPolicy, utility
 from confroute.scoring import Scorer
 from training import quality as M
 from training.export import jsonable
@@ -166,7 +167,7 @@ def utilities(
     return out, basis
 
 
-def replay_utility(policy: Policy | CascadePolicy, models: list[str], p: np.ndarray,
+def replay_utility(policy: FittedPolicy, models: list[str], p: np.ndarray,
                    correct: np.ndarray, cost: np.ndarray, lam: float) -> dict[str, float]:
     """Accuracy, relative cost and utility of the policy's cascade at λ; columns: `models`.
     (Logged rows carry no question text: a cascade starts where its intercepts say.)"""

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.features import FEATURE_NAMES
-from confroute.policy import load_policy
+from confroute.policies import load_policy
 from training.config import TrainConfig
 from training.eval_arrays import arrays_from_table
 from training.evaluate import evaluate_arrays

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from confroute.cascade import CascadeRow, State, state_key
-from confroute.policy import utility
+from confroute.policy_api import utility
 from confroute.query import QUERY_FEATURES
 from training.fit_cascade import Replayed, StageP, cached_states, fit_cascade, replay_cascade
 from training.fit_policy import NEVER, fit_policy, replay, route_p_from_stages, thin

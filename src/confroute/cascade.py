@@ -14,7 +14,7 @@ rows, one set per state (the models called so far) and grid λ; slopes are kept 
 accepting is monotone in p: a state accepts exactly when p >= its `threshold`. A state's `mean_p`
 stands in for p when an answer has no logprobs (then only a call is possible, unless none is
 left). The last panel model always stands. A λ between grid points uses the nearest one (ties:
-the lower λ), as policy.Policy does. A grid λ may be served by the lines of a lower grid λ
+the lower λ), as policy.ThresholdPolicy does. A grid λ may be served by the lines of a lower grid λ
 (`fitted_lambda`, see training/fit_cascade.py): where its own fit came out dearer than the lower
 λ's, so that cost never rises with λ. An accepted answer's reason is `confident` where it is at
 least as likely right as any model ahead is on average, else `not_worth_escalating`. Runtime
@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from confroute.policy import Decision, check_answer, check_grid, nearest_row, target_row
+from confroute.policy_api import (
+    Decision,
+    Start,
+    check_answer,
+    check_grid,
+    nearest_row,
+    target_row,
+)
 from confroute.query import QUERY_FEATURES
 
 FORMAT = 2
@@ -108,16 +115,6 @@ class CascadeRow:
 
 
 @dataclass(frozen=True)
-class Start:
-    """The first model to call, with the expected utility of each start."""
-
-    model: str
-    values: Mapping[str, float]
-    reason: str  # query_features | no_question, + _capped_by_lower_lambda where a lower λ's
-    # first model was cheaper and is kept
-
-
-@dataclass(frozen=True)
 class CascadePolicy:
     """A fitted λ -> cascade table over a panel (`models`, cheapest first)."""
 
@@ -193,6 +190,9 @@ class CascadePolicy:
                 seen.add(key)
                 distinct.append(r.start)
         return out
+
+    def judge(self, p_correct: float, signals: Any) -> float:
+        return p_correct  # decides on the calibrated p
 
     def after(self, lam: float, model: str) -> str | None:
         """The panel model after `model` (where a failed call goes on; None: none is left)."""

@@ -21,19 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from confroute.cascade import CascadePolicy
 from confroute.errors import BadRequest, NotReady
-from confroute.features import FEATURE_NAMES, FeatureConfig, TokenArrays, answer_features, warm_up
+from confroute.features import FeatureConfig, TokenArrays, answer_features, warm_up
+from confroute.formula import FormulaPolicy, escalation_order
 from confroute.grading import Grader, get_grader
-from confroute.looper import Confidence, FormulaPolicy, escalation_order
+from confroute.looper import Confidence
 from confroute.manifest import MANIFEST, Manifest, ManifestError
 from confroute.panel import LlamaCppModel, Panel
-from confroute.policy import Decision, Policy, check_lambda, load_policy
+from confroute.policies import load_policy
+from confroute.policy_api import Decision, FittedPolicy, Policy, check_lambda
 from confroute.scoring import Scorer
 from confroute.token_filter import tool_call_arrays
 
 log = logging.getLogger("confroute.service")
-_AVG_LOGPROB, _MARGIN = FEATURE_NAMES.index("avg_logprob"), FEATURE_NAMES.index("margin")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class RouterVersion:
     path: Path
     version: str
     scorer: Scorer
-    policy: Policy | CascadePolicy
+    policy: FittedPolicy
     config: FeatureConfig
     models: tuple[str, ...]
     loaded_at: float = field(default_factory=time.time)
@@ -189,7 +189,7 @@ class Engine:
 
     # -- deciding ----------------------------------------------------------------------------
 
-    def policy(self, v: RouterVersion) -> Policy | CascadePolicy | FormulaPolicy:
+    def policy(self, v: RouterVersion) -> Policy:
         """What decides: the version's policy, or the looper config's fixed formula."""
         if self.looper is None:
             return v.policy
@@ -272,11 +272,7 @@ class Engine:
             pi = float(p[i])
             clipped = pi if math.isnan(pi) else min(max(pi, 0.0), 1.0)
             rule = self.policy(v)
-            if isinstance(rule, FormulaPolicy):  # the looper's formula decides, p is reported
-                x = rows[i][0]
-                judged = rule.score(float(x[_AVG_LOGPROB]), float(x[_MARGIN]))
-            else:
-                judged = clipped
+            judged = rule.judge(clipped, rows[i][0])  # p, or the looper's formula (p reported)
             decision = rule.decide(s.model, judged, lams[i], (*s.called, s.model))
             if math.isnan(clipped) and decision.decision != "accept" and self._accepts_bare(s.model):
                 decision = Decision("accept", None, None, "no_logprobs_accepted", decision.values)

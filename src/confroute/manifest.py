@@ -221,7 +221,7 @@ def _check_models(m: Manifest) -> None:
 
     The manifest itself is not hashed (it holds the hashes), so what it says must hang together.
     """
-    from confroute.policy import load_policy
+    from confroute.policies import load_policy
 
     for name in m.panel.names:
         entry = m.models.get(name)

@@ -80,7 +80,9 @@ class OpenAIModel(ModelBase):
     mode: Literal["chat", "completions"] = "chat"  # which endpoint to call
     api_key: str | None = None  # sent as bearer token; or set api_key_env
     api_key_env: str | None = None
-    max_retries: int = Field(2, ge=0)
+    max_retries: int = Field(2, ge=0)  # within timeout_s, which bounds the whole call
+    # each attempt's limit (default timeout_s / (max_retries + 1)): a hung attempt is retried
+    attempt_timeout_s: float | None = Field(None, gt=0)
     max_concurrency: int = Field(8, ge=1)
 
 

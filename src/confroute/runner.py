@@ -27,13 +27,13 @@ from typing import Any, Protocol
 import msgspec
 
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
-from confroute.cascade import Start
 from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, shadow_id
 from confroute.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
+from confroute.policy_api import Start
 from confroute.query import query_features, question_of
 from confroute.tokens import token_arrays
 from confroute.traces import Message
@@ -281,7 +281,9 @@ class CascadeRunner:
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call
-                c = await self.backends[model].acomplete(messages, params)
+                # the backend's retries stay inside this same deadline (openai_compat.py)
+                c = await self.backends[model].acomplete(messages, params,
+                                                         time.monotonic() + timeout)
         except PromptTooLong as exc:  # the request does not fit: the caller's to fix, a 400
             raise BadRequest(f"{exc}; send a shorter prompt or a smaller max_tokens") from None
         except Exception as exc:  # any backend failure (BackendError, timeout, a crash) counts

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from confroute.cascade import CascadePolicy, CascadeRow, State
-from confroute.policy import load_policy
+from confroute.policies import load_policy
 
 A, B, C = "small", "medium", "large"
 

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from confroute.features import FEATURE_NAMES
+from confroute.formula import FormulaPolicy, escalation_order, formula_score
 from confroute.grading import NumericGrader
-from confroute.looper import (
-    FormulaPolicy,
-    HybridWeights,
-    escalation_order,
-    formula_score,
-    load_router_config,
-)
+from confroute.looper import HybridWeights, load_router_config
 from confroute.panel import ConfigError, Cost, LlamaCppModel, Panel
 from confroute.traces import read_traces
 from training.evaluate import fixed_formula_score

@@ -7,18 +7,18 @@ import math
 
 import pytest
 
-from confroute.policy import Policy, PolicyRow
+from confroute.policy import PolicyRow, ThresholdPolicy
 
 MODELS = ("small", "mid", "large")
 
 
-def _policy() -> Policy:
+def _policy() -> ThresholdPolicy:
     rows = (
         PolicyRow(0.0, MODELS, {"small": 0.9, "mid": 0.8}, 0.80, 1.10, (0.76, 0.84), 500),
         PolicyRow(0.5, ("small", "large"), {"small": 0.6}, 0.70, 0.55, (0.66, 0.74), 500),
         PolicyRow(1.0, ("small",), {}, 0.40, 0.10, (0.36, 0.44), 500),
     )
-    return Policy(MODELS, rows)
+    return ThresholdPolicy(MODELS, rows)
 
 
 def test_decide_accepts_escalates_and_stops_at_the_last_route_model() -> None:
@@ -60,7 +60,7 @@ def test_lambda_lookup_is_nearest_with_ties_to_the_lower_and_validated() -> None
 
 def test_round_trip_through_json() -> None:
     pol = _policy()
-    again = Policy.from_dict(json.loads(json.dumps(pol.to_dict())))
+    again = ThresholdPolicy.from_dict(json.loads(json.dumps(pol.to_dict())))
     assert again == pol
     assert again.lambdas == [0.0, 0.5, 1.0]
 
@@ -75,17 +75,17 @@ def test_from_dict_refuses_a_bad_row(change: dict) -> None:
     d = _policy().to_dict()
     d["rows"][1].update(change)
     with pytest.raises(ValueError):
-        Policy.from_dict(d)
+        ThresholdPolicy.from_dict(d)
 
 
 def test_from_dict_refuses_unknown_format_and_unsorted_grid() -> None:
     d = _policy().to_dict()
     with pytest.raises(ValueError, match="format"):
-        Policy.from_dict({**d, "format": 99})
+        ThresholdPolicy.from_dict({**d, "format": 99})
     with pytest.raises(ValueError, match="increasing"):
-        Policy.from_dict({**d, "rows": d["rows"][::-1]})
+        ThresholdPolicy.from_dict({**d, "rows": d["rows"][::-1]})
     with pytest.raises(ValueError, match="malformed"):
-        Policy.from_dict({"format": 1, "models": list(MODELS)})
+        ThresholdPolicy.from_dict({"format": 1, "models": list(MODELS)})
 
 
 def test_target_accuracy_picks_the_cheapest_row_reaching_it() -> None:

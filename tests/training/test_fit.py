@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from confroute.cascade import CascadePolicy
 from confroute.panel import ConfigError, load_panel
-from confroute.policy import Policy, load_policy
+from confroute.policies import load_policy
+from confroute.policy import ThresholdPolicy
 from training import quality as M
 from training.config import TrainConfig, load_config
 from training.fit import CorrectnessClassifier
@@ -108,7 +109,7 @@ def test_policy_is_fitted_on_what_a_route_that_skips_a_model_sees(
     seen: dict[str, object] = {}
     real = fp.fit_policy
 
-    def spy(p: np.ndarray, *args: object, **kw: object) -> Policy:
+    def spy(p: np.ndarray, *args: object, **kw: object) -> ThresholdPolicy:
         seen["p"], seen["route_p"] = p, kw["route_p"]
         return real(p, *args, **kw)  # type: ignore[arg-type]
 
@@ -182,7 +183,7 @@ def test_policy_fits_on_cross_fitted_training_rows(config: TrainConfig, data: Da
     fitted = fit_panel(config.model_copy(update={"classifier": "logistic"}), data, panel.names)
     table = fit_policy_table(config, data, fitted, panel.names)
     cascade = load_policy(table)
-    earlier = Policy.from_dict(table["meta"]["route_thresholds"])  # the baseline, same rows
+    earlier = ThresholdPolicy.from_dict(table["meta"]["route_thresholds"])  # the baseline, same rows
     train_items = data.table.loc[~data.test, "item_id"].nunique()
     assert isinstance(cascade, CascadePolicy) and earlier.models == cascade.models
     assert cascade.models == tuple(panel.names)

@@ -219,10 +219,10 @@ def test_a_stage_logged_after_gold_feedback_is_graded_with_that_gold(tmp_path: P
 def test_replay_utility_follows_the_policy() -> None:
     import numpy as np
 
-    from confroute.policy import Policy, PolicyRow
+    from confroute.policy import PolicyRow, ThresholdPolicy
     from training.gate import replay_utility
 
-    policy = Policy(("a", "b"), (PolicyRow(0.5, ("a", "b"), {"a": 0.5}, 0.0, 0.0),))
+    policy = ThresholdPolicy(("a", "b"), (PolicyRow(0.5, ("a", "b"), {"a": 0.5}, 0.0, 0.0),))
     p = np.array([[0.9, np.nan], [0.2, np.nan], [np.nan, np.nan]])  # accept, escalate, escalate
     correct = np.array([[True, True], [True, False], [False, True]])
     cost = np.array([[1.0, 3.0]] * 3)

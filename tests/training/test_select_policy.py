@@ -10,7 +10,7 @@ import pytest
 
 from confroute.cascade import CascadePolicy
 from confroute.query import QUERY_FEATURES
-from training.fit_cascade import replay_cascade
+from training.fit_cascade import cached_states, fit_cascade, replay_cascade
 from training.policy_candidates import METHODS, route_row
 from training.select_policy import choose, cross_validate, fit_selected
 from training.zoo import PRICE_RATIO, draw_panel
@@ -84,7 +84,32 @@ def test_lambda0_pays_above_the_best_single_model_only_for_more_accuracy(seed: i
     d = acc[strict] - acc[single]
     noise = d.std(ddof=1) / np.sqrt(d.size)
     assert cst[strict].mean() <= cst[single].mean() + 1e-12 or d.mean() > noise
-    assert [cst[i].mean() for i in pick] == sorted((cst[i].mean() for i in pick), reverse=True)
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_above_lambda_0_the_rows_are_the_fitted_cascade_unless_dearer_than_the_row_before(
+    seed: int,
+) -> None:
+    """With switching off, every λ > 0 serves the cascade fitted on all items at that λ, except
+    where its cost on those items rises above the row before (then that row's rule): the noisier
+    out-of-fold figures drop no stretch of the curve (zoo seed 11 lost its middle model so)."""
+    p, correct, cost, models = _calibrated(seed, 300)
+    stage = lambda j, _b: p[:, j]  # noqa: E731
+    pol = fit_selected(stage, correct, cost, models, n_bootstrap=0)
+    casc = fit_cascade(stage, correct, cost, models, n_bootstrap=0)
+    states = lambda r: (r.start, r.states)  # noqa: E731
+    spent = lambda r: replay_cascade(  # noqa: E731
+        r, models, cached_states(stage), correct, cost, None, None).cost.mean()
+    served = 0
+    for k, (row, ref) in enumerate(zip(pol.rows, casc.rows, strict=True)):
+        if k == 0:
+            continue
+        if states(row) == states(ref):
+            served += 1
+        else:  # the row before's rule, because the cascade at this λ costs more on these items
+            assert states(row) == states(pol.rows[k - 1])
+            assert spent(ref) > spent(pol.rows[k - 1]) + 1e-12
+    assert served >= len(pol.rows) // 2
 
 
 def test_a_free_equal_model_is_the_whole_answer_at_lambda_0() -> None:
@@ -96,7 +121,7 @@ def test_a_free_equal_model_is_the_whole_answer_at_lambda_0() -> None:
     p = np.column_stack([rng.random(200)] * 3)  # confidence that says nothing
     pol = fit_selected(lambda j, _b: p[:, j], correct, cost, ["a", "b", "c"], n_bootstrap=0)
     row = pol.row(0.0)
-    assert row.calls == {"a": 1.0, "b": 0.0, "c": 0.0} and row.cost == pytest.approx(0.1)
+    assert row.calls == {"a": 1.0, "b": 0.0, "c": 0.0} and row.cost == pytest.approx(0.1, rel=0.01)
 
 
 def test_an_informative_cheap_model_is_cascaded_at_some_lambda() -> None:
@@ -166,7 +191,7 @@ def test_the_shipped_version_reads_lambda_right_on_every_reference_question() ->
     from pathlib import Path
 
     from confroute.panel import load_panel
-    from confroute.policy import load_policy
+    from confroute.policies import load_policy
     from confroute.traces import read_traces
     from training.table import QUERY_COLUMNS, build_table
 

@@ -61,8 +61,11 @@ class Backend(ABC):
     ) -> Iterator[tuple[int, Completion]]:
         """Answer every prompt; yield (index, completion) as each finishes, in any order."""
 
-    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
-        """Answer one prompt without blocking the event loop (default: a worker thread)."""
+    async def acomplete(self, messages: Sequence[Message], params: GenParams,
+                        deadline: float | None = None) -> Completion:
+        """Answer one prompt without blocking the event loop (default: a worker thread).
+        `deadline` (time.monotonic()): when the caller stops waiting; backends that retry keep
+        their attempts within it, the others are bounded by the caller's timeout alone."""
         return await asyncio.to_thread(self._complete_one, messages, params)
 
     def _complete_one(self, messages: Sequence[Message], params: GenParams) -> Completion:

@@ -129,8 +129,10 @@ class LlamaCppBackend(Backend):
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._formatter = _chat_formatter(self._llm)
 
-    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
-        """One request; concurrent ones join one running batch (batch_requests, the default)."""
+    async def acomplete(self, messages: Sequence[Message], params: GenParams,
+                        deadline: float | None = None) -> Completion:
+        """One request; concurrent ones join one running batch (batch_requests, the default).
+        No retries here: the caller's timeout bounds the call (`deadline` is not read)."""
         if not self.batch_requests:
             return await super().acomplete(messages, params)
         if self._batcher is None:

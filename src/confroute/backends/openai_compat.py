@@ -7,6 +7,11 @@ template: for base models or prompts formatted by hand) and converts the legacy
 `tokens/token_logprobs/top_logprobs` layout. Requests run concurrently up to `max_concurrency`
 per event loop; connect errors, timeouts, 429 and 5xx are retried with exponential backoff.
 
+Timeouts: `timeout_s` bounds the whole call, every attempt and backoff together (and the caller's
+own deadline, when it passes one, bounds it further); each attempt gets `attempt_timeout_s`
+(default: `timeout_s / (max_retries + 1)`) or what is left, whichever is less. So an attempt that
+hangs is retried while the call still has time, and no retry starts that could not finish.
+
 aiohttp rather than httpx: its C HTTP parser reads a 300-token top-5 reply (~90 KB) in ~0.3-0.6
 ms where httpx took 1.0-1.9 ms (measured on loopback), and the proxy pays that on every stage.
 """
@@ -32,6 +37,7 @@ from confroute.traces import Message
 
 Mode = Literal["chat", "completions"]
 _RETRY_STATUS = frozenset({408, 429})  # request timeout, rate limited; plus every 5xx
+_MIN_ATTEMPT_S = 0.05  # a retry needs at least this long left after its backoff
 
 
 class _Session(NamedTuple):
@@ -58,6 +64,7 @@ class OpenAICompatBackend(Backend):
         max_retries: int = 2,
         max_concurrency: int = 8,
         backoff_s: float = 0.5,  # first retry waits this long, then 2x, 4x, ... (capped at 30 s)
+        attempt_timeout_s: float | None = None,
     ) -> None:
         if mode not in ("chat", "completions"):
             raise ValueError(f"model {name!r}: mode must be 'chat' or 'completions', got {mode!r}")
@@ -70,6 +77,7 @@ class OpenAICompatBackend(Backend):
         self.mode = mode
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.attempt_timeout_s = min(timeout_s, attempt_timeout_s or timeout_s / (max_retries + 1))
         self.max_concurrency = max_concurrency
         self.backoff_s = backoff_s
         self._sessions: dict[asyncio.AbstractEventLoop, _Session] = {}
@@ -79,7 +87,8 @@ class OpenAICompatBackend(Backend):
         """Build from a PanelModel spec dict (base_url required; `mode` defaults to chat)."""
         if not spec.get("base_url"):
             raise ValueError(f"model {name!r}: the openai backend needs base_url")
-        opts = {k: spec[k] for k in ("timeout_s", "max_retries", "max_concurrency") if k in spec}
+        opts = {k: spec[k] for k in ("timeout_s", "max_retries", "max_concurrency",
+                                     "attempt_timeout_s") if k in spec}
         return cls(
             name,
             spec.get("model") or name,
@@ -98,9 +107,11 @@ class OpenAICompatBackend(Backend):
 
     # -- public calls ------------------------------------------------------------------------
 
-    async def acomplete(self, messages: Sequence[Message], params: GenParams) -> Completion:
-        """Answer one prompt on the running event loop (one client per loop, kept open)."""
-        return await self._request(await self._loop_session(), messages, params)
+    async def acomplete(self, messages: Sequence[Message], params: GenParams,
+                        deadline: float | None = None) -> Completion:
+        """Answer one prompt on the running event loop (one client per loop, kept open);
+        `deadline` (time.monotonic()): the caller's, when sooner than `timeout_s` from now."""
+        return await self._request(await self._loop_session(), messages, params, deadline)
 
     def complete_many(
         self, prompts: Sequence[Sequence[Message]], params: GenParams
@@ -151,12 +162,15 @@ class OpenAICompatBackend(Backend):
         return self._sessions[loop]
 
     async def _request(
-        self, session: _Session, messages: Sequence[Message], params: GenParams
+        self, session: _Session, messages: Sequence[Message], params: GenParams,
+        deadline: float | None = None,
     ) -> Completion:
         """One completion; latency counts from the request's first attempt to its reply."""
         async with session.limit:
             t0 = time.perf_counter()
-            body = await self._post(session.client, self._payload(messages, params))
+            own = time.monotonic() + self.timeout_s
+            body = await self._post(session.client, self._payload(messages, params),
+                                    own if deadline is None else min(own, deadline))
             return self._parse(body, time.perf_counter() - t0)
 
     def _payload(self, messages: Sequence[Message], params: GenParams) -> dict[str, Any]:
@@ -175,28 +189,40 @@ class OpenAICompatBackend(Backend):
         prompt = "\n\n".join(m.content for m in messages)
         return {**common, "prompt": prompt, "logprobs": params.top_logprobs}
 
-    async def _post(self, client: aiohttp.ClientSession, payload: dict[str, Any]) -> bytes:
-        """POST with retries on transport errors, timeouts, 429 and 5xx; the reply body."""
+    async def _post(self, client: aiohttp.ClientSession, payload: dict[str, Any],
+                    deadline: float) -> bytes:
+        """POST with retries on transport errors, timeouts, 429 and 5xx, all before `deadline`
+        (time.monotonic()); the reply body. A hand-written loop: aiohttp has no retries, and
+        the libraries that add them (tenacity, aiohttp-retry) do not bound every attempt and
+        backoff by one deadline."""
         content = msgspec.json.encode(payload)
         headers = {"Content-Type": "application/json"}
-        cause = ""
+        cause, attempts = "", 0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                await asyncio.sleep(min(30.0, self.backoff_s * 2 ** (attempt - 1)))
+                wait = min(30.0, self.backoff_s * 2 ** (attempt - 1))
+                if deadline - time.monotonic() <= wait + _MIN_ATTEMPT_S:
+                    cause += f"; no time left for a retry within {self.timeout_s:g} s"
+                    break
+                await asyncio.sleep(wait)
+            limit = min(self.attempt_timeout_s, deadline - time.monotonic())
+            if limit <= 0:
+                break
+            attempts += 1
             try:
-                async with asyncio.timeout(self.timeout_s), client.post(
+                async with asyncio.timeout(limit), client.post(
                     self.url, data=content, headers=headers
                 ) as reply:
                     status, body = reply.status, await reply.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                cause = _describe(exc, self.timeout_s)
+                cause = _describe(exc, limit)
                 continue
             if 200 <= status < 300:
                 return body
             cause = f"HTTP {status}: {body[:300].decode('utf-8', 'replace').strip()}"
             if not _retryable(status):
                 raise self._error(cause, attempt + 1)
-        raise self._error(cause, self.max_retries + 1)
+        raise self._error(cause or f"no time left within {self.timeout_s:g} s", attempts)
 
     def _error(self, cause: str, attempts: int) -> BackendError:
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"

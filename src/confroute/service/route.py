@@ -19,7 +19,7 @@ from confroute.decisions.records import decision_record, named_signals
 from confroute.engine import Engine, RouterVersion, Scored, StageInput
 from confroute.errors import BadRequest, RoutingError
 from confroute.features import TokenArrays
-from confroute.policy import Decision
+from confroute.policy_api import Decision
 from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import bad_body, plain_error
 from confroute.service.metrics import Metrics

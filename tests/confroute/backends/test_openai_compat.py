@@ -208,14 +208,40 @@ def test_down_server_fails_after_retries_with_backoff() -> None:
     assert "3 attempts" in message and "cannot connect" in message
 
 
-def test_slow_server_times_out(stub: tuple[Stub, str]) -> None:
+def test_slow_server_times_out_within_timeout_s_for_all_attempts(stub: tuple[Stub, str]) -> None:
     app, url = stub
     app.delay_s = 3.0
     t0 = time.perf_counter()
-    with pytest.raises(BackendError, match=r"2 attempts: timed out after 0.3 s"):
-        asyncio.run(_backend(url, timeout_s=0.3, max_retries=1).acomplete(QUESTION, PARAMS))
-    assert time.perf_counter() - t0 < 2.0
+    with pytest.raises(BackendError, match=r"2 attempts: timed out after 0\.1\d* s"):
+        asyncio.run(_backend(url, timeout_s=0.3, max_retries=1, backoff_s=0.01)
+                    .acomplete(QUESTION, PARAMS))
+    assert time.perf_counter() - t0 < 1.0  # 0.3 s for both attempts, not 0.3 s each
     assert app.calls == 2
+
+
+def test_a_first_attempt_that_hangs_is_retried_within_timeout_s(stub: tuple[Stub, str]) -> None:
+    """Each attempt gets timeout_s / (max_retries + 1): the hung first one is cut at ~0.33 s and
+    the second answers, all inside the call's 1 s (before, the first took the whole 1 s)."""
+    app, url = stub
+    app.delays = [5.0]
+    t0 = time.perf_counter()
+    c = asyncio.run(_backend(url, timeout_s=1.0, max_retries=2, backoff_s=0.05)
+                    .acomplete(QUESTION, PARAMS))
+    took = time.perf_counter() - t0
+    assert c.response == "7" and app.calls == 2
+    assert 0.3 <= took < 1.0
+
+
+def test_no_retry_starts_past_the_callers_deadline(stub: tuple[Stub, str]) -> None:
+    """The caller's deadline (the runner's: the request's own limit) bounds the attempts too; a
+    backoff that would end past it is not waited out."""
+    app, url = stub
+    app.delay_s = 5.0
+    t0 = time.perf_counter()
+    backend = _backend(url, timeout_s=10.0, max_retries=3, backoff_s=0.5)
+    with pytest.raises(BackendError, match=r"1 attempt: timed out .*no time left for a retry"):
+        asyncio.run(backend.acomplete(QUESTION, PARAMS, time.monotonic() + 0.4))
+    assert time.perf_counter() - t0 < 1.5 and app.calls == 1
 
 
 @pytest.mark.parametrize("statuses", [[503, 502], [429], [500, 429]])

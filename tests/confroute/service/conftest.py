@@ -28,7 +28,7 @@ from support import free_port
 
 from confroute.features import FEATURE_NAMES
 from confroute.manifest import PanelInfo, PanelModelInfo
-from confroute.policy import Policy, PolicyRow
+from confroute.policy import PolicyRow, ThresholdPolicy
 from confroute.service import create_app
 from confroute.settings import Settings
 from confroute.traces import Trace, read_traces
@@ -39,7 +39,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 PANEL = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")  # the CPU reference panel
 
 
-def known_policy(models: tuple[str, ...] = PANEL) -> Policy:
+def known_policy(models: tuple[str, ...] = PANEL) -> ThresholdPolicy:
     """Decisions known in advance (see the module docstring); two or three models."""
     a, b, last = models[0], models[1], models[-1]
     mid = (a, b) if len(models) == 3 else (a,)
@@ -49,7 +49,7 @@ def known_policy(models: tuple[str, ...] = PANEL) -> Policy:
         PolicyRow(0.75, (a, last), {a: 0.5}, accuracy=0.7, cost=0.5),
         PolicyRow(1.0, (a,), {}, accuracy=0.3, cost=0.1),
     )
-    return Policy(models, rows)
+    return ThresholdPolicy(models, rows)
 
 
 def known_cascade(models: tuple[str, ...] = PANEL) -> dict[str, Any]:
