@@ -39,7 +39,7 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     from confroute.tokens import token_arrays
 
     engine = Engine(models_dir, None, NumericGrader(), 0.5)
-    v = engine.reload()
+    v = engine.versions.reload()
     req = decode(body, batch=False)[0]
     assert req.choices and req.choices[0].logprobs and req.choices[0].logprobs.content
     tokens = req.choices[0].logprobs.content

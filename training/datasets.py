@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confroute.grading import format_number, parse_number
+from confroute.grading import DEFAULT_GRADER, format_number, parse_number
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Item:
     dataset: str
     question: str
     gold: str
-    grader: str = "numeric"
+    grader: str = DEFAULT_GRADER
 
 
 def _gsm8k_gold(row: dict[str, Any]) -> str:
@@ -73,7 +73,7 @@ def load_items(
     limit: int | None = None,
     question: str = "question",
     answer: str = "answer",
-    grader: str = "numeric",
+    grader: str = DEFAULT_GRADER,
 ) -> list[Item]:
     """Items of `name:split`, a local file (`path.jsonl`, `.csv`, `.parquet`) or a hub dataset."""
     import datasets as hf

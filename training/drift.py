@@ -32,6 +32,7 @@ from confroute.manifest import FeatureSpec
 from confroute.panel import Panel
 from confroute.scoring import Scorer
 from confroute.traces import read_traces
+from training import quality
 
 PSI_FLAG = 0.2
 KS_ALPHA = 0.01
@@ -117,19 +118,11 @@ def calibration(p: np.ndarray, label: np.ndarray, bins: int = 10) -> dict[str, A
         nan = float("nan")
         return {"n_labeled": 0, "ece": nan, "ece_if_calibrated_q95": nan, "mean_p": nan,
                 "accuracy": nan, "flagged": False}
-    ece = _ece(p, y, bins)
-    rng = np.random.default_rng(0)
-    floor = float(np.percentile([_ece(p, (rng.random(p.size) < p).astype(float), bins)
-                                 for _ in range(200)], 95))
+    ece = quality.ece(y, p, bins)
+    floor = quality.ece_if_calibrated(p, bins, n_sim=200, seed=0)[1]
     return {"n_labeled": int(p.size), "ece": ece, "ece_if_calibrated_q95": floor,
             "mean_p": float(p.mean()), "accuracy": float(y.mean()),
             "flagged": bool(p.size >= MIN_ROWS and ece > floor)}
-
-
-def _ece(p: np.ndarray, y: np.ndarray, bins: int) -> float:
-    order = np.argsort(p, kind="stable")
-    return float(sum(abs(p[idx].mean() - y[idx].mean()) * idx.size / p.size
-                     for idx in np.array_split(order, min(bins, p.size)) if idx.size))
 
 
 def drift_report(reference: pd.DataFrame, recent: pd.DataFrame) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.features import agreement
-from confroute.grading import get_grader
+from confroute.grading import DEFAULT_GRADER, get_grader
 from training.table import QUERY_COLUMNS
 
 
@@ -60,7 +60,7 @@ class EvalArrays:
 
 def arrays_from_table(
     table: pd.DataFrame, models: Sequence[str], feature_names: Sequence[str],
-    predict: Callable[[str, np.ndarray], np.ndarray], grader: str = "numeric",
+    predict: Callable[[str, np.ndarray], np.ndarray], grader: str = DEFAULT_GRADER,
 ) -> EvalArrays:
     """Pivot a feature table (training.table.build_table) into arrays, scoring each model's rows."""
     items = sorted(set(table["item_id"]))
@@ -95,7 +95,7 @@ def arrays_from_table(
 def stage_scorer(
     models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
     feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
-    grader: str = "numeric",
+    grader: str = DEFAULT_GRADER,
 ) -> Callable[[int, tuple[int, ...]], np.ndarray]:
     """(model j, earlier calls) -> p of j with agree_prev over those calls' answers, as the
     service computes it (cached per call sequence)."""
@@ -119,7 +119,7 @@ def stage_scorer(
 def route_scorer(
     models: list[str], X: list[np.ndarray], preds: list[list[str | None]],
     feature_names: list[str], predict: Callable[[str, np.ndarray], np.ndarray],
-    grader: str = "numeric",
+    grader: str = DEFAULT_GRADER,
 ) -> Callable[[Sequence[int]], np.ndarray] | None:
     """p per route, agree_prev recomputed over the route's earlier answers (cached per prefix)."""
     if "agree_prev" not in feature_names:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.decisions.location import sqlite_path
-from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
+from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision, logged_cost, logged_tokens
 from confroute.decisions.store import open_store
 from confroute.features import FEATURE_NAMES
 from confroute.grading import Grader
@@ -147,11 +147,10 @@ def _graded(d: LoggedDecision, gold: str | None, grader: Grader) -> LoggedDecisi
 
 
 def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:
-    length = d.signals.get("length")
-    tokens = 0 if length is None or math.isnan(length) else int(length)
-    cost = panel.get(d.model).cost.of(0, tokens)
-    return (d.request_id, LOG_SOURCE, d.model, stage, d.correct, d.prediction, 0, tokens, cost,
-            d.decision, d.version, d.lam, d.created, d.p_correct, d.correct is not None)
+    prompt, tokens = logged_tokens(d)
+    return (d.request_id, LOG_SOURCE, d.model, stage, d.correct, d.prediction, prompt, tokens,
+            logged_cost(d, panel), d.decision, d.version, d.lam, d.created, d.p_correct,
+            d.correct is not None)
 
 
 def label_counts(rows: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:

@@ -54,7 +54,7 @@ from typing import Annotated
 import pandas as pd
 from pydantic import Field
 
-from confroute.grading import get_grader
+from confroute.grading import DEFAULT_GRADER, get_grader
 from confroute.manifest import ManifestError, resolve_current, switch_current
 from confroute.panel import Panel, StrictModel, load_panel, load_yaml_model
 from confroute.scoring import Scorer
@@ -99,7 +99,7 @@ class RetrainConfig(StrictModel):
 
     train: TrainConfig = TrainConfig(figures=False, bootstrap=200)
     lam: Annotated[float, Field(ge=0, le=1)] = 0.5  # λ of the utility comparison
-    grader: str = "numeric"  # grades stages logged after their request's gold feedback
+    grader: str = DEFAULT_GRADER  # grades stages logged after their request's gold feedback
     experiment: str = "confroute-retrain"  # MLflow experiment of candidate and current runs
     gate: Gate = Gate()
 

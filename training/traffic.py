@@ -24,22 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision
+from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision, logged_cost
 from confroute.decisions.records import served_stage as served
 from confroute.panel import Panel
 from training import quality as M
-
-
-def stage_cost(d: LoggedDecision, panel: Panel) -> float:
-    """The panel's price of one logged call (0 for a model outside the panel): its reported
-    prompt and completion tokens, else its `length` signal and no prompt tokens."""
-    if d.model not in panel.names:
-        return 0.0
-    if d.completion_tokens is not None:
-        return panel.get(d.model).cost.of(d.prompt_tokens or 0, d.completion_tokens)
-    tokens = d.signals.get("length")
-    n = 0 if tokens is None or not math.isfinite(tokens) else int(tokens)
-    return panel.get(d.model).cost.of(0, n)
 
 
 @dataclass(frozen=True)
@@ -65,7 +53,7 @@ def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[st
         else:
             by_req[d.request_id].append(d)
     last = panel.names[-1]
-    last_costs = [stage_cost(d, panel) for d in decisions if d.model == last]
+    last_costs = [logged_cost(d, panel) for d in decisions if d.model == last]
     mean_last = float(np.mean(last_costs)) if last_costs else None
     reqs = []
     for logged in by_req.values():
@@ -74,10 +62,10 @@ def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[st
         if not real:
             continue
         s = served(real)
-        own_last = [stage_cost(x, panel) for x in stages if x.model == last]
+        own_last = [logged_cost(x, panel) for x in stages if x.model == last]
         reqs.append(Req(s.model, len(real), any(x.decision == "escalate" for x in real),
                         any(x.decision == "skip_ahead" for x in real),
-                        sum(stage_cost(x, panel) for x in stages),
+                        sum(logged_cost(x, panel) for x in stages),
                         own_last[0] if own_last else mean_last, s.correct))
     n = len(reqs)
     untokened = sum(d.completion_tokens is None for d in decisions)
@@ -143,8 +131,8 @@ def _shadow(shadow: dict[str, list[LoggedDecision]], by_req: dict[str, list[Logg
             panel: Panel) -> dict[str, Any]:
     """Shadow mode's would-be figures: who would have answered, at what cost, how accurately."""
     would = [served(sorted(stages, key=lambda s: s.stage)) for stages in shadow.values()]
-    would_cost = sum(stage_cost(s, panel) for stages in shadow.values() for s in stages)
-    served_cost = sum(stage_cost(s, panel) for rid in shadow for s in by_req.get(rid, []))
+    would_cost = sum(logged_cost(s, panel) for stages in shadow.values() for s in stages)
+    served_cost = sum(logged_cost(s, panel) for rid in shadow for s in by_req.get(rid, []))
     n = len(would)
     labeled = [w for w in would if w.correct is not None]
     return {"requests": n,

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from confroute.features import FEATURE_NAMES
+from confroute.grading import DEFAULT_GRADER
 from confroute.manifest import PanelInfo, PanelModelInfo, check_current_link
 from confroute.panel import Panel, load_panel
 from confroute.traces import read_traces
@@ -241,7 +242,7 @@ def query_matrix(table: pd.DataFrame, items: pd.Index) -> np.ndarray | None:
 
 def _stage_p(
     data: Dataset, fitted: dict[str, CorrectnessClassifier], models: list[str], items: pd.Index,
-    grader: str = "numeric",
+    grader: str = DEFAULT_GRADER,
 ) -> Callable[[int, tuple[int, ...]], np.ndarray] | None:
     """Out-of-fold p of model j after the calls `before`, agree_prev recomputed over those calls'
     answers as the service computes it (a call that skipped a cheaper model never saw its answer)."""

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-from confroute.commands import models_app, report_app
+from confroute.commands import models_app, report_app, versions_app
 
 app = typer.Typer(
     help="confroute: cheapest model first, escalate only when its calibrated confidence says so.",
@@ -17,6 +17,7 @@ app = typer.Typer(
 for _area in ("generate", "models", "report", "train", "evaluate", "serve", "retrain"):
     importlib.import_module(f"confroute.commands.{_area}").register(app)
 app.add_typer(models_app, name="models")
+app.add_typer(versions_app, name="versions")
 app.add_typer(report_app, name="report")
 
 

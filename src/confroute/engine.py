@@ -1,52 +1,26 @@
-"""The router engine: a loaded model version (scorer + policy), decisions, and hot reload.
-
-A version is loaded only after `confroute.manifest.verify` and `Scorer.load` succeed and its
-panel matches the configured one; the engine then swaps one reference, so a request sees either
-the old version or the new one, never a mix. A watcher polls `models/current` (symlink target and
-the manifest's mtime); a version that fails to load is refused, logged and reported by /healthz,
-and the old one keeps serving.
+"""The router engine: decisions on answers with the served version (versions.py loads, verifies
+and hot-reloads it): signals, one ONNX call per model, the policy at the request's λ.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from confroute.errors import BadRequest, NotReady
-from confroute.features import FeatureConfig, TokenArrays, answer_features, warm_up
+from confroute.errors import BadRequest
+from confroute.features import TokenArrays, answer_features
 from confroute.formula import FormulaPolicy, escalation_order
-from confroute.grading import Grader, get_grader
+from confroute.grading import DEFAULT_GRADER, Grader, get_grader
 from confroute.looper import Confidence
-from confroute.manifest import MANIFEST, Manifest, ManifestError
 from confroute.panel import LlamaCppModel, Panel
-from confroute.policies import load_policy
-from confroute.policy_api import Decision, FittedPolicy, Policy, check_lambda
-from confroute.scoring import Scorer
+from confroute.policy_api import Decision, Policy, check_lambda
 from confroute.token_filter import tool_call_arrays
-
-log = logging.getLogger("confroute.service")
-
-
-@dataclass(frozen=True)
-class RouterVersion:
-    """One verified model version: its scorer, policy and feature settings."""
-
-    path: Path
-    version: str
-    scorer: Scorer
-    policy: FittedPolicy
-    config: FeatureConfig
-    models: tuple[str, ...]
-    loaded_at: float = field(default_factory=time.time)
+from confroute.versions import RouterVersion, Versions
 
 
 @dataclass(frozen=True)
@@ -75,117 +49,35 @@ class Scored:
     version: str
 
 
-def check_grader(setting: str | None, manifest: Manifest) -> None:
-    """ManifestError when a grader setting names another grader than the version was trained
-    with: its answer_* and agree_prev signals would be computed differently from what its
-    classifiers learned."""
-    if setting is not None and setting != manifest.grader:
-        raise ManifestError(
-            f"CONFROUTE_GRADER={setting} conflicts with version {manifest.version}, whose signals "
-            f"were computed with the {manifest.grader!r} grader; unset it or retrain")
-
-
-def load_version(path: Path, panel: Panel | None, grader: str | None = None) -> RouterVersion:
-    """Verify and load a version directory; ManifestError (or ValueError) says why it is refused."""
-    scorer = Scorer.load(path)
-    manifest = scorer.manifest
-    check_grader(grader, manifest)
-    if manifest.policy is None:
-        raise ManifestError(f"version {manifest.version} has no policy table; retrain it")
-    policy = load_policy(manifest.policy)
-    models = tuple(scorer.models)
-    if panel is not None and [m for m in panel.names if m in models] != list(models):
-        raise ManifestError(
-            f"version {manifest.version} was trained for panel {list(models)}, but the configured "
-            f"panel {panel.name!r} has {panel.names}"
-        )
-    config = manifest.feature_config.config()
-    warm_up()
-    return RouterVersion(path, manifest.version, scorer, policy, config, models)
-
-
-def current_key(models_dir: Path) -> tuple[str, int] | None:
-    """What identifies the served version on disk: `current`'s target and its manifest's mtime."""
-    target = models_dir if (models_dir / MANIFEST).is_file() else models_dir / "current"
-    try:
-        real = os.path.realpath(target)
-        return real, os.stat(os.path.join(real, MANIFEST)).st_mtime_ns
-    except OSError:
-        return None
-
-
 class Engine:
     """Holds the served version; decides; reloads."""
 
     def __init__(self, models_dir: Path, panel: Panel | None, grader: Grader | str | None,
                  default_lambda: float, looper: Confidence | None = None) -> None:
-        self.models_dir = models_dir
         self.panel = panel
         # a name: the setting, checked against each version's manifest (None: the manifest's);
         # a Grader: used as given (tests and benchmarks that build an Engine by hand)
         self._grader_setting = grader if isinstance(grader, str) else None
         self._fixed_grader = not isinstance(grader, str | None)
         self.grader: Grader = grader if not isinstance(grader, str | None) else \
-            get_grader(grader or "numeric")
+            get_grader(grader or DEFAULT_GRADER)
         self.default_lambda = default_lambda
-        self.current: RouterVersion | None = None
-        self.last_error: str | None = None
-        self._key: tuple[str, int] | None = None
-        self._failed_key: tuple[str, int] | None = None
+        self.versions = Versions(models_dir, panel, self._grader_setting, self._loaded)
         self._aliases = {m.model: m.name for m in panel.models if m.model} if panel else {}
         # a looper config with a fixed formula replaces the version's policy (same interface)
         self.looper = looper if looper and looper.confidence_method != "calibrated" else None
         self._formula: tuple[str, FormulaPolicy] | None = None
 
-    # -- loading -----------------------------------------------------------------------------
+    # -- the served version (versions.py) --------------------------------------------------
 
-    def reload(self) -> RouterVersion:
-        """Load what `models/current` points at and swap it in; raise (keeping the old) if bad."""
-        key = current_key(self.models_dir)
-        if key is None:
-            self.last_error = f"no model version at {self.models_dir}/current"
-            raise ManifestError(self.last_error + ": train one (confroute train)")
-        try:
-            new = load_version(Path(key[0]), self.panel, self._grader_setting)
-        except Exception as exc:  # whatever breaks loading (onnxruntime too) refuses the version
-            self._failed_key = key
-            self.last_error = f"refused version at {key[0]}: {exc}"
-            log.error("%s; still serving %s", self.last_error, self.version or "nothing")
-            raise ManifestError(self.last_error) from exc
-        self.current, self._key, self.last_error = new, key, None
+    def _loaded(self, new: RouterVersion) -> None:
+        """A newly loaded version: decide with the grader its signals were computed with."""
         if not self._fixed_grader:
             self.grader = get_grader(new.scorer.manifest.grader)
-        log.info("serving model version %s from %s", new.version, new.path)
-        return new
-
-    def changed(self) -> bool:
-        """Whether `models/current` differs from what is loaded (and was not just refused)."""
-        key = current_key(self.models_dir)
-        return key is not None and key != self._key and key != self._failed_key
-
-    async def watch(self, interval_s: float,
-                    on_reload: Callable[[RouterVersion], None] | None = None) -> None:
-        """Poll for a new version every `interval_s` and load it off the event loop."""
-        while True:
-            await asyncio.sleep(interval_s)
-            if self.changed():
-                try:
-                    new = await asyncio.to_thread(self.reload)
-                except (ManifestError, ValueError, OSError):
-                    continue  # refused and logged; the old version keeps serving
-                if on_reload is not None:
-                    on_reload(new)
-
-    @property
-    def version(self) -> str | None:
-        return self.current.version if self.current else None
 
     def require(self) -> RouterVersion:
-        """The served version, or 503 while none is loaded."""
-        v = self.current
-        if v is None:
-            raise NotReady(f"no verified model version is loaded ({self.last_error or 'loading'})")
-        return v
+        """The served version, or 503 while none is loaded (the hot path's one call)."""
+        return self.versions.require()
 
     # -- deciding ----------------------------------------------------------------------------
 

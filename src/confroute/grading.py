@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
+from typing import Final, Protocol
 
 # A number as written in prose: "1,250.00", "$18", "-3", "3/4", "\\frac{3}{4}". A minus is a sign
 # only when it touches the digits and does not follow a number ("20 - 5" is a subtraction).
@@ -208,6 +208,8 @@ class ChoiceGrader:
     def is_correct(self, prediction: str | None, gold: str) -> bool:
         return prediction is not None and prediction.upper() == gold.strip().strip("()").upper()
 
+
+DEFAULT_GRADER: Final = "numeric"  # the grader of a version, trace or dataset that names none
 
 GRADERS: dict[str, type[NumericGrader] | type[ExactMatchGrader] | type[ChoiceGrader]] = {
     "numeric": NumericGrader,

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from confroute.features import FEATURE_NAMES, FeatureConfig
+from confroute.grading import DEFAULT_GRADER
 from confroute.modelstore import sha256_file
 
 MANIFEST = "manifest.json"
@@ -83,7 +84,7 @@ class FeatureSpec(_Frozen):
     # and `stop` both mean this; see looper.py)
     token_filter: Literal["non_special"] = "non_special"
     # the grader the answer_* and agree_prev signals were computed with
-    grader: Literal["numeric", "exact", "choice"] = "numeric"
+    grader: Literal["numeric", "exact", "choice"] = DEFAULT_GRADER
 
     @model_validator(mode="after")
     def _windows(self) -> FeatureSpec:

@@ -29,14 +29,16 @@ import msgspec
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
 from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, shadow_id
-from confroute.engine import Engine, RouterVersion, Scored, StageInput
+from confroute.engine import Engine, Scored, StageInput
 from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.policy_api import Start
 from confroute.query import query_features, question_of
+from confroute.request_plan import Limits, Plan, first_call_fits, plan, prompt_tokens
 from confroute.tokens import token_arrays
 from confroute.traces import Message
+from confroute.versions import RouterVersion
 
 
 @dataclass
@@ -94,14 +96,6 @@ class ChatTask:
     tool_options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_escalations: int | None = None
-    deadline_s: float | None = None
-    max_cost: float | None = None  # panel price units; a call that could exceed it is not made
-    max_models: int | None = None
-
-
 class CascadeRunner:
     """Runs cascades over the panel's backends."""
 
@@ -132,25 +126,21 @@ class CascadeRunner:
     async def run(self, task: ChatTask, limits: Limits, request_id: str) -> Cascade:
         """Call route models until one is accepted or a limit stops the cascade."""
         v = self.engine.require()
-        limits = self._with_budget(limits)
+        p = plan(self.engine, v, task.lam, task.target_accuracy, limits, self.budget)
         policy = self.engine.policy(v)
-        lam = self.engine.lam(task.lam)
-        target = None
-        if task.target_accuracy is not None:
-            lam, target = self.engine.for_target(v, task.target_accuracy)
         messages = task.messages
-        out, params = Cascade(request_id, v, lam, target=target), self.params(task)
-        deadline = time.monotonic() + limits.deadline_s if limits.deadline_s else None
+        out, params = Cascade(request_id, v, p.lam, target=p.target), self.params(task)
+        deadline = time.monotonic() + p.limits.deadline_s if p.limits.deadline_s else None
         if self.shadow is not None:
-            served = await self._serve_shadow(out, policy, messages, params, limits, deadline)
+            served = await self._serve_shadow(out, policy, messages, params, p, deadline)
         else:
-            await self._cascade(out, policy, messages, params, limits, deadline)
+            await self._cascade(out, policy, messages, params, p, deadline)
             served = self._finish(out)
         await self.log.settled(out.last_seq)  # durable mode: on disk before the reply
         return served
 
     async def _cascade(self, out: Cascade, policy: Any, messages: list[Message],
-                       params: GenParams, limits: Limits, deadline: float | None,
+                       params: GenParams, p: Plan, deadline: float | None,
                        reuse: Stage | None = None) -> None:
         """The router's cascade into `out`: first model, then accept / escalate / skip ahead.
         `reuse`: an answer already in hand (shadow mode's served call) stands in for its call."""
@@ -159,11 +149,9 @@ class CascadeRunner:
         model: str | None = start.model
         i = 0
         while model is not None:
-            if limits.max_models is not None and len(out.stages) >= limits.max_models:
-                out.stopped = "max_models"
-                break
-            if not self._affordable(out, model, messages, params, limits.max_cost):
-                out.stopped = "max_cost"
+            limit = self._limit(out, p, model, messages, params)
+            if limit:
+                out.stopped = limit
                 break
             stage = Stage(model, reuse.latency_s, reuse.completion, error=reuse.error) \
                 if reuse is not None and reuse.model == model else \
@@ -173,7 +161,7 @@ class CascadeRunner:
                 break
             self._score(out, stage, i)
             nxt = self._next(policy, stage, lam)
-            stop = self._stop(stage, nxt, i, limits, deadline)
+            stop = self._stop(stage, nxt, i, p.limits, deadline)
             if stop:
                 out.stopped = stop
                 after = policy.after(lam, model)
@@ -184,7 +172,7 @@ class CascadeRunner:
             model, i = nxt, i + 1
 
     async def _serve_shadow(self, out: Cascade, policy: Any, messages: list[Message],
-                            params: GenParams, limits: Limits, deadline: float | None
+                            params: GenParams, p: Plan, deadline: float | None
                             ) -> Cascade:
         """Shadow mode: serve the fixed model's answer; in the background, run the router's
         cascade on the same request (reusing that answer where the cascade reaches the fixed
@@ -203,7 +191,7 @@ class CascadeRunner:
 
         async def run() -> None:
             with contextlib.suppress(BackendFailed, BadRequest):  # counted; nothing to serve
-                await self._cascade(would, policy, messages, params, limits, None, reuse=stage)
+                await self._cascade(would, policy, messages, params, p, None, reuse=stage)
                 answered = [s for s in would.stages if s.completion is not None]
                 self.metrics.shadow(answered[-1].model if answered else "none",
                                     spent(served, self.panel), spent(would, self.panel))
@@ -213,32 +201,18 @@ class CascadeRunner:
         task.add_done_callback(self._background.discard)
         return served
 
-    def _affordable(self, out: Cascade, model: str, messages: list[Message], params: GenParams,
-                    max_cost: float | None) -> bool:
-        """Whether calling `model` cannot take the request past max_cost: its price at a prompt
-        of one token per character and max_tokens completion tokens (an upper bound), on top
-        of what the calls so far cost. The first call must fit, or the request is a 400."""
-        if max_cost is None:
-            return True
-        chars = sum(len(m.content) for m in messages)
-        bound = self.panel.get(model).cost.of(chars, params.max_tokens)
-        if spent(out, self.panel) + bound <= max_cost:
-            return True
+    def _limit(self, out: Cascade, p: Plan, model: str, messages: list[Message],
+               params: GenParams) -> str | None:
+        """Why `model` may not be called now (request_plan.Plan.stop_before: the prompt's tokens
+        as the earlier calls reported them, one per character before any); 400 when even the
+        first call could exceed max_cost."""
+        reported = [s.completion.usage.prompt_tokens for s in out.stages
+                    if s.completion is not None and s.completion.usage_reported]
+        prompt = prompt_tokens(messages, reported)
         if not out.stages:
-            raise BadRequest(f"max_cost {max_cost:g} is below the price of calling {model!r} "
-                             f"(up to {bound:g} for this prompt and max_tokens "
-                             f"{params.max_tokens}); raise max_cost or lower max_tokens")
-        return False
-
-    def _with_budget(self, limits: Limits) -> Limits:
-        """The request's limits, the router config's budget where the request set none."""
-        b = self.budget
-        if b is None:
-            return limits
-        return Limits(limits.max_escalations,
-                      limits.deadline_s if limits.deadline_s is not None else b.max_wall_time_s,
-                      limits.max_cost if limits.max_cost is not None else b.max_cost,
-                      limits.max_models if limits.max_models is not None else b.max_models)
+            first_call_fits(p, self.panel, model, prompt, params.max_tokens)
+        return p.stop_before(self.panel, model, len(out.stages), spent(out, self.panel), prompt,
+                             params.max_tokens)
 
     def _query(self, policy: Any, messages: list[Message]) -> list[float] | None:
         """The question's features (query.py) from the last user message, the version's prompt

@@ -157,15 +157,32 @@ def test_current_switches_atomically(version: Path, copy: Path) -> None:
         switch_current(models, "v-none")
 
 
-def test_cli_verify(copy: Path) -> None:
+@pytest.mark.parametrize("group", ["versions", "models"])  # `models verify`: the older name
+def test_cli_verify(copy: Path, group: str) -> None:
     runner = CliRunner()
     switch_current(copy.parent, copy.name)
-    ok = runner.invoke(app, ["models", "verify", "--models-dir", str(copy.parent)])
+    ok = runner.invoke(app, [group, "verify", "--models-dir", str(copy.parent)])
     assert ok.exit_code == 0 and f"ok {copy.name}" in ok.output
     onnx = next(copy.glob("*.onnx"))
     onnx.write_bytes(b"tampered")
-    bad = runner.invoke(app, ["models", "verify", copy.name, "--models-dir", str(copy.parent)])
+    bad = runner.invoke(app, [group, "verify", copy.name, "--models-dir", str(copy.parent)])
     assert bad.exit_code == 2 and "was modified" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_versions_list_marks_the_served_one(copy: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    second = copy.parent / "v-second"
+    shutil.copytree(copy, second)
+    raw = json.loads((second / "manifest.json").read_text())
+    (second / "manifest.json").write_text(json.dumps({**raw, "version": "v-second"}))
+    switch_current(copy.parent, "v-second")
+    out = runner.invoke(app, ["versions", "list", "--models-dir", str(copy.parent)])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in out.output.splitlines() if "v-second" in line or copy.name in line]
+    assert len(rows) == 2 and "*" in next(r for r in rows if "v-second" in r)
+    assert "*" not in next(r for r in rows if copy.name in r) and "cascade" in rows[0]
+    empty = runner.invoke(app, ["versions", "list", "--models-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 2 and "no versions" in empty.output
 
 
 def test_a_version_written_before_the_typed_spec_still_loads(copy: Path) -> None:

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from confroute.decisions.records import LoggedDecision
+from confroute.decisions.records import logged_cost as stage_cost
 from confroute.panel import Cost, LlamaCppModel, Panel
-from training.traffic import stage_cost, traffic_report
+from training.traffic import traffic_report
 
 PANEL = Panel(name="p", models=[
     LlamaCppModel(name="small", cost=Cost(per_call=0.5, per_1k_prompt_tokens=10.0,

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from confroute.commands._common import console, user_errors
+from confroute.grading import DEFAULT_GRADER
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +27,7 @@ def generate(
     ),
     question: str = typer.Option("question", help="Question column, for a file or hub dataset."),
     answer: str = typer.Option("answer", help="Gold-answer column, for a file or hub dataset."),
-    grader: str = typer.Option("numeric", help="numeric, exact or choice."),
+    grader: str = typer.Option(DEFAULT_GRADER, help="numeric, exact or choice."),
 ) -> None:
     """Generate traces (resumable), grading as it goes; print accuracy, tokens and time."""
     from tqdm import tqdm

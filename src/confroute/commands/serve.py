@@ -125,9 +125,9 @@ def _check_grader(settings: Any) -> None:
     models_dir/current was trained with (its signals would not be what its classifiers learned)."""
     if settings.grader is None:
         return
-    from confroute.engine import check_grader
     from confroute.grading import get_grader
     from confroute.manifest import CURRENT, Manifest
+    from confroute.versions import check_grader
 
     get_grader(settings.grader)
     current = settings.models_dir / CURRENT

@@ -1,7 +1,8 @@
-"""`confroute train` (fit, calibrate, export, log to MLflow) and `confroute models verify`."""
+"""`confroute train` (fit, calibrate, export, log to MLflow), `confroute versions verify|list`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from confroute.commands import models_app
-from confroute.commands._common import user_errors
+from confroute.commands import models_app, versions_app
+from confroute.commands._common import console, user_errors
+from confroute.grading import DEFAULT_GRADER
 
 
 def register(app: typer.Typer) -> None:
@@ -91,7 +93,8 @@ def _sweep_table(results: list[Any]) -> Table:
     return table
 
 
-@models_app.command("verify")
+@versions_app.command("verify")
+@models_app.command("verify", hidden=True)  # its name before router versions had their own group
 def verify(
     version: str | None = typer.Argument(None, help="Version id or directory (default: current)."),
     models_dir: Path = typer.Option(Path("models"), help="Directory holding the versions."),
@@ -109,3 +112,34 @@ def verify(
         m = Scorer.load(path, None if table_features else FEATURE_NAMES).manifest
     typer.echo(f"ok {m.version} ({path}): {len(m.files)} files verified, "
                f"{len(m.feature_names)} features, models {', '.join(m.panel.names)}")
+
+
+@versions_app.command("list")
+def list_versions(
+    models_dir: Path = typer.Option(Path("models"), help="Directory holding the versions."),
+) -> None:
+    """The versions in a models directory, newest first, the served one (`current`) marked
+    (`versions verify VERSION` checks one and names its panel)."""
+    from confroute.manifest import MANIFEST, ManifestError, resolve_current
+    from confroute.policies import kind_of
+
+    try:
+        current = resolve_current(models_dir).name
+    except ManifestError:
+        current = None
+    table = Table("", "version", "created", "policy", "grader")
+    dirs = sorted((d for d in models_dir.iterdir() if (d / MANIFEST).is_file()
+                   and not d.is_symlink()), reverse=True) if models_dir.is_dir() else []
+    for d in dirs:
+        try:
+            raw = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+            policy = kind_of(raw["policy"]) if raw.get("policy") else "-"
+            row = (raw["version"], str(raw.get("created", "-"))[:16], policy,
+                   raw.get("feature_config", {}).get("grader", DEFAULT_GRADER))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            row = (d.name, f"unreadable manifest: {exc}", "", "")
+        table.add_row("*" if d.name == current else "", *row)
+    if not dirs:
+        typer.echo(f"no versions in {models_dir}: train one (confroute train)", err=True)
+        raise typer.Exit(2)
+    console.print(table)

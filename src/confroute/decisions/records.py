@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import msgspec
 
 from confroute.features import FEATURE_NAMES
+from confroute.panel import Panel
 
 if TYPE_CHECKING:  # the engine's result type; the engine never imports the decision log
     from confroute.engine import Scored
@@ -139,3 +140,20 @@ def decision_record(s: Scored, request_id: str, stage: int, lam: float, latency_
         s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
         s.prediction, text[:max_chars] if text and max_chars else None, endpoint, *tokens,
     )
+
+
+def logged_tokens(d: LoggedDecision) -> tuple[int, int]:
+    """(prompt, completion) tokens of one logged call: as the backend reported them, else its
+    `length` signal and no prompt tokens (logs written before tokens were)."""
+    if d.completion_tokens is not None:
+        return d.prompt_tokens or 0, d.completion_tokens
+    length = d.signals.get("length")
+    return 0, 0 if length is None or not math.isfinite(length) else int(length)
+
+
+def logged_cost(d: LoggedDecision, panel: Panel) -> float:
+    """The panel's price of one logged call (0 for a model outside the panel). The one cost of a
+    logged call: the traffic report and the retraining rows both read it."""
+    if d.model not in panel.names:
+        return 0.0
+    return panel.get(d.model).cost.of(*logged_tokens(d))

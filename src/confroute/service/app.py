@@ -86,11 +86,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.resources = res
     res.log.start()
     try:
-        version = await asyncio.to_thread(res.engine.reload)
+        version = await asyncio.to_thread(res.engine.versions.reload)
         app.state.metrics.serving(version.version)
     except (ManifestError, ValueError, OSError) as exc:  # up, but not ready until one loads
         log.warning("no model version loaded (%s); /healthz says 503 until one is", exc)
-    watcher = asyncio.create_task(res.engine.watch(
+    watcher = asyncio.create_task(res.engine.versions.watch(
         res.settings.reload_interval_s, lambda v: app.state.metrics.serving(v.version)))
     # What start-up made (app, model version, onnxruntime, numba, ...) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise walk it mid-request.
@@ -176,15 +176,15 @@ def _routes(app: FastAPI) -> None:
     async def models(res: ResourcesDep) -> dict[str, Any]:
         """The router's model name (OpenAI list layout), with the panel behind it."""
         entry = {"id": res.panel.router_model, "object": "model", "owned_by": "confroute",
-                 "panel": res.panel.names, "version": res.engine.version}
+                 "panel": res.panel.names, "version": res.engine.versions.version}
         return {"object": "list", "data": [entry]}
 
     @app.get("/healthz")
     async def healthz(res: ResourcesDep) -> JSONResponse:
         """200 when a verified version is loaded (503 otherwise), with the decision log's state."""
-        v = res.engine.current
+        v = res.engine.versions.current
         body = {"ready": v is not None, "version": v.version if v else None,
-                "models": list(v.models) if v else [], "reload_error": res.engine.last_error,
+                "models": list(v.models) if v else [], "reload_error": res.engine.versions.last_error,
                 "decision_log": msgspec.to_builtins(res.log.health())}
         return JSONResponse(body, 200 if v is not None else 503)
 
@@ -196,9 +196,9 @@ def _routes(app: FastAPI) -> None:
     @app.post("/admin/reload", dependencies=[KeyRequired])
     async def reload(res: ResourcesDep, metrics: MetricsDep) -> dict[str, Any]:
         """Load models/current now; 409 (and the old version keeps serving) if it is refused."""
-        old = res.engine.version
+        old = res.engine.versions.version
         try:
-            v = await asyncio.to_thread(res.engine.reload)
+            v = await asyncio.to_thread(res.engine.versions.reload)
         except (ManifestError, ValueError, OSError) as exc:
             metrics.reloads.labels("refused").inc()
             raise Conflict(f"{exc}; still serving {old or 'nothing'}") from None

@@ -16,10 +16,11 @@ from starlette.types import Receive, Scope, Send
 
 from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, named_signals
-from confroute.engine import Engine, RouterVersion, Scored, StageInput
+from confroute.engine import Engine, Scored, StageInput
 from confroute.errors import BadRequest, RoutingError
 from confroute.features import TokenArrays
 from confroute.policy_api import Decision
+from confroute.request_plan import Limits, Plan, plan
 from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import bad_body, plain_error
 from confroute.service.metrics import Metrics
@@ -32,6 +33,7 @@ from confroute.service.schemas import (
     WireToken,
 )
 from confroute.tokens import compact_arrays, token_arrays
+from confroute.versions import RouterVersion
 
 Request = RouteRequest[WireToken]
 _decode_one = msgspec.json.Decoder(Request | list[Request]).decode
@@ -165,27 +167,25 @@ def _called(engine: Engine, v: RouterVersion, req: Request, model: str) -> list[
     return names
 
 
-def _capped(s: Scored, req: Request, engine: Engine) -> Scored:
-    """The decision with the request's limits applied: once max_models answered, or when the
-    next call could take the request past max_cost, this answer stands."""
+def _capped(s: Scored, req: Request, engine: Engine, p: Plan) -> Scored:
+    """The decision with the request's limits applied (request_plan.Plan.stop_before, as the
+    chat runner applies them): once max_models answered, or when the next call could take the
+    request past max_cost, this answer stands."""
     d = s.decision
     if d.decision == "accept" or d.next_model is None:
         return s
-    if req.max_models is not None and len(req.previous) + 1 >= req.max_models:
-        return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_models",
-                                               d.values))
     panel = engine.panel
-    if req.max_cost is not None and panel is not None and d.next_model in panel.names:
-        prompt = req.usage.prompt_tokens or 0 if req.usage else 0
-        spent = req.cost_so_far
-        if spent is None:
-            done = req.usage.completion_tokens or 0 if req.usage else 0
-            spent = panel.get(s.model).cost.of(prompt, done) if s.model in panel.names else 0.0
-        bound = panel.get(d.next_model).cost.of(prompt, panel.decoding.max_tokens)
-        if spent + bound > req.max_cost:
-            return dc_replace(s, decision=Decision("accept", d.threshold, None, "max_cost",
-                                                   d.values))
-    return s
+    prompt = req.usage.prompt_tokens or 0 if req.usage else 0
+    spent = req.cost_so_far
+    if spent is None:
+        done = req.usage.completion_tokens or 0 if req.usage else 0
+        spent = panel.get(s.model).cost.of(prompt, done) \
+            if panel is not None and s.model in panel.names else 0.0
+    max_tokens = panel.decoding.max_tokens if panel is not None else 0
+    stop = p.stop_before(panel, d.next_model, len(req.previous) + 1, spent, prompt, max_tokens)
+    if stop is None:
+        return s
+    return dc_replace(s, decision=Decision("accept", d.threshold, None, stop, d.values))
 
 
 def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request],
@@ -197,17 +197,16 @@ def route(engine: Engine, log: DecisionLog, metrics: Metrics, reqs: list[Request
     if not reqs or len(reqs) > max_batch:
         raise BadRequest(f"a batch holds 1 to {max_batch} items, got {len(reqs)}")
     v: RouterVersion = engine.require()
-    stages, lams = [], []
+    stages, plans = [], []
     for req in reqs:
         model = engine.resolve_model(v, req.model)
         called = _called(engine, v, req, model)
-        stages.append(stage_input(req, model, [engine.answer(p) for p in req.previous], called))
-        lam = engine.lam(req.cost_quality_tradeoff)
-        if req.target_accuracy is not None:
-            lam = engine.for_target(v, req.target_accuracy)[0]
-        lams.append(lam)
-    scored = [_capped(s, req, engine) for s, req in zip(engine.decide_many(v, stages, lams),
-                                                         reqs, strict=True)]
+        stages.append(stage_input(req, model, [engine.answer(a) for a in req.previous], called))
+        plans.append(plan(engine, v, req.cost_quality_tradeoff, req.target_accuracy,
+                          Limits(max_cost=req.max_cost, max_models=req.max_models)))
+    lams = [p.lam for p in plans]
+    scored = [_capped(s, req, engine, p) for s, req, p in
+              zip(engine.decide_many(v, stages, lams), reqs, plans, strict=True)]
     latency = (time.perf_counter() - t0) / len(reqs)
     out, seq = [], 0
     for req, st, s, lam in zip(reqs, stages, scored, lams, strict=True):

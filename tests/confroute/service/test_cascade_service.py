@@ -180,10 +180,10 @@ def test_the_engine_refuses_a_version_trained_with_another_grader(cascade_models
 
     engine = Engine(cascade_models, None, "exact", 0.3)
     with pytest.raises(ManifestError, match="CONFROUTE_GRADER=exact conflicts with version"):
-        engine.reload()
-    assert engine.current is None and "conflicts" in (engine.last_error or "")
+        engine.versions.reload()
+    assert engine.versions.current is None and "conflicts" in (engine.versions.last_error or "")
     ok = Engine(cascade_models, None, None, 0.3)
-    assert ok.reload().version and type(ok.grader).__name__ == "NumericGrader"
+    assert ok.versions.reload().version and type(ok.grader).__name__ == "NumericGrader"
 
 
 def test_shadow_mode_serves_the_fixed_model_and_logs_what_the_router_would_do(
