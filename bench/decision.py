@@ -39,7 +39,8 @@ def decision_latency(models_dir: Path, body: bytes, n: int) -> dict[str, Any]:
     from confroute.tokens import token_arrays
 
     engine = Engine(models_dir, None, NumericGrader(), 0.5)
-    v = engine.versions.reload()
+    # engine.versions since 2026-12-08; a baseline before that reloads on the engine itself
+    v = getattr(engine, "versions", engine).reload()
     req = decode(body, batch=False)[0]
     assert req.choices and req.choices[0].logprobs and req.choices[0].logprobs.content
     tokens = req.choices[0].logprobs.content
