@@ -112,17 +112,12 @@ def log_rows(
 ) -> pd.DataFrame:
     """One row per (request, panel model): META_COLUMNS, FEATURE_NAMES and the decision's context."""
     latest: dict[tuple[str, str], LoggedDecision] = {}
-    gold: dict[str, str] = {}
-    for d in decisions:
+    for d in (decisions if grader is None else with_late_labels(decisions, grader)):
         # shadow mode's would-be stages ('<id>:shadow') are more answers to the same request; the
         # served answer they reused is the same answer, kept once
         d = msgspec.structs.replace(d, request_id=d.request_id.removesuffix(SHADOW_SUFFIX))
         if d.decision != "error" and d.model in panel.names:
             latest[(d.request_id, d.model)] = d  # oldest first: the last one wins
-        if d.gold is not None:
-            gold[d.request_id] = d.gold
-    if grader is not None:
-        latest = {k: _graded(d, gold.get(d.request_id), grader) for k, d in latest.items()}
     # signals are read by name: one this build added is NaN in older rows (the classifiers take
     # NaN), one it dropped is ignored; a row sharing no name with this build cannot be used
     kept = [d for d in latest.values() if set(d.signals) & set(FEATURE_NAMES)]
@@ -139,11 +134,22 @@ def log_rows(
     return pd.concat([meta, pd.DataFrame(signals, columns=list(FEATURE_NAMES))], axis=1)
 
 
-def _graded(d: LoggedDecision, gold: str | None, grader: Grader) -> LoggedDecision:
-    """An unlabeled stage of a request whose other stages got a gold answer, graded with it."""
-    if d.correct is not None or gold is None:
-        return d
-    return msgspec.structs.replace(d, correct=grader.is_correct(d.prediction, gold), gold=gold)
+def with_late_labels(decisions: Sequence[LoggedDecision], grader: Grader) -> list[LoggedDecision]:
+    """The decisions, each unlabeled stage of a request that got a gold answer graded with it:
+    stages logged after the feedback came (an exploration that finished late, shadow mode's
+    would-be stages under '<id>:shadow' run after the reply) are graded as the service grades
+    every stage it has. Retraining and `report traffic` both read the log through this."""
+    gold: dict[str, str] = {}
+    for d in decisions:
+        if d.gold is not None:
+            gold[d.request_id.removesuffix(SHADOW_SUFFIX)] = d.gold
+    out = []
+    for d in decisions:
+        g = gold.get(d.request_id.removesuffix(SHADOW_SUFFIX))
+        if d.correct is None and g is not None and d.decision != "error":
+            d = msgspec.structs.replace(d, correct=grader.is_correct(d.prediction, g), gold=g)
+        out.append(d)
+    return out
 
 
 def _meta(d: LoggedDecision, panel: Panel, stage: int) -> tuple[object, ...]:

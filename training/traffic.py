@@ -26,8 +26,10 @@ import numpy as np
 
 from confroute.decisions.records import SHADOW_SUFFIX, LoggedDecision, logged_cost
 from confroute.decisions.records import served_stage as served
+from confroute.grading import Grader
 from confroute.panel import Panel
 from training import quality as M
+from training.inrows import with_late_labels
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,12 @@ class Req:
     correct: bool | None
 
 
-def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel) -> dict[str, Any]:
-    """The report's numbers (JSON-safe)."""
+def traffic_report(decisions: Sequence[LoggedDecision], panel: Panel,
+                   grader: Grader | None = None) -> dict[str, Any]:
+    """The report's numbers (JSON-safe); with a grader, stages logged after their request's gold
+    feedback are graded with it (inrows.with_late_labels)."""
+    if grader is not None:
+        decisions = with_late_labels(decisions, grader)
     by_req: dict[str, list[LoggedDecision]] = defaultdict(list)
     shadow: dict[str, list[LoggedDecision]] = defaultdict(list)
     for d in decisions:
@@ -135,12 +141,14 @@ def _shadow(shadow: dict[str, list[LoggedDecision]], by_req: dict[str, list[Logg
     served_cost = sum(logged_cost(s, panel) for rid in shadow for s in by_req.get(rid, []))
     n = len(would)
     labeled = [w for w in would if w.correct is not None]
+    stages = [x for group in shadow.values() for x in group if x.decision != "error"]
     return {"requests": n,
             "would_answer": {m: sum(w.model == m for w in would) / n for m in panel.names},
             "served_cost": served_cost, "would_be_cost": would_cost,
             "would_be_relative_cost": would_cost / served_cost if served_cost else None,
             "would_be_accuracy": (sum(bool(w.correct) for w in labeled) / len(labeled))
-            if labeled else None, "labeled": len(labeled)}
+            if labeled else None, "labeled": len(labeled),
+            "labeled_stages": sum(x.correct is not None for x in stages), "stages": len(stages)}
 
 
 def p_correct_figure(decisions: Sequence[LoggedDecision], panel: Panel, path: Path) -> Path:

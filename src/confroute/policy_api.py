@@ -37,7 +37,8 @@ class Start:
     model: str
     values: Mapping[str, float]
     reason: str  # query_features | no_question, + _capped_by_lower_lambda where a lower λ's
-    # first model was cheaper and is kept
+    # first model was cheaper and is kept; session: the conversation's previous turn was
+    # answered by a dearer model (sessions.py), which starts instead
 
 
 @runtime_checkable

@@ -36,6 +36,7 @@ from confroute.panel import Panel
 from confroute.policy_api import Start
 from confroute.query import query_features, question_of
 from confroute.request_plan import Limits, Plan, first_call_fits, plan, prompt_tokens
+from confroute.sessions import Sessions
 from confroute.tokens import token_arrays
 from confroute.traces import Message
 from confroute.versions import RouterVersion
@@ -94,6 +95,7 @@ class ChatTask:
     # OpenAI tool calling, checked and passed to the backends: tools, tool_choice,
     # parallel_tool_calls (empty: none)
     tool_options: dict[str, Any] = field(default_factory=dict)
+    session: str | None = None  # the conversation key (sessions.py); None: judged alone
 
 
 class CascadeRunner:
@@ -102,12 +104,13 @@ class CascadeRunner:
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
                  log: DecisionLog, metrics: RunObserver, max_chars: int,
                  explore_rate: float = 0.0, budget: Budget | None = None,
-                 shadow: str | None = None) -> None:
+                 shadow: str | None = None, sessions: Sessions | None = None) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
         self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
         self.budget = budget  # a looper config's caps: the limits of requests that set none
         self.shadow = shadow  # shadow mode: the model always served (None: the router decides)
+        self.sessions = sessions  # conversations keep their model (None: off)
         self._background: set[asyncio.Task[None]] = set()
 
     async def drain(self) -> None:
@@ -134,18 +137,27 @@ class CascadeRunner:
         if self.shadow is not None:
             served = await self._serve_shadow(out, policy, messages, params, p, deadline)
         else:
-            await self._cascade(out, policy, messages, params, p, deadline)
+            sessions, key = self.sessions, task.session
+            floor = await sessions.last(key) if sessions is not None and key is not None else None
+            await self._cascade(out, policy, messages, params, p, deadline, floor=floor)
             served = self._finish(out)
+            if sessions is not None and key is not None and served.served is not None:
+                await sessions.answered(key, served.served.model)
         await self.log.settled(out.last_seq)  # durable mode: on disk before the reply
         return served
 
     async def _cascade(self, out: Cascade, policy: Any, messages: list[Message],
                        params: GenParams, p: Plan, deadline: float | None,
-                       reuse: Stage | None = None) -> None:
+                       reuse: Stage | None = None, floor: str | None = None) -> None:
         """The router's cascade into `out`: first model, then accept / escalate / skip ahead.
-        `reuse`: an answer already in hand (shadow mode's served call) stands in for its call."""
+        `reuse`: an answer already in hand (shadow mode's served call) stands in for its call;
+        `floor`: the model that answered the conversation's previous turn (no start below it)."""
         lam = out.lam
-        out.start = start = policy.first(lam, self._query(policy, messages))
+        start = policy.first(lam, self._query(policy, messages))
+        order = out.version.models
+        if floor in order and start.model in order and order.index(start.model) < order.index(floor):
+            start = Start(floor, start.values, "session")
+        out.start = start
         model: str | None = start.model
         i = 0
         while model is not None:

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     shadow_model: str | None = None
     # share of accepted chat answers also run on the next model and logged as "explore"
     explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # conversations keep their model (sessions.py): a chat turn with a `user` or an
+    # x-confroute-session key never starts below the model that answered its previous turn within
+    # this many seconds (0: off); in this process (`memory`, the most recent session_max keys) or
+    # in a PostgreSQL table shared by every instance (a postgresql:// URL)
+    session_ttl_s: Annotated[float, Field(ge=0)] = 1800.0
+    session_max: Annotated[int, Field(ge=1)] = 10_000
+    session_store: str = "memory"
     # answer extraction for agree_prev and feedback with a gold answer: the served version's own
     # (its manifest's `grader`); a setting that names another is refused, naming both
     grader: str | None = None
@@ -81,6 +88,13 @@ class Settings(BaseSettings):
         """An empty host (an unset variable) made uvicorn listen on every interface."""
         if not value.strip() or any(c.isspace() for c in value):
             raise ValueError(f"{value!r}: give an address to listen on (127.0.0.1, 0.0.0.0, ...)")
+        return value
+
+    @field_validator("session_store")
+    @classmethod
+    def _session_store(cls, value: str) -> str:
+        if value not in ("", "memory") and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{value!r}: 'memory' or a postgresql:// URL")
         return value
 
     @field_validator("decision_log")

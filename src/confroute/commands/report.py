@@ -15,6 +15,7 @@ from rich.table import Table
 
 from confroute.commands import report_app
 from confroute.commands._common import console, user_errors
+from confroute.grading import DEFAULT_GRADER
 
 if TYPE_CHECKING:
     from training.report import Summary
@@ -107,9 +108,12 @@ def traffic(
     panel: Path = typer.Option(PANEL, help="Panel: model order and prices."),
     since: str | None = typer.Option(None, help="Only decisions since: 24h, 7d, an ISO time."),
     out: Path | None = typer.Option(None, help="Write traffic.json and p_correct.png here."),
+    grader: str = typer.Option(DEFAULT_GRADER, help="Grades stages logged after their request's "
+                               "gold feedback (the served version's grader: numeric, exact, choice)."),
 ) -> None:
     """Requests, who answered, escalation and skip-ahead rates, cost against always calling the
     last model, accuracy and calibration where feedback exists, shadow mode's would-be figures."""
+    from confroute.grading import get_grader
     from confroute.panel import load_panel
     from training.inrows import LogError, parse_since, read_log
     from training.traffic import p_correct_figure, traffic_report
@@ -117,7 +121,7 @@ def traffic(
     with user_errors(LogError):
         cfg = load_panel(panel)
         decisions = read_log(log, parse_since(since))
-        rep = traffic_report(decisions, cfg)
+        rep = traffic_report(decisions, cfg, get_grader(grader))
         Console(markup=False).print(_traffic_table(rep))
         for key in ("cost_basis", "always_last_basis"):
             console.print(escape(f"{key.replace('_', ' ')}: {rep[key]}"))

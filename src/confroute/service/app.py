@@ -29,6 +29,7 @@ from confroute.service.edge import EdgeMiddleware, JsonOnly, KeyIfAll, KeyRequir
 from confroute.service.errors import Conflict, install_error_handlers
 from confroute.service.metrics import Metrics
 from confroute.service.schemas import ChatHeaders, ChatRequest, Feedback, route_openapi
+from confroute.sessions import open_sessions
 from confroute.settings import Settings
 
 log = logging.getLogger("confroute.service")
@@ -76,7 +77,9 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
             raise ValueError(f"shadow_model {shadow!r} is not in panel {panel.name!r}: "
                              f"{panel.names}")
     runner = CascadeRunner(panel, backends, engine, dlog, metrics, settings.log_response_chars,
-                          settings.explore_rate, looper.budget if looper else None, shadow)
+                          settings.explore_rate, looper.budget if looper else None, shadow,
+                          open_sessions(settings.session_store, settings.session_ttl_s,
+                                        settings.session_max))
     return Resources(settings, panel, engine, dlog, backends, runner)
 
 

@@ -64,7 +64,7 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
         raise BadRequest("messages hold no text: nothing to answer")
     task = ChatTask([_message(m) for m in body.messages], lam,
                     body.target_accuracy, body.max_completion_tokens or body.max_tokens,
-                    body.temperature, body.seed, tool_options)
+                    body.temperature, body.seed, tool_options, hdrs.session or body.user)
     run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
     out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
     if out is None:

@@ -189,6 +189,7 @@ class ChatHeaders(BaseModel):
     request_id: str | None = Field(None, alias="x-request-id", max_length=MAX_REQUEST_ID)
     max_escalations: int | None = Field(None, alias="x-confroute-max-escalations", ge=0)
     deadline_s: float | None = Field(None, alias="x-confroute-deadline-s", gt=0, le=3600)
+    session: str | None = Field(None, alias="x-confroute-session", min_length=1, max_length=256)
 
 
 class ChatRequest(_Open):
@@ -211,6 +212,9 @@ class ChatRequest(_Open):
     max_cost: float | None = Field(None, ge=0)
     max_models: int | None = Field(None, ge=1, le=100)
     router: RouterOptions | None = None
+    # OpenAI's end-user id; here also the conversation key (sessions.py) unless the
+    # x-confroute-session header gives one
+    user: str | None = Field(None, max_length=256)
 
 
 class Feedback(BaseModel):

@@ -337,3 +337,40 @@ def test_a_server_without_usage_logs_its_tokens_as_unknown(tmp_path: Path, casca
     assert result.exit_code == 0, result.output
     rep = json.loads((out / "traffic.json").read_text())
     assert rep["calls_without_tokens"] == 1 and "1 of 1 logged calls" in rep["cost_basis"]
+
+
+def test_gold_sent_before_the_shadow_cascade_ends_still_grades_its_stages(
+    tmp_path: Path, cascade_models: Path
+) -> None:
+    """The would-be cascade's first model answers 3 s after the reply; gold feedback posted at
+    once finds no shadow stage to label. `report traffic` (with its grader) grades the stage
+    logged later from the request's gold, and says how many would-be stages are labeled."""
+    import httpx
+    from support import wait_for
+
+    from confroute.grading import get_grader
+    from confroute.panel import load_panel
+    from training.inrows import read_log
+    from training.traffic import traffic_report
+
+    backend = StubBackend()
+    with serve_app(backend, ready_path="/v1/models") as stub_url:
+        panel = stub_panel(tmp_path / "panel.yaml", stub_url + "/v1", ("slow:8", "ok:9", "ok:9"))
+        settings = settings_for(tmp_path, cascade_models, panel, mode="shadow")
+        with serve_app(create_app(settings)) as url:
+            r = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+                "model": "confroute:0.5", "messages": [{"role": "user",
+                                                        "content": "What is 3 + 4?"}]})
+            rid = r.json()["router"]["request_id"]
+            fb = httpx.post(url + "/v1/feedback", json={"request_id": rid, "gold": "9"},
+                            timeout=10).json()
+            assert "shadow" not in fb  # the would-be stage is not logged yet
+            db = tmp_path / "decisions.db"
+            wait_for(lambda: len(_shadow_rows(db)) == 1, timeout=15)
+    decisions = read_log(str(tmp_path / "decisions.db"))
+    cfg = load_panel(panel)
+    blind = traffic_report(decisions, cfg)["shadow"]
+    assert (blind["labeled_stages"], blind["stages"], blind["would_be_accuracy"]) == (0, 1, None)
+    graded = traffic_report(decisions, cfg, get_grader("numeric"))["shadow"]
+    assert (graded["labeled_stages"], graded["stages"]) == (1, 1)
+    assert graded["would_be_accuracy"] == 0.0  # the small model's 8 against the gold 9
