@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from confroute import tracing
 from confroute.backends import Backend, Completion, GenParams, PromptTooLong
 from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, shadow_id
@@ -165,13 +166,16 @@ class CascadeRunner:
             if limit:
                 out.stopped = limit
                 break
-            stage = Stage(model, reuse.latency_s, reuse.completion, error=reuse.error) \
-                if reuse is not None and reuse.model == model else \
-                await self._call(model, messages, params, deadline)
+            with tracing.stage_span(model) as span:
+                stage = Stage(model, reuse.latency_s, reuse.completion, error=reuse.error) \
+                    if reuse is not None and reuse.model == model else \
+                    await self._call(model, messages, params, deadline)
+                if stage is not None:
+                    self._score(out, stage, i)
+                    tracing.annotate(span, stage_attributes(stage, self.panel))
             if stage is None:
                 out.stopped = "deadline"
                 break
-            self._score(out, stage, i)
             nxt = self._next(policy, stage, lam)
             stop = self._stop(stage, nxt, i, p.limits, deadline)
             if stop:
@@ -358,3 +362,15 @@ def stage_cost(stage: Stage, panel: Panel) -> float:
 
 def spent(out: Cascade, panel: Panel) -> float:
     return sum(stage_cost(s, panel) for s in out.stages)
+
+
+def stage_attributes(stage: Stage, panel: Panel) -> dict[str, Any]:
+    """A stage span's attributes: the call's tokens and cost, the decision on its answer."""
+    c, s = stage.completion, stage.scored
+    return {"gen_ai.usage.input_tokens": c.usage.prompt_tokens if c else None,
+            "gen_ai.usage.output_tokens": c.usage.completion_tokens if c else None,
+            "confroute.p_correct": s.p_correct if s else None,
+            "confroute.decision": s.decision.decision if s else "error",
+            "confroute.reason": s.decision.reason if s else None,
+            "confroute.cost": stage_cost(stage, panel), "confroute.error": stage.error,
+            "confroute.latency_s": stage.latency_s}

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from confroute import tracing
 from confroute.backends.base import Backend, BackendError, Completion, GenParams
 from confroute.backends.openai_reply import completion_from_reply
 from confroute.traces import Message
@@ -197,6 +198,7 @@ class OpenAICompatBackend(Backend):
         backoff by one deadline."""
         content = msgspec.json.encode(payload)
         headers = {"Content-Type": "application/json"}
+        tracing.inject(headers)  # the stage span's W3C trace context, while tracing is on
         cause, attempts = "", 0
         for attempt in range(self.max_retries + 1):
             if attempt:

@@ -61,6 +61,9 @@ def serve(
         if settings.shadow_model is not None and settings.shadow_model not in panel_config.names:
             raise ValueError(f"shadow_model {settings.shadow_model!r} is not in panel "
                              f"{panel_config.name!r}: {panel_config.names}")
+        from confroute import tracing
+
+        tracing.configure()  # OTEL_* asking for an exporter that is not installed: likewise
         if settings.router_config is not None:  # a bad router config: likewise
             from confroute.looper import load_router_config
 

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp
 
+from confroute import tracing
 from confroute.backends import Backend, make_backend
 from confroute.decisions.feedback import apply_feedback
 from confroute.decisions.log import DecisionLog
@@ -50,7 +51,11 @@ class Resources:
 
 
 def build(settings: Settings, metrics: Metrics) -> Resources:
-    """Panel, backends (engines load on first use), decision log and engine."""
+    """Panel, backends (engines load on first use), decision log and engine; tracing as the
+    OTEL_* variables say (tracing.py: off unless they ask; a provider set up before, as tests
+    do, is kept)."""
+    if not tracing.on():
+        tracing.configure()
     panel = load_panel(settings.panel)
     looper = load_router_config(settings.router_config).algorithm if settings.router_config \
         else None

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from confroute import tracing
 from confroute.errors import BadRequest, RoutingError
 from confroute.panel import Panel
 from confroute.request_plan import Limits
@@ -65,10 +66,14 @@ async def respond(res: Any, body: ChatRequest, hdrs: ChatHeaders,
     task = ChatTask([_message(m) for m in body.messages], lam,
                     body.target_accuracy, body.max_completion_tokens or body.max_tokens,
                     body.temperature, body.seed, tool_options, hdrs.session or body.user)
-    run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
-    out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
-    if out is None:
-        return None
+    carrier = {"traceparent": hdrs.traceparent, "tracestate": hdrs.tracestate}
+    with tracing.request_span("confroute chat", carrier, {"gen_ai.operation.name": "chat",
+                                                          "confroute.endpoint": "chat"}) as span:
+        run = res.runner.run(task, limits, hdrs.request_id or new_request_id())
+        out: Cascade | None = await (run if until is None else unless_disconnected(run, until))
+        if out is None:
+            return None
+        tracing.annotate(span, chat_format.span_attributes(out, res.panel))
     headers = chat_format.headers(out)
     if body.stream:
         return Reply(headers, events=chat_format.sse(out, res.panel))

@@ -125,3 +125,17 @@ def router_field(out: Cascade, panel: Panel) -> dict[str, Any]:
             "cost_quality_tradeoff": out.lam, "model": out.served.model, "stopped": out.stopped,
             "start": start, "tried": tried, "cost": cost, "target_accuracy": out.target,
             "mode": "shadow" if out.stopped == "shadow" else "enforce"}
+
+
+def span_attributes(out: Cascade, panel: Panel) -> dict[str, Any]:
+    """The request span's attributes (tracing.py): what was served, at what λ, cost and tokens."""
+    tokens = usage(out)
+    served = out.served.model if out.served is not None else None
+    return {"gen_ai.request.model": out.start.model if out.start else None,
+            "gen_ai.response.model": served, "gen_ai.usage.input_tokens": tokens["prompt_tokens"],
+            "gen_ai.usage.output_tokens": tokens["completion_tokens"],
+            "confroute.lambda": out.lam, "confroute.version": out.version.version,
+            "confroute.decision": out.stopped, "confroute.cost": spent(out, panel),
+            "confroute.start_reason": out.start.reason if out.start else None,
+            "confroute.models_called": len(out.stages), "confroute.request_id": out.request_id}
+

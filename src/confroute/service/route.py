@@ -14,6 +14,7 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from confroute import tracing
 from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, named_signals
 from confroute.engine import Engine, Scored, StageInput
@@ -250,12 +251,34 @@ class RouteEndpoint:
         body = await read_body(receive)
         reqs = decode(body, self.batch)
         rid = header_request_id(headers.get(b"x-request-id"))
-        out, seq = route(res.engine, res.log, metrics, reqs, rid, res.settings.log_response_chars,
-                         res.settings.max_batch)
+        if tracing.on():
+            out, seq = _traced(res, metrics, reqs, rid, headers)
+        else:
+            out, seq = route(res.engine, res.log, metrics, reqs, rid,
+                             res.settings.log_response_chars, res.settings.max_batch)
         await res.log.settled(seq)  # durable mode: on disk before the reply
         if self.batch:
             return encode(RouteBatchResult(out))
         return encode(out if body.lstrip()[:1] == b"[" else out[0])
+
+
+def _traced(res: Any, metrics: Metrics, reqs: list[Request], rid: str | None,
+            headers: dict[bytes, bytes]) -> tuple[list[RouteDecision], int]:
+    """`route` inside a request span (tracing.py), the caller's trace context its parent."""
+    carrier = {k: headers[k.encode()].decode("latin-1") for k in ("traceparent", "tracestate")
+               if k.encode() in headers}
+    with tracing.request_span("confroute route", carrier, {"confroute.endpoint": "route",
+                                                           "confroute.items": len(reqs)}) as span:
+        out, seq = route(res.engine, res.log, metrics, reqs, rid,
+                         res.settings.log_response_chars, res.settings.max_batch)
+        if len(out) == 1:
+            d = out[0]
+            tracing.annotate(span, {"gen_ai.request.model": d.model, "confroute.p_correct":
+                                    d.p_correct, "confroute.decision": d.decision,
+                                    "confroute.reason": d.reason, "confroute.lambda": d.cost_quality_tradeoff,
+                                    "confroute.version": d.version,
+                                    "confroute.request_id": d.request_id})
+    return out, seq
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -190,6 +190,9 @@ class ChatHeaders(BaseModel):
     max_escalations: int | None = Field(None, alias="x-confroute-max-escalations", ge=0)
     deadline_s: float | None = Field(None, alias="x-confroute-deadline-s", gt=0, le=3600)
     session: str | None = Field(None, alias="x-confroute-session", min_length=1, max_length=256)
+    # the caller's W3C trace context: the request's span is its child (tracing.py)
+    traceparent: str | None = Field(None, max_length=128)
+    tracestate: str | None = Field(None, max_length=512)
 
 
 class ChatRequest(_Open):

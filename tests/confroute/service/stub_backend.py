@@ -16,6 +16,7 @@ played by a closed loopback port, not by this stub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from typing import Any
@@ -74,6 +75,7 @@ class StubBackend:
         self.calls: Counter[str] = Counter()  # requests received, per scripted model
         self.answered: Counter[str] = Counter()  # answers it went on to send (after any sleep)
         self.last: dict[str, Any] = {}  # the last request body, per scripted model
+        self.headers: dict[str, dict[str, str]] = {}  # the last request's headers, per model
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -85,6 +87,10 @@ class StubBackend:
             if not msg.get("more_body"):
                 break
         status, payload = await self._answer(scope["path"], body)
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            model = json.loads(body)["model"]
+            self.headers[model] = {k.decode("latin-1"): v.decode("latin-1")
+                                   for k, v in scope["headers"]}
         data = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
