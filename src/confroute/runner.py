@@ -22,6 +22,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any, Protocol
 
 import msgspec
@@ -32,6 +33,7 @@ from confroute.decisions.log import DecisionLog
 from confroute.decisions.records import decision_record, shadow_id
 from confroute.engine import Engine, Scored, StageInput
 from confroute.errors import BackendFailed, BadRequest, DeadlineExceeded
+from confroute.exploration import explore_decision, explore_first
 from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.policy_api import Start
@@ -52,6 +54,9 @@ class Stage:
     completion: Completion | None = None
     scored: Scored | None = None
     error: str | None = None
+    propensity: float | None = None  # P(this call | the state before it), logged
+    choice_eps: float = 0.0  # the route-exploration ε that choice was drawn with
+    next_prob: float = 1.0  # P(the choice made after its answer)
 
 
 @dataclass
@@ -105,13 +110,16 @@ class CascadeRunner:
     def __init__(self, panel: Panel, backends: dict[str, Backend], engine: Engine,
                  log: DecisionLog, metrics: RunObserver, max_chars: int,
                  explore_rate: float = 0.0, budget: Budget | None = None,
-                 shadow: str | None = None, sessions: Sessions | None = None) -> None:
+                 shadow: str | None = None, sessions: Sessions | None = None,
+                 explore_route: float = 0.0) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
         self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
         self.budget = budget  # a looper config's caps: the limits of requests that set none
         self.shadow = shadow  # shadow mode: the model always served (None: the router decides)
         self.sessions = sessions  # conversations keep their model (None: off)
+        self.explore_route = explore_route  # ε of route exploration (exploration.py)
+        self._rng = random.Random()
         self._background: set[asyncio.Task[None]] = set()
 
     async def drain(self) -> None:
@@ -158,6 +166,8 @@ class CascadeRunner:
         order = out.version.models
         if floor in order and start.model in order and order.index(start.model) < order.index(floor):
             start = Start(floor, start.values, "session")
+        eps = self.explore_route if out.endpoint == "chat" and start.reason != "session" else 0.0
+        start, prop = explore_first(start, order, eps, self._rng)
         out.start = start
         model: str | None = start.model
         i = 0
@@ -171,7 +181,9 @@ class CascadeRunner:
                     if reuse is not None and reuse.model == model else \
                     await self._call(model, messages, params, deadline)
                 if stage is not None:
-                    self._score(out, stage, i)
+                    stage.propensity, stage.choice_eps = prop, eps
+                    self._score(out, stage, i, eps=eps)
+                    prop = stage.next_prob
                     tracing.annotate(span, stage_attributes(stage, self.panel))
             if stage is None:
                 out.stopped = "deadline"
@@ -293,8 +305,10 @@ class CascadeRunner:
             raise BackendFailed(f"backend {model!r} failed: {message}")
         return Stage(model, dt, error=message)
 
-    def _score(self, out: Cascade, stage: Stage, index: int, explore: bool = False) -> None:
-        """Decide on the stage's answer (agree_prev from earlier answers) and log it."""
+    def _score(self, out: Cascade, stage: Stage, index: int, explore: bool = False,
+               eps: float = 0.0) -> None:
+        """Decide on the stage's answer (agree_prev from earlier answers), explore the route
+        with probability `eps` (exploration.py), and log it with its propensity."""
         previous = [s.scored.prediction for s in out.stages if s.scored is not None]
         called = [s.model for s in out.stages if s.scored is not None]
         if not explore:
@@ -306,13 +320,19 @@ class CascadeRunner:
         length = c.usage.completion_tokens or None
         st = StageInput(stage.model, arr, c.response, c.finish_reason, length, previous, called,
                         tool_call=bool(c.tool_calls))
-        stage.scored = s = self.engine.decide(out.version, st, out.lam)
+        s = self.engine.decide(out.version, st, out.lam)
+        if eps > 0:
+            d, stage.next_prob = explore_decision(s.decision, s.model, out.version.models, eps,
+                                                  self._rng)
+            s = dc_replace(s, decision=d)
+        stage.scored = s
         decision = "explore" if explore else s.decision.decision
         self.metrics.decision(s.model, decision, s.p_correct)
         rec = decision_record(s, out.request_id, index, out.lam, stage.latency_s, c.response,
                               out.endpoint, self.max_chars,
                               (c.usage.prompt_tokens, c.usage.completion_tokens)
-                              if c.usage_reported else (None, None))
+                              if c.usage_reported else (None, None),
+                              None if explore else stage.propensity, stage.choice_eps)
         seq = self.log.submit(msgspec.structs.replace(rec, decision=decision) if explore else rec)
         if not explore:
             out.last_seq = seq

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     shadow_model: str | None = None
     # share of accepted chat answers also run on the next model and logged as "explore"
     explore_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # route exploration (exploration.py): with this probability each choice of a chat request's
+    # route (its first model; accept or which later model after each answer) is drawn uniformly
+    # instead, and served; every decision logs its propensity for `report counterfactual`
+    explore_route_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     # conversations keep their model (sessions.py): a chat turn with a `user` or an
     # x-confroute-session key never starts below the model that answered its previous turn within
     # this many seconds (0: off); in this process (`memory`, the most recent session_max keys) or

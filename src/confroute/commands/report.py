@@ -158,3 +158,59 @@ def _traffic_table(rep: dict[str, object]) -> Table:
         for m, share in sh["would_answer"].items():
             table.add_row(f"shadow: would be answered by {m}", f(share))
     return table
+
+
+@report_app.command("counterfactual")
+def counterfactual(
+    log: str = typer.Option(..., help="The service's decision log: SQLite file or postgresql:// URL."),
+    version: str = typer.Option("current", help="The version whose policy to evaluate (id or dir)."),
+    lam: float = typer.Option(..., "--lambda", help="The cost_quality_tradeoff to evaluate it at."),
+    models_dir: Path = typer.Option(Path("models"), help="Directory holding the versions."),
+    panel: Path = typer.Option(PANEL, help="Panel: model order and prices."),
+    since: str | None = typer.Option(None, help="Only decisions since: 24h, 7d, an ISO time."),
+    grader: str = typer.Option(DEFAULT_GRADER, help="Grades stages logged after their gold."),
+    out: Path | None = typer.Option(None, help="Write counterfactual.json here."),
+) -> None:
+    """What another version or λ would have scored and cost on the logged chat traffic: IPS,
+    self-normalised IPS and doubly robust estimates from the logged propensities, with 95%
+    bootstrap intervals, the effective sample size and whether the log's support covers it."""
+    from confroute.grading import get_grader
+    from confroute.manifest import Manifest, ManifestError, resolve_version
+    from confroute.panel import load_panel
+    from confroute.policies import load_policy
+    from confroute.policy_api import check_lambda
+    from training.counterfactual import episodes_from_log, estimate
+    from training.inrows import LogError, parse_since, read_log, with_late_labels
+
+    with user_errors(LogError, ManifestError):
+        lam = check_lambda(lam)
+        m = Manifest.load(resolve_version(models_dir, None if version == "current" else version))
+        if m.policy is None:
+            raise ValueError(f"version {m.version} has no policy table")
+        policy = load_policy(m.policy)
+        cfg = load_panel(panel)
+        decisions = with_late_labels(read_log(log, parse_since(since)), get_grader(grader))
+        eps, skipped = episodes_from_log(decisions, cfg)
+        if not eps:
+            raise ValueError(f"no chat request in {log} has propensities and labels on every "
+                             f"stage (left out: {skipped}); serve with "
+                             "CONFROUTE_EXPLORE_ROUTE_RATE > 0 and send gold feedback")
+        rep = {"version": m.version, "lambda": lam, **estimate(eps, policy, lam),
+               "left_out": skipped}
+    table = Table("estimator", "accuracy [95% CI]", "cost [95% CI]",
+                  title=f"{m.version} at λ {lam:g} on {rep['episodes']} logged requests")
+    for e in ("ips", "snips", "dr"):
+        a, c = rep["accuracy"][e], rep["cost"][e]
+        table.add_row(e, f"{a['estimate']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]",
+                      f"{c['estimate']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]")
+    Console(markup=False).print(table)
+    console.print(escape(f"matched {rep['matched']} of {rep['episodes']}, effective sample size "
+                         f"{rep['ess']:.1f}, coverage {rep['coverage']:.2f}; left out "
+                         f"{rep['left_out']}; cost in panel price units"))
+    if not rep["covered"]:
+        console.print(escape("the log's support does not cover this policy: some of its choices "
+                             "were never explored (ε = 0 there) or none of its routes was "
+                             "logged; these estimates are not unbiased"))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / "counterfactual.json", json.dumps(rep, indent=1) + "\n")

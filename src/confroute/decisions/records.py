@@ -51,6 +51,10 @@ class DecisionRecord(msgspec.Struct, tag="decision"):
     # the call's tokens as its server reported them (route: the request's `usage`), for cost
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # P(this call | the state before it) under the serving policy and the ε it was drawn with
+    # (counterfactual evaluation, training/counterfactual.py); a /v1/route decision: None
+    propensity: float | None = None
+    choice_eps: float | None = None
 
 
 class FeedbackRecord(msgspec.Struct, tag="feedback"):
@@ -90,6 +94,8 @@ class LoggedDecision(msgspec.Struct, frozen=True):
     gold: str | None
     prompt_tokens: int | None = None  # None: not reported, or logged before tokens were
     completion_tokens: int | None = None
+    propensity: float | None = None  # None: a /v1/route decision, or logged before it was
+    choice_eps: float | None = None
 
 
 class StageInfo(msgspec.Struct, frozen=True):
@@ -130,15 +136,18 @@ def named_signals(s: Scored) -> dict[str, float | None]:
 
 def decision_record(s: Scored, request_id: str, stage: int, lam: float, latency_s: float,
            text: str | None, endpoint: str, max_chars: int,
-           tokens: tuple[int | None, int | None] = (None, None)) -> DecisionRecord:
+           tokens: tuple[int | None, int | None] = (None, None),
+           propensity: float | None = None, choice_eps: float | None = None) -> DecisionRecord:
     """The decision-log record of one decision (the route endpoint's and the runner's);
-    `tokens`: the call's prompt and completion tokens, where known."""
+    `tokens`: the call's prompt and completion tokens, where known; `propensity`: P(this call)
+    under the serving policy, with the exploration ε it was drawn with (chat only)."""
     signals = named_signals(s)
     p = None if math.isnan(s.p_correct) else s.p_correct
     return DecisionRecord(
         new_record_id(), request_id, stage, s.model, signals, p, s.decision.threshold,
         s.decision.decision, s.decision.reason, lam, s.version, latency_s, time.time(),
         s.prediction, text[:max_chars] if text and max_chars else None, endpoint, *tokens,
+        propensity, choice_eps,
     )
 
 

@@ -19,7 +19,11 @@ Same columns in both databases; REAL is DOUBLE PRECISION and the id BIGSERIAL in
               response TEXT,                -- the response text (truncated to log_response_chars)
               endpoint TEXT,                -- route | chat | shadow
               prompt_tokens INTEGER,        -- the call's tokens as its server reported them
-              completion_tokens INTEGER)    -- (NULL: not reported, or an older row)
+              completion_tokens INTEGER,    -- (NULL: not reported, or an older row)
+              propensity REAL,              -- P(this call | the state before it) under the
+                                            -- serving policy: 1 deterministic, an ε-mixture
+                                            -- under route exploration (NULL: an older row)
+              choice_eps REAL)              -- the ε of that choice (0: no other was possible)
     feedback(request_id TEXT, stage INTEGER, correct BOOLEAN, gold TEXT, created REAL,
              PRIMARY KEY (request_id, stage))  -- the latest feedback per stage wins
 
@@ -35,10 +39,11 @@ from typing import Any
 COLUMNS = (
     "record_id", "request_id", "stage", "model", "signals", "p_correct", "threshold", "decision",
     "reason", "lam", "version", "latency_s", "created", "prediction", "response", "endpoint",
-    "prompt_tokens", "completion_tokens",
+    "prompt_tokens", "completion_tokens", "propensity", "choice_eps",
 )
 # columns a log written by an older build may lack, with their types
-ADDED = {"prompt_tokens": "INTEGER", "completion_tokens": "INTEGER"}
+ADDED = {"prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "propensity": "{real}",
+         "choice_eps": "{real}"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -47,7 +52,7 @@ CREATE TABLE IF NOT EXISTS decisions (
   threshold {real}, decision TEXT NOT NULL, reason TEXT NOT NULL, lam {real},
   version TEXT NOT NULL, latency_s {real} NOT NULL, created {real} NOT NULL,
   prediction TEXT, response TEXT, endpoint TEXT NOT NULL, prompt_tokens INTEGER,
-  completion_tokens INTEGER);
+  completion_tokens INTEGER, propensity {real}, choice_eps {real});
 CREATE INDEX IF NOT EXISTS decisions_request ON decisions (request_id);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -88,11 +93,13 @@ def columns(conn: Any) -> set[str]:
         cur.close()
 
 
-def upgrade(conn: Any) -> None:
-    """Add the columns of ADDED a log lacks. Another writer may add one meanwhile (several
-    workers start at once): an ALTER that fails is fine when the column is there after it."""
+def upgrade(conn: Any, types: dict[str, str] | None = None) -> None:
+    """Add the columns of ADDED a log lacks (`types`: the store's names for {real} and the
+    like). Another writer may add one meanwhile (several workers start at once): an ALTER that
+    fails is fine when the column is there after it."""
     present = columns(conn)
     for name, kind in ADDED.items():
+        kind = kind.format(**(types or {"real": "REAL"}))
         if name in present:
             continue
         cur = conn.cursor()

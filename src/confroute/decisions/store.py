@@ -77,7 +77,7 @@ class SqlStore:
             for stmt in schema.SCHEMA.format(**self.schema_types).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
-        schema.upgrade(conn)  # outside the transaction: a failed ALTER must not abort it
+        schema.upgrade(conn, self.schema_types)  # outside the transaction: a failed ALTER must not abort it
         self._schema_ready = True
 
     def write(self, records: Sequence[Record]) -> None:
@@ -206,7 +206,8 @@ def _decision_row(r: DecisionRecord) -> tuple[Any, ...]:
     return (
         r.record_id, _text(r.request_id), r.stage, r.model, signals, r.p_correct, r.threshold,
         r.decision, r.reason, r.lam, r.version, r.latency_s, r.created, _text(r.prediction),
-        _text(r.response), r.endpoint, r.prompt_tokens, r.completion_tokens,
+        _text(r.response), r.endpoint, r.prompt_tokens, r.completion_tokens, r.propensity,
+        r.choice_eps,
     )
 
 
@@ -235,7 +236,7 @@ def _logged(row: tuple[Any, ...]) -> LoggedDecision:
     signals = _signals(row[3])
     p = math.nan if row[4] is None else float(row[4])
     correct = None if row[15] is None else bool(row[15])
-    values = (*row[:3], signals, p, *row[5:15], correct, row[16], *row[17:19])
+    values = (*row[:3], signals, p, *row[5:15], correct, row[16], *row[17:21])
     try:  # typed: a hand-edited row (a text stage) is a ValueError naming it, not a TypeError later
         return msgspec.convert(dict(zip(_LOGGED_FIELDS, values, strict=True)), LoggedDecision)
     except msgspec.ValidationError as exc:

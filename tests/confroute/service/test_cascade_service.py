@@ -374,3 +374,47 @@ def test_gold_sent_before_the_shadow_cascade_ends_still_grades_its_stages(
     graded = traffic_report(decisions, cfg, get_grader("numeric"))["shadow"]
     assert (graded["labeled_stages"], graded["stages"]) == (1, 1)
     assert graded["would_be_accuracy"] == 0.0  # the small model's 8 against the gold 9
+
+
+def test_route_exploration_logs_propensities_that_report_counterfactual_reads(
+    tmp_path: Path, cascade_models: Path, stub: str
+) -> None:
+    """With CONFROUTE_EXPLORE_ROUTE_RATE 1 every choice is drawn uniformly: the first model's
+    propensity is 1/3, a later call's 1/(accepting + the models after the one that answered);
+    the log then supports `confroute report counterfactual` for another λ."""
+    from typer.testing import CliRunner
+
+    from confroute.cli import app
+
+    panel = stub_panel(tmp_path / "panel.yaml", stub, ("ok:7", "unsure:7", "ok:8"))
+    settings = settings_for(tmp_path, cascade_models, panel, explore_route_rate=1.0)
+    with TestClient(create_app(settings)) as c:
+        for _ in range(40):
+            r = chat(c, "What is 3 + 4?", 0.5)
+            fb = c.post("/v1/feedback", json={"request_id": r["request_id"], "gold": "7"})
+            assert fb.status_code == 200, fb.text
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        rows = db.execute("SELECT request_id, stage, model, reason, propensity, choice_eps "
+                          "FROM decisions WHERE endpoint = 'chat' ORDER BY id").fetchall()
+    assert rows and all(eps == 1.0 for *_, eps in rows)
+    by: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by.setdefault(row[0], []).append(row)
+    for stages in by.values():
+        assert stages[0][4] == pytest.approx(1 / 3)
+        for before, after in zip(stages, stages[1:], strict=False):
+            later = PANEL[PANEL.index(before[2]) + 1:]
+            assert after[4] == pytest.approx(1 / (1 + len(later)))
+    assert any(r[3] == "explored" for r in rows)
+    assert {s[0][2] for s in by.values()} == set(PANEL)  # every first model was tried
+    out = CliRunner().invoke(app, ["report", "counterfactual", "--log",
+                                   str(tmp_path / "decisions.db"), "--models-dir",
+                                   str(cascade_models), "--lambda", "0.8", "--panel", str(panel),
+                                   "--out", str(tmp_path / "cf")])
+    assert out.exit_code == 0, out.output
+    assert "snips" in out.output and "effective sample size" in out.output
+    assert (tmp_path / "cf" / "counterfactual.json").is_file()
+    none = CliRunner().invoke(app, ["report", "counterfactual", "--log",
+                                    str(tmp_path / "decisions.db"), "--models-dir",
+                                    str(cascade_models), "--lambda", "2", "--panel", str(panel)])
+    assert none.exit_code == 2 and "cost_quality_tradeoff" in none.output
