@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any, Protocol
@@ -38,7 +39,14 @@ from confroute.looper import Budget
 from confroute.panel import Panel
 from confroute.policy_api import Start
 from confroute.query import query_features, question_of
-from confroute.request_plan import Limits, Plan, first_call_fits, plan, prompt_tokens
+from confroute.request_plan import (
+    Limits,
+    Plan,
+    call_bound,
+    first_call_fits,
+    plan,
+    prompt_tokens,
+)
 from confroute.sessions import Sessions
 from confroute.tokens import token_arrays
 from confroute.traces import Message
@@ -111,7 +119,7 @@ class CascadeRunner:
                  log: DecisionLog, metrics: RunObserver, max_chars: int,
                  explore_rate: float = 0.0, budget: Budget | None = None,
                  shadow: str | None = None, sessions: Sessions | None = None,
-                 explore_route: float = 0.0) -> None:
+                 explore_route: float = 0.0, explore_max_cost: float | None = None) -> None:
         self.panel, self.backends, self.engine = panel, backends, engine
         self.log, self.metrics, self.max_chars = log, metrics, max_chars
         self.explore_rate = explore_rate  # share of accepted answers also sent to the next model
@@ -119,6 +127,7 @@ class CascadeRunner:
         self.shadow = shadow  # shadow mode: the model always served (None: the router decides)
         self.sessions = sessions  # conversations keep their model (None: off)
         self.explore_route = explore_route  # ε of route exploration (exploration.py)
+        self.explore_max_cost = explore_max_cost  # the dearest call exploration may choose
         self._rng = random.Random()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -167,7 +176,8 @@ class CascadeRunner:
         if floor in order and start.model in order and order.index(start.model) < order.index(floor):
             start = Start(floor, start.values, "session")
         eps = self.explore_route if out.endpoint == "chat" and start.reason != "session" else 0.0
-        start, prop = explore_first(start, order, eps, self._rng)
+        allowed = self._explorable(messages, params)
+        start, prop = explore_first(start, order, eps, self._rng, allowed)
         out.start = start
         model: str | None = start.model
         i = 0
@@ -182,7 +192,7 @@ class CascadeRunner:
                     await self._call(model, messages, params, deadline)
                 if stage is not None:
                     stage.propensity, stage.choice_eps = prop, eps
-                    self._score(out, stage, i, eps=eps)
+                    self._score(out, stage, i, eps=eps, allowed=allowed)
                     prop = stage.next_prob
                     tracing.annotate(span, stage_attributes(stage, self.panel))
             if stage is None:
@@ -228,6 +238,17 @@ class CascadeRunner:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return served
+
+    def _explorable(self, messages: list[Message], params: GenParams
+                    ) -> Callable[[str], bool] | None:
+        """What exploration may choose: models whose call could cost at most
+        explore_max_cost at this prompt (one token per character) and max_tokens."""
+        cap = self.explore_max_cost
+        if cap is None:
+            return None
+        prompt = prompt_tokens(messages)
+        return lambda m: m in self.panel.names and \
+            call_bound(self.panel, m, prompt, params.max_tokens) <= cap
 
     def _limit(self, out: Cascade, p: Plan, model: str, messages: list[Message],
                params: GenParams) -> str | None:
@@ -306,7 +327,7 @@ class CascadeRunner:
         return Stage(model, dt, error=message)
 
     def _score(self, out: Cascade, stage: Stage, index: int, explore: bool = False,
-               eps: float = 0.0) -> None:
+               eps: float = 0.0, allowed: Callable[[str], bool] | None = None) -> None:
         """Decide on the stage's answer (agree_prev from earlier answers), explore the route
         with probability `eps` (exploration.py), and log it with its propensity."""
         previous = [s.scored.prediction for s in out.stages if s.scored is not None]
@@ -323,7 +344,7 @@ class CascadeRunner:
         s = self.engine.decide(out.version, st, out.lam)
         if eps > 0:
             d, stage.next_prob = explore_decision(s.decision, s.model, out.version.models, eps,
-                                                  self._rng)
+                                                  self._rng, allowed)
             s = dc_replace(s, decision=d)
         stage.scored = s
         decision = "explore" if explore else s.decision.decision

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # route (its first model; accept or which later model after each answer) is drawn uniformly
     # instead, and served; every decision logs its propensity for `report counterfactual`
     explore_route_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # the most an explored call may cost (panel price units, at the prompt and max_tokens): a
+    # dearer model is never chosen by exploration, only by the policy (None: no cap)
+    explore_route_max_cost: Annotated[float | None, Field(ge=0)] = None
     # conversations keep their model (sessions.py): a chat turn with a `user` or an
     # x-confroute-session key never starts below the model that answered its previous turn within
     # this many seconds (0: off); in this process (`memory`, the most recent session_max keys) or

@@ -76,3 +76,19 @@ def test_propensities_are_a_distribution_over_what_could_be_chosen() -> None:
         assert seen[key] == pytest.approx(mixed(key, "b", 3, 0.6), abs=0.04)
     last, p = explore_decision(Decision("accept", None, None, "last_model"), "c", MODELS, 0.9, rng)
     assert (last.decision, p) == ("accept", 1.0)  # nothing could follow the last model
+
+
+def test_exploration_never_picks_a_model_beyond_the_cost_cap() -> None:
+    """`allowed` (the service: CONFROUTE_EXPLORE_ROUTE_MAX_COST) removes the dear model from
+    what exploration may draw; the policy's own choice stays, and propensities are over the
+    candidates that remain."""
+    rng = random.Random(1)
+    cheap = lambda m: m != "c"  # noqa: E731
+    for _ in range(300):
+        s, p = explore_first(Start("a", {}, "query_features"), MODELS, 1.0, rng, cheap)
+        assert s.model in ("a", "b") and p == pytest.approx(1 / 2)
+        d, p = explore_decision(Decision("accept", 0.5, None, "confident"), "a", MODELS, 1.0,
+                                rng, cheap)
+        assert d.next_model != "c" and p == pytest.approx(1 / 2)
+    own, p = explore_first(Start("c", {}, "query_features"), MODELS, 1.0, rng, cheap)
+    assert own.model in MODELS and p == pytest.approx(1 / 3)  # the policy's own dear choice stays

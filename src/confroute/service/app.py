@@ -84,7 +84,8 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     runner = CascadeRunner(panel, backends, engine, dlog, metrics, settings.log_response_chars,
                           settings.explore_rate, looper.budget if looper else None, shadow,
                           open_sessions(settings.session_store, settings.session_ttl_s,
-                                        settings.session_max), settings.explore_route_rate)
+                                        settings.session_max), settings.explore_route_rate,
+                          settings.explore_route_max_cost)
     return Resources(settings, panel, engine, dlog, backends, runner)
 
 
