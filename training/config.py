@@ -43,6 +43,13 @@ class Tracking(StrictModel):
     experiment: str = "confroute"
 
 
+class Registry(StrictModel):
+    """The MLflow Model Registry: each exported version registered under `name` (training/registry.py)."""
+
+    enabled: bool = True
+    name: str = Field("confroute", min_length=1, pattern=r"^[\w.-]+$")
+
+
 class Sweep(StrictModel):
     """`confroute train --sweep`: one run per classifier x calibration."""
 
@@ -86,6 +93,7 @@ class TrainConfig(StrictModel):
     logistic: LogisticParams = LogisticParams()
     features: FeatureSpec = FeatureSpec()  # written into the manifest as is
     tracking: Tracking = Tracking()
+    registry: Registry = Registry()
     sweep: Sweep = Sweep()
 
     @model_validator(mode="after")

@@ -58,7 +58,7 @@ from confroute.grading import DEFAULT_GRADER, get_grader
 from confroute.manifest import ManifestError, resolve_current, switch_current
 from confroute.panel import Panel, StrictModel, load_panel, load_yaml_model
 from confroute.scoring import Scorer
-from training import tracking
+from training import registry, tracking
 from training.config import TrainConfig
 from training.export import export_version
 from training.gate import Comparison, Gate, Verdict, compare, judge
@@ -297,5 +297,11 @@ def log_runs(
         (Path(tmp) / "comparison.json").write_text(comparison.to_json(verdict), encoding="utf-8")
         run.log_artifacts(tmp, "retrain")
     run.log_artifacts(version_dir, "model")
+    if config.train.registry.enabled and not opts.dry_run:
+        name, uri = config.train.registry.name, config.train.tracking.uri
+        number = registry.register(uri, name, run.run_id, version_dir.name)
+        registry.set_alias(uri, name, registry.CHAMPION if verdict.promote else
+                           registry.CHALLENGER, number)
+        run.set_tags({"registered": f"models:/{name}/{number}"})
     return runs
 

@@ -25,7 +25,7 @@ from confroute.grading import DEFAULT_GRADER
 from confroute.manifest import PanelInfo, PanelModelInfo, check_current_link
 from confroute.panel import Panel, load_panel
 from confroute.traces import read_traces
-from training import plots, tracking
+from training import plots, registry, tracking
 from training import quality as M
 from training.classifiers import SPECS
 from training.config import TrainConfig
@@ -351,6 +351,13 @@ def train(config: TrainConfig, data: Dataset | None = None) -> TrainResult:
                 figures(data, built.fitted, Path(tmp), config.ece_bins)
                 run.log_artifacts(tmp, "figures")
         run.log_artifacts(built.version_dir, "model")
+        if config.registry.enabled:
+            number = registry.register(config.tracking.uri, config.registry.name, run.run_id,
+                                       built.version_dir.name)
+            run.set_tags({"registered": f"models:/{config.registry.name}/{number}"})
+            if config.switch_current:  # what this machine now serves is the champion
+                registry.set_alias(config.tracking.uri, config.registry.name,
+                                   registry.CHAMPION, number)
     return TrainResult(config.classifier, config.calibration, run.run_id, built.version_dir,
                        built.metrics, built.parity)
 

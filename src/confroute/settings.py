@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     # models itself, and they share the decision log and models_dir
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     models_dir: Path = Path("models")  # serves models_dir/current (a symlink to a version)
+    # a registered version to serve (registry.py): models:/NAME/N or models:/NAME@ALIAS, fetched
+    # into models_dir and made current at start; follow_alias: poll the alias every
+    # follow_interval_s and serve what a promotion moves it to (MLFLOW_TRACKING_URI: the store)
+    version: str | None = None
+    follow_alias: bool = False
+    follow_interval_s: Annotated[float, Field(gt=0)] = 10.0
     panel: Path = Path("configs/panel.cpu.yaml")  # backends of /v1/chat/completions
     # the confidence looper's `algorithm: {type: confidence, ...}` block (looper.py); None: the
     # calibrated policy with these settings' defaults
@@ -95,6 +101,15 @@ class Settings(BaseSettings):
         """An empty host (an unset variable) made uvicorn listen on every interface."""
         if not value.strip() or any(c.isspace() for c in value):
             raise ValueError(f"{value!r}: give an address to listen on (127.0.0.1, 0.0.0.0, ...)")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _registry_version(cls, value: str | None) -> str | None:
+        if value is not None:
+            from confroute.registry import parse
+
+            parse(value)
         return value
 
     @field_validator("session_store")

@@ -35,6 +35,13 @@ def serve(
     workers: int | None = typer.Option(
         None, help="Processes serving the port (default 1); they share the decision log and "
                    "models_dir, each hot-reloads, /metrics sums them."),
+    version: str | None = typer.Option(
+        None, help="A registered version: models:/NAME@ALIAS or models:/NAME/N (MLflow "
+                   "registry, MLFLOW_TRACKING_URI), fetched into models_dir, verified, served."),
+    follow_alias: bool | None = typer.Option(
+        None, "--follow-alias/--no-follow-alias",
+        help="Poll --version's alias and serve what a promotion moves it to."),
+    follow_interval_s: float | None = typer.Option(None, help="Seconds between alias polls (10)."),
 ) -> None:
     """Serve /v1/route, /v1/chat/completions, /v1/feedback, /healthz and /metrics.
 
@@ -49,7 +56,8 @@ def serve(
 
     given: dict[str, Any] = {"host": host, "port": port, "models_dir": models_dir, "panel": panel,
              "decision_log": decision_log, "log_level": log_level,
-             "router_config": router_config, "workers": workers}
+             "router_config": router_config, "workers": workers, "version": version,
+             "follow_alias": follow_alias, "follow_interval_s": follow_interval_s}
     from confroute.backends.llamacpp import LlamaCppBackend
     from confroute.modelstore import ModelStoreError
 
@@ -61,9 +69,17 @@ def serve(
         if settings.shadow_model is not None and settings.shadow_model not in panel_config.names:
             raise ValueError(f"shadow_model {settings.shadow_model!r} is not in panel "
                              f"{panel_config.name!r}: {panel_config.names}")
-        from confroute import tracing
+        from confroute import registry, tracing
 
         tracing.configure()  # OTEL_* asking for an exporter that is not installed: likewise
+        if settings.version is not None:  # a registry or alias that is not there: likewise
+            from confroute.manifest import ManifestError
+
+            try:
+                number = registry.resolve(registry.parse(settings.version))
+            except ManifestError as exc:
+                raise ValueError(str(exc)) from None
+            typer.echo(f"serving {settings.version} (registered version {number})", err=True)
         if settings.router_config is not None:  # a bad router config: likewise
             from confroute.looper import load_router_config
 

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp
 
-from confroute import tracing
+from confroute import registry, tracing
 from confroute.backends import Backend, make_backend
 from confroute.decisions.feedback import apply_feedback
 from confroute.decisions.log import DecisionLog
@@ -89,11 +89,42 @@ def build(settings: Settings, metrics: Metrics) -> Resources:
     return Resources(settings, panel, engine, dlog, backends, runner)
 
 
+async def _fetch_registered(settings: Settings) -> int | None:
+    """--version models:/...: fetch, verify and make current the registered version before the
+    first load (registry.py); its number, or None (logged: the service starts not ready, or on
+    what models_dir already serves)."""
+    if settings.version is None:
+        return None
+    try:
+        number, path = await asyncio.to_thread(registry.serve_from,
+                                               registry.parse(settings.version),
+                                               settings.models_dir)
+    except (ManifestError, OSError, ValueError) as exc:
+        log.error("%s: %s", settings.version, exc)
+        return None
+    log.info("%s is registered version %d (%s)", settings.version, number, path.name)
+    return number
+
+
+def _follower(settings: Settings, number: int | None) -> asyncio.Task[None] | None:
+    """--follow-alias: the task that moves `current` with the registry alias (registry.py)."""
+    if settings.version is None or not settings.follow_alias:
+        return None
+    ref = registry.parse(settings.version)
+    if ref.alias is None:
+        log.warning("--follow-alias with %s: a version number never moves; not following",
+                    settings.version)
+        return None
+    return asyncio.create_task(registry.follow(ref, settings.models_dir,
+                                               settings.follow_interval_s, number=number))
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     res = build(app.state.settings, app.state.metrics)
     app.state.resources = res
     res.log.start()
+    number = await _fetch_registered(res.settings)
     try:
         version = await asyncio.to_thread(res.engine.versions.reload)
         app.state.metrics.serving(version.version)
@@ -101,6 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("no model version loaded (%s); /healthz says 503 until one is", exc)
     watcher = asyncio.create_task(res.engine.versions.watch(
         res.settings.reload_interval_s, lambda v: app.state.metrics.serving(v.version)))
+    follower = _follower(res.settings, number)
     # What start-up made (app, model version, onnxruntime, numba, ...) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise walk it mid-request.
     gc.collect()
@@ -109,6 +141,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         watcher.cancel()
+        if follower is not None:
+            follower.cancel()
         await res.runner.drain()
         await _close(res.backends)
         await asyncio.to_thread(res.log.close)
