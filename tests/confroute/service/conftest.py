@@ -244,3 +244,11 @@ def stub(backend: StubBackend) -> Iterator[str]:
     """`backend` under uvicorn on loopback: the base URL panels point at."""
     with serve_app(backend, ready_path="/v1/models") as url:
         yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def cascade_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory serving a version with the known cascade policy."""
+    models = tmp_path_factory.mktemp("cascade-models")
+    build_version(models, policy=known_cascade())
+    return models

@@ -3,6 +3,7 @@ ahead in the chat endpoint, and /v1/route judging any model's answer in its stat
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +14,10 @@ from fastapi.testclient import TestClient
 
 from confroute.service import create_app
 
-from .conftest import PANEL, build_version, known_cascade, serve_app, settings_for, stub_panel
+from .conftest import PANEL, serve_app, settings_for, stub_panel
 from .stub_backend import TEXT, StubBackend, tokens
 
 SMALL, MEDIUM, LARGE = PANEL
-
-
-@pytest.fixture(scope="module")
-def cascade_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    models = tmp_path_factory.mktemp("cascade-models")
-    build_version(models, policy=known_cascade())
-    return models
 
 
 @pytest.fixture()
@@ -402,7 +396,7 @@ def test_route_exploration_logs_propensities_that_report_counterfactual_reads(
         by.setdefault(row[0], []).append(row)
     for stages in by.values():
         assert stages[0][4] == pytest.approx(1 / 3)
-        for before, after in zip(stages, stages[1:], strict=False):
+        for before, after in itertools.pairwise(stages):
             later = PANEL[PANEL.index(before[2]) + 1:]
             assert after[4] == pytest.approx(1 / (1 + len(later)))
     assert any(r[3] == "explored" for r in rows)

@@ -20,18 +20,11 @@ from confroute.service import create_app
 from confroute.sessions import MemorySessions, PostgresSessions, open_sessions
 from confroute.settings import Settings
 
-from .conftest import PANEL, build_version, known_cascade, serve_app, settings_for, stub_panel
+from .conftest import PANEL, serve_app, settings_for, stub_panel
 
 SMALL, MEDIUM, LARGE = PANEL
 HARD = "Solve: What is 1 + 2 + 3?"  # three numbers: the known cascade starts at the large model
 EASY = "What is 3 + 4?"  # starts at the small one, whose confident answer is accepted
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("session-models")
-    build_version(d, policy=known_cascade())
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +50,10 @@ def _first(router: Any) -> tuple[str, str]:
 
 
 def test_a_follow_up_turn_starts_at_the_model_that_answered_before(
-    tmp_path: Path, models: Path, stub: str,
+    tmp_path: Path, cascade_models: Path, stub: str,
 ) -> None:
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("ok:7", "ok:7", "ok:6"))
-    with serve_app(create_app(settings_for(tmp_path, models, panel))) as url:
+    with serve_app(create_app(settings_for(tmp_path, cascade_models, panel))) as url:
         assert _first(_turn(url, EASY)) == (SMALL, "query_features")  # no key: judged alone
         assert _first(_turn(url, HARD, user="alice"))[0] == LARGE
         follow = _turn(url, EASY, user="alice")
@@ -75,26 +68,26 @@ def test_a_follow_up_turn_starts_at_the_model_that_answered_before(
         assert bad.status_code == 422 and "user" in bad.text  # as every invalid chat field
 
 
-def test_sessions_expire_and_can_be_turned_off(tmp_path: Path, models: Path, stub: str) -> None:
+def test_sessions_expire_and_can_be_turned_off(tmp_path: Path, cascade_models: Path, stub: str) -> None:
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("ok:7", "ok:7", "ok:6"))
-    short = settings_for(tmp_path, models, panel, session_ttl_s=0.3)
+    short = settings_for(tmp_path, cascade_models, panel, session_ttl_s=0.3)
     with serve_app(create_app(short)) as url:
         _turn(url, HARD, user="carol")
         assert _first(_turn(url, EASY, user="carol"))[1] == "session"
         time.sleep(0.4)
         assert _first(_turn(url, EASY, user="carol"))[0] == SMALL
-    off = settings_for(tmp_path, models, panel, session_ttl_s=0)
+    off = settings_for(tmp_path, cascade_models, panel, session_ttl_s=0)
     with serve_app(create_app(off)) as url:
         _turn(url, HARD, user="dave")
         assert _first(_turn(url, EASY, user="dave"))[0] == SMALL
 
 
 def test_two_instances_share_one_postgresql_session_table(
-    tmp_path: Path, models: Path, stub: str, postgres: PgServer,
+    tmp_path: Path, cascade_models: Path, stub: str, postgres: PgServer,
 ) -> None:
     panel = stub_panel(tmp_path / "panel.yaml", stub, ("ok:7", "ok:7", "ok:6"))
-    a = settings_for(tmp_path / "a", models, panel, session_store=postgres.url)
-    b = settings_for(tmp_path / "b", models, panel, session_store=postgres.url)
+    a = settings_for(tmp_path / "a", cascade_models, panel, session_store=postgres.url)
+    b = settings_for(tmp_path / "b", cascade_models, panel, session_store=postgres.url)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with serve_app(create_app(a)) as url_a, serve_app(create_app(b)) as url_b:

@@ -15,19 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from confroute import tracing
 from confroute.service import create_app
 
-from .conftest import PANEL, build_version, known_cascade, settings_for, stub_panel
+from .conftest import PANEL, settings_for, stub_panel
 from .stub_backend import StubBackend, tokens
 
 SMALL, MEDIUM, LARGE = PANEL
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("tracing-models")
-    build_version(d, policy=known_cascade())
-    return d
 
 
 @pytest.fixture()
@@ -38,16 +31,16 @@ def spans() -> Iterator[InMemorySpanExporter]:
     tracing.configure({})  # off again for the other tests
 
 
-def _client(tmp_path: Path, models: Path, stub: str, modes: tuple[str, str, str]) -> TestClient:
+def _client(tmp_path: Path, cascade_models: Path, stub: str, modes: tuple[str, str, str]) -> TestClient:
     panel = stub_panel(tmp_path / "panel.yaml", stub, modes)
-    return TestClient(create_app(settings_for(tmp_path, models, panel)))
+    return TestClient(create_app(settings_for(tmp_path, cascade_models, panel)))
 
 
 def test_a_chat_request_is_one_span_with_a_child_per_stage(
-    tmp_path: Path, models: Path, stub: str, backend: StubBackend,
+    tmp_path: Path, cascade_models: Path, stub: str, backend: StubBackend,
     spans: InMemorySpanExporter,
 ) -> None:
-    with _client(tmp_path, models, stub, ("unsure", "ok:7", "ok:9")) as c:
+    with _client(tmp_path, cascade_models, stub, ("unsure", "ok:7", "ok:9")) as c:
         r = c.post("/v1/chat/completions", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"},
                    json={"model": "confroute:0.5",
                          "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
@@ -74,9 +67,9 @@ def test_a_chat_request_is_one_span_with_a_child_per_stage(
 
 
 def test_a_route_request_is_one_span_with_its_decision(
-    tmp_path: Path, models: Path, stub: str, spans: InMemorySpanExporter,
+    tmp_path: Path, cascade_models: Path, stub: str, spans: InMemorySpanExporter,
 ) -> None:
-    with _client(tmp_path, models, stub, ("ok", "ok", "ok")) as c:
+    with _client(tmp_path, cascade_models, stub, ("ok", "ok", "ok")) as c:
         r = c.post("/v1/route", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"}, json={
             "model": SMALL, "content": tokens("The answer is : 7", -2.5),
             "cost_quality_tradeoff": 0.8})
@@ -90,12 +83,12 @@ def test_a_route_request_is_one_span_with_its_decision(
 
 
 def test_off_by_default_and_by_the_standard_variables(
-    tmp_path: Path, models: Path, stub: str,
+    tmp_path: Path, cascade_models: Path, stub: str,
 ) -> None:
     exporter = InMemorySpanExporter()
     assert tracing.configure({}, exporter=exporter)
     assert not tracing.configure({}) and not tracing.on()  # no OTEL_* variable: off
-    with _client(tmp_path, models, stub, ("ok", "ok", "ok")) as c:
+    with _client(tmp_path, cascade_models, stub, ("ok", "ok", "ok")) as c:
         r = c.post("/v1/chat/completions", json={
             "model": "confroute", "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
         assert r.status_code == 200
