@@ -136,7 +136,7 @@ def _compact(req: Request) -> TokenArrays:
 def _check_values(arr: TokenArrays) -> None:
     """Logprobs are log-probabilities: finite (JSON cannot say otherwise) and at most 0."""
     for name, a in (("logprob", arr.logprob), ("top_logprobs", arr.top)):
-        bad = np.nan_to_num(a, nan=-np.inf) > 1e-3  # NaN: a missing (masked) alternative
+        bad = a > 1e-3  # NaN (a missing, masked alternative) compares False: never flagged
         if bad.any():
             at = tuple(np.argwhere(bad)[0])  # the first offending token (and alternative)
             raise BadRequest(f"{name} must be <= 0 (log-probabilities); token {int(at[0])} has "
