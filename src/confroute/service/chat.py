@@ -23,9 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from confroute import tracing
 from confroute.errors import BadRequest, RoutingError
+from confroute.outcome import Cascade
 from confroute.panel import Panel
 from confroute.request_plan import Limits
-from confroute.runner import Cascade, ChatTask
+from confroute.runner import ChatTask
 from confroute.service import chat_format
 from confroute.service.edge import bearer_token, check_json_content_type, check_key, send_json
 from confroute.service.errors import is_utf8, plain_error, validation_json

@@ -10,8 +10,8 @@ import msgspec
 
 from confroute.backends import Completion
 from confroute.errors import BadRequest
+from confroute.outcome import Cascade, spent, stage_cost, usage
 from confroute.panel import Panel
-from confroute.runner import Cascade, spent, stage_cost, usage
 
 _encode = msgspec.json.Encoder().encode
 _CHUNK_TOKENS = 8  # tokens per streamed content chunk
