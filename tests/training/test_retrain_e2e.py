@@ -281,6 +281,10 @@ def _check_runs(traffic: Traffic, new: str) -> None:
     assert cur.tags == cur.tags | {"role": "current", "version": traffic.first}
     assert {k for k in cand.metrics if k.startswith("brier.")} == \
         {k for k in cur.metrics if k.startswith("brier.")} == {f"brier.{m}" for m in traffic.models}
+    # the promoted candidate is a registered version, and the champion (training/registry.py)
+    champion = client.get_model_version_by_alias("confroute", "champion")
+    assert champion.tags["confroute.version"] == new
+    assert cand.tags["registered"] == f"models:/confroute/{champion.version}"
 
 
 def test_drift_on_the_service_log(traffic: Traffic, tmp_path: Path) -> None:
@@ -323,3 +327,8 @@ def test_gate_refuses_a_worse_candidate_and_current_stays(traffic: Traffic, tmp_
     assert "worse" in result.output
     assert resolve_current(models_dir).name == traffic.first
     assert sorted(p.name for p in models_dir.iterdir()) == ["current", traffic.first]
+    from mlflow import MlflowClient  # the refused candidate is registered as the challenger
+
+    client = MlflowClient(f"sqlite:///{traffic.log.parent}/mlruns/mlflow.db")
+    challenger = client.get_model_version_by_alias("confroute", "challenger")
+    assert client.get_run(challenger.run_id).data.tags["gate"] == "refused"
