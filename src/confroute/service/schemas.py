@@ -15,7 +15,7 @@ import json
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from confroute.traces import Token, Usage
 
@@ -190,9 +190,15 @@ class ChatHeaders(BaseModel):
     max_escalations: int | None = Field(None, alias="x-confroute-max-escalations", ge=0)
     deadline_s: float | None = Field(None, alias="x-confroute-deadline-s", gt=0, le=3600)
     session: str | None = Field(None, alias="x-confroute-session", min_length=1, max_length=256)
-    # the caller's W3C trace context: the request's span is its child (tracing.py)
-    traceparent: str | None = Field(None, max_length=128)
-    tracestate: str | None = Field(None, max_length=512)
+    # the caller's W3C trace context: the request's span is its child (tracing.py); one that is
+    # too long to be one is ignored, as the W3C spec says, and never fails the request
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @field_validator("traceparent", "tracestate", mode="before")
+    @classmethod
+    def _ignore_oversized(cls, value: object) -> object:
+        return value if isinstance(value, str) and len(value) <= 512 else None
 
 
 class ChatRequest(_Open):

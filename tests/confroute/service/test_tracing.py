@@ -101,3 +101,16 @@ def test_off_by_default_and_by_the_standard_variables(
         tracing.configure({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert tracing.configure({"OTEL_TRACES_EXPORTER": "console"}) and tracing.on()
     tracing.configure({})
+
+
+def test_a_malformed_trace_header_is_ignored_not_refused(
+    tmp_path: Path, cascade_models: Path, stub: str, spans: InMemorySpanExporter,
+) -> None:
+    """W3C: a traceparent that cannot be one starts a new trace; the request is served."""
+    with _client(tmp_path, cascade_models, stub, ("ok", "ok", "ok")) as c:
+        for header in ("x" * 600, "00-not-a-trace-01"):
+            r = c.post("/v1/chat/completions", headers={"traceparent": header}, json={
+                "model": "confroute", "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
+            assert r.status_code == 200, r.text
+    roots = [s for s in spans.get_finished_spans() if s.name == "confroute chat"]
+    assert len(roots) == 2 and all(s.parent is None for s in roots)
