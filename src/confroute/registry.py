@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -53,11 +54,17 @@ def parse(uri: str) -> RegistryRef:
 
 
 def _client(tracking_uri: str | None) -> object:
+    """The registry's client; a SQLite store that does not exist is an error here, not a new
+    empty store (a server only reads the registry)."""
     try:
         from mlflow import MlflowClient
     except ImportError:
         raise ManifestError("serving from the MLflow registry needs mlflow: pip install "
                             "'confroute[train]'") from None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ManifestError(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): nothing to serve "
+                            "from its registry")
     return MlflowClient(tracking_uri)
 
 

@@ -80,3 +80,16 @@ def test_registry_uris_and_a_missing_alias() -> None:
     for bad in ("models:/confroute", "runs:/abc/model", "models:/a/b/c"):
         with pytest.raises(ValueError, match="models:/NAME/NUMBER or models:/NAME@ALIAS"):
             parse(bad)
+
+
+def test_a_store_that_is_not_there_is_an_error_not_a_new_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from confroute.manifest import ManifestError
+    from confroute.registry import resolve
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    with pytest.raises(ManifestError, match="no MLflow store"):
+        resolve(parse("models:/confroute@champion"))
+    assert not missing.parent.exists()
