@@ -25,7 +25,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+from confroute.registry import DEFAULT_STORE
+
+DEFAULT_URI = DEFAULT_STORE  # the registry's reader (confroute/registry.py) defaults to it too
 _SQLITE = "sqlite:///"
 
 

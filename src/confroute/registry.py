@@ -7,8 +7,9 @@ up. A version that fails to download or verify is refused and logged: the old on
 
 `confroute train` and `retrain` register what they export (training/registry.py); the retrain
 gate moves `champion` to a promoted candidate and `challenger` to one that lost. The registry
-is MLflow's (the tracking store `MLFLOW_TRACKING_URI` or `--tracking-uri` names); mlflow is
-imported only here and only when a registry URI is given, so the runtime needs it only then.
+is MLflow's, in the tracking store `MLFLOW_TRACKING_URI` names, else `DEFAULT_STORE`, the one
+`confroute train` writes by default; mlflow is imported only here and only when a registry URI
+is given, so the runtime needs it only then.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from confroute.manifest import MANIFEST, ManifestError, switch_current, verify
 
 log = logging.getLogger("confroute.service")
+DEFAULT_STORE = "sqlite:///mlruns/mlflow.db"  # training/tracking.py's default too
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<number>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -53,6 +55,11 @@ def parse(uri: str) -> RegistryRef:
     return RegistryRef(m.group("name"), int(number) if number else None, m.group("alias"))
 
 
+def store(tracking_uri: str | None = None) -> str:
+    """The tracking store: given, else MLFLOW_TRACKING_URI, else DEFAULT_STORE."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+
+
 def _client(tracking_uri: str | None) -> object:
     """The registry's client; a SQLite store that does not exist is an error here, not a new
     empty store (a server only reads the registry)."""
@@ -61,11 +68,11 @@ def _client(tracking_uri: str | None) -> object:
     except ImportError:
         raise ManifestError("serving from the MLflow registry needs mlflow: pip install "
                             "'confroute[train]'") from None
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    uri = store(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ManifestError(f"no MLflow store at {uri} (MLFLOW_TRACKING_URI): nothing to serve "
                             "from its registry")
-    return MlflowClient(tracking_uri)
+    return MlflowClient(uri)
 
 
 def resolve(ref: RegistryRef, tracking_uri: str | None = None) -> int:
@@ -93,7 +100,7 @@ def fetch(ref: RegistryRef, models_dir: str | Path, tracking_uri: str | None = N
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".fetch-") as tmp:
         try:
             got = Path(download_artifacts(artifact_uri=f"models:/{ref.name}/{number}",
-                                          dst_path=tmp, tracking_uri=tracking_uri))
+                                          dst_path=tmp, tracking_uri=store(tracking_uri)))
         except Exception as exc:  # an unreachable store, a version without files
             raise ManifestError(f"models:/{ref.name}/{number}: download failed: {exc}") from None
         if not (got / MANIFEST).is_file():

@@ -36,6 +36,11 @@ def test_a_logged_policy_estimates_another_within_its_intervals(
     r = ground_truth_check(arrays, policy, log_lambda, target_lambda, 0.5, range(20), n_boot=300)
     held = r["intervals_holding_truth"]
     assert held["accuracy_dr"] >= 19 and held["cost_dr"] >= 19, held
+    other_lam = ground_truth_check(arrays, policy, log_lambda, log_lambda, 0.0, [0], n_boot=50)
+    wrong = other_lam["truth"]["accuracy"]  # the logging λ's own accuracy: intervals that held
+    excluded = sum(not (row["estimates"]["accuracy"]["dr"]["ci95"][0] <= wrong
+                        <= row["estimates"]["accuracy"]["dr"]["ci95"][1]) for row in r["per_seed"])
+    assert excluded >= 19  # it too would mean nothing: the intervals are informative
     assert held["accuracy_snips"] >= 18 and held["cost_snips"] >= 18, held
     assert all(row["ess"] > 30 for row in r["per_seed"])
     other = ground_truth_check(arrays, policy, log_lambda, log_lambda, 0.0, [0], n_boot=50)
@@ -57,6 +62,8 @@ def test_without_exploration_the_log_does_not_cover_another_policy(
 
 
 def test_propensities_are_a_distribution_over_what_could_be_chosen() -> None:
+    assert mixed("b", "b", 3, 0.6) == pytest.approx(0.4 + 0.2)
+    assert mixed("c", "b", 3, 0.6) == pytest.approx(0.2)
     for policy_choice in options("a", MODELS):
         total = sum(mixed(c, policy_choice, 3, 0.3) for c in options("a", MODELS))
         assert total == pytest.approx(1.0)
@@ -90,5 +97,9 @@ def test_exploration_never_picks_a_model_beyond_the_cost_cap() -> None:
         d, p = explore_decision(Decision("accept", 0.5, None, "confident"), "a", MODELS, 1.0,
                                 rng, cheap)
         assert d.next_model != "c" and p == pytest.approx(1 / 2)
-    own, p = explore_first(Start("c", {}, "query_features"), MODELS, 1.0, rng, cheap)
-    assert own.model in MODELS and p == pytest.approx(1 / 3)  # the policy's own dear choice stays
+    drawn = set()
+    for _ in range(300):  # the policy's own dear choice stays a candidate
+        own, p = explore_first(Start("c", {}, "query_features"), MODELS, 1.0, rng, cheap)
+        drawn.add(own.model)
+        assert p == pytest.approx(1 / 3)
+    assert drawn == {"a", "b", "c"}

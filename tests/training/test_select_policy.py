@@ -109,7 +109,20 @@ def test_above_lambda_0_the_rows_are_the_fitted_cascade_unless_dearer_than_the_r
         else:  # the row before's rule, because the cascade at this λ costs more on these items
             assert states(row) == states(pol.rows[k - 1])
             assert spent(ref) > spent(pol.rows[k - 1]) + 1e-12
-    assert served >= len(pol.rows) // 2
+    assert served == len(pol.rows) - 1  # these panels' cascade rows never rise in cost
+
+
+def test_a_rule_dearer_on_the_training_items_than_the_row_before_serves_that_row() -> None:
+    """select_policy._monotone on made-up replays: costs 1, 2, 0.5 per item -> the second λ
+    serves the first λ's rule; the third, cheaper, its own."""
+    from training.fit_cascade import Replayed
+    from training.select_policy import _monotone
+
+    def out(c: float) -> Replayed:
+        return Replayed(np.zeros(4, int), np.ones(4, bool), np.full(4, c), np.ones((4, 1), bool))
+
+    picked, outs = _monotone([7, 8, 9], [out(1.0), out(2.0), out(0.5)])
+    assert picked == [7, 7, 9] and [float(o.cost.mean()) for o in outs] == [1.0, 1.0, 0.5]
 
 
 def test_a_free_equal_model_is_the_whole_answer_at_lambda_0() -> None:

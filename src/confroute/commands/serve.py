@@ -28,10 +28,10 @@ def serve(
                    "(default configs/panel.cpu.yaml, embedded llama.cpp)."),
     decision_log: str | None = typer.Option(
         None, help="SQLite file or postgresql:// URL (default var/decisions.db)."),
-    log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning, error or critical."),
     router_config: Path | None = typer.Option(
         None, help="The confidence looper's `algorithm: {type: confidence, ...}` YAML "
-                   "(README: migrating from the looper)."),
+                   "(docs/service.md: migrating from the confidence looper)."),
     workers: int | None = typer.Option(
         None, help="Processes serving the port (default 1); they share the decision log and "
                    "models_dir, each hot-reloads, /metrics sums them."),

@@ -4,6 +4,7 @@ ahead in the chat endpoint, and /v1/route judging any model's answer in its stat
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,8 @@ def test_the_engine_refuses_a_version_trained_with_another_grader(cascade_models
     assert engine.versions.current is None and "conflicts" in (engine.versions.last_error or "")
     ok = Engine(cascade_models, None, None, 0.3)
     assert ok.versions.reload().version and type(ok.grader).__name__ == "NumericGrader"
+    same = Engine(cascade_models, None, "numeric", 0.3)  # the version's own grader, named
+    assert same.versions.reload().version == ok.versions.current.version  # type: ignore[union-attr]
 
 
 def test_shadow_mode_serves_the_fixed_model_and_logs_what_the_router_would_do(
@@ -407,7 +410,9 @@ def test_route_exploration_logs_propensities_that_report_counterfactual_reads(
                                    "--out", str(tmp_path / "cf")])
     assert out.exit_code == 0, out.output
     assert "snips" in out.output and "effective sample size" in out.output
-    assert (tmp_path / "cf" / "counterfactual.json").is_file()
+    rep = json.loads((tmp_path / "cf" / "counterfactual.json").read_text())
+    assert rep["episodes"] == 40 and rep["matched"] > 0 and rep["covered"], rep
+    assert rep["left_out"] == {"no_propensity": 0, "unlabeled": 0}
     none = CliRunner().invoke(app, ["report", "counterfactual", "--log",
                                     str(tmp_path / "decisions.db"), "--models-dir",
                                     str(cascade_models), "--lambda", "2", "--panel", str(panel)])

@@ -43,9 +43,11 @@ def test_two_instances_follow_a_promotion_and_refuse_a_bad_version(
     scratch = tmp_path / "built"
     v1 = build_version(scratch, switch=False)
     v2 = build_version(scratch, classifier="logistic", calibration="isotonic", switch=False)
-    assert v1.name != v2.name
-    bad = tmp_path / "bad" / v2.name
-    shutil.copytree(v2, bad)
+    v3 = build_version(scratch, classifier="logistic", calibration="sigmoid",
+                       params={"C": 0.05}, switch=False)
+    assert len({v1.name, v2.name, v3.name}) == 3
+    bad = tmp_path / "bad" / v3.name
+    shutil.copytree(v3, bad)
     next(bad.glob("*.onnx")).write_bytes(b"tampered")  # its manifest's hash no longer holds
     numbers = [reg.register(uri, "confroute", _logged(client, d), d.name) for d in (v1, v2, bad)]
     assert numbers == [1, 2, 3]
@@ -71,10 +73,19 @@ def test_two_instances_follow_a_promotion_and_refuse_a_bad_version(
         for name in ("a", "b"):
             models = tmp_path / name / "models"
             assert not [p for p in models.iterdir() if p.name.startswith(".fetch-")]
+            assert (models / "current").resolve().name == v2.name
+            assert not (models / v3.name).exists()  # never moved in, never switched to
             assert (models / "current" / MANIFEST).is_file()
 
 
-def test_registry_uris_and_a_missing_alias() -> None:
+def test_registry_uris_and_the_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    from confroute.registry import DEFAULT_STORE, store
+    from training.tracking import resolve_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store() == resolve_uri() == DEFAULT_STORE  # serve reads where train writes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
+    assert store() == resolve_uri() == "sqlite:////x/y.db"
     assert parse("models:/confroute@champion").alias == "champion"
     assert parse("models:/my.router/7").number == 7
     for bad in ("models:/confroute", "runs:/abc/model", "models:/a/b/c"):

@@ -45,6 +45,8 @@ def test_a_chat_request_is_one_span_with_a_child_per_stage(
                    json={"model": "confroute:0.5",
                          "messages": [{"role": "user", "content": "What is 3 + 4?"}]})
         assert r.status_code == 200, r.text
+    names = sorted(s.name for s in spans.get_finished_spans())
+    assert names == [f"chat {MEDIUM}", f"chat {SMALL}", "confroute chat"], names
     got = {s.name: s for s in spans.get_finished_spans()}
     req = got["confroute chat"]
     assert f"{req.context.trace_id:032x}" == TRACE and f"{req.parent.span_id:016x}" == PARENT
@@ -57,7 +59,7 @@ def test_a_chat_request_is_one_span_with_a_child_per_stage(
     for stage, decision in ((small, "escalate"), (medium, "accept")):
         s = dict(stage.attributes)
         assert stage.parent.span_id == req.context.span_id
-        assert s["gen_ai.request.model"] == stage.name.removeprefix("chat ")
+        assert s["gen_ai.request.model"] == (SMALL if stage is small else MEDIUM)
         assert s["gen_ai.usage.input_tokens"] == 10 and s["gen_ai.usage.output_tokens"] > 0
         assert s["confroute.decision"] == decision and 0 <= s["confroute.p_correct"] <= 1
         assert s["confroute.reason"] and s["confroute.cost"] > 0
