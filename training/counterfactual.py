@@ -36,6 +36,7 @@ import numpy as np
 from confroute.decisions.records import LoggedDecision, logged_cost
 from confroute.exploration import explore_decision, explore_first
 from confroute.panel import Panel
+from training.fit_cascade import cached_states
 
 ESTIMATORS = ("ips", "snips", "dr")
 
@@ -53,21 +54,27 @@ class Episode:
     cost: tuple[float, ...]
     query: tuple[float, ...] | None = None  # question features, where known (simulation)
 
+    @property
+    def features(self) -> list[float] | None:
+        """The question features as a policy's `first` takes them."""
+        return list(self.query) if self.query is not None else None
 
-def walk(policy: Any, lam: float, ep: Episode) -> tuple[int, bool]:
-    """(K, observed): how many of the logged calls the target makes before its answer stands,
-    and whether the log shows it (its calls are the first K logged ones)."""
-    model: str | None = policy.first(lam, list(ep.query) if ep.query is not None else None).model
+
+def walk(policy: Any, lam: float, ep: Episode) -> tuple[str, int, bool]:
+    """(first, K, observed): the target's first model, how many of the logged calls it makes
+    before its answer stands, and whether the log shows it (its calls are the first K logged)."""
+    first: str = policy.first(lam, ep.features).model
+    model: str | None = first
     called: list[str] = []
     for k, logged in enumerate(ep.calls):
         if model != logged:
-            return k, False
+            return first, k, False
         called.append(logged)
         d = policy.decide(logged, ep.p[k], lam, called)
         if d.decision == "accept":
-            return k + 1, True
+            return first, k + 1, True
         model = d.next_model
-    return len(ep.calls), False  # it would call past the end of the logged route
+    return first, len(ep.calls), False  # it would call past the end of the logged route
 
 
 def estimate(episodes: Sequence[Episode], policy: Any, lam: float, n_boot: int = 500,
@@ -79,8 +86,8 @@ def estimate(episodes: Sequence[Episode], policy: Any, lam: float, n_boot: int =
     w, acc, cost, first = np.zeros(n), np.zeros(n), np.zeros(n), []
     covered = 0
     for i, ep in enumerate(episodes):
-        k, seen = walk(policy, lam, ep)
-        first.append(policy.first(lam, list(ep.query) if ep.query else None).model)
+        start, k, seen = walk(policy, lam, ep)
+        first.append(start)
         if seen:
             w[i] = 1.0 / math.prod(ep.propensity[:k])
             acc[i], cost[i] = float(bool(ep.correct[k - 1])), float(sum(ep.cost[:k]))
@@ -164,14 +171,7 @@ def simulate(policy: Any, lam: float, models: Sequence[str], p_after: Any,
     whose every answer is known (p_after(j, before) -> (n,) p; (n, M) correct and cost): the
     same draws as the service (confroute.exploration)."""
     rng = random.Random(seed)
-    cache: dict[tuple[int, ...], np.ndarray] = {}
-
-    def p_of(j: int, before: tuple[int, ...]) -> np.ndarray:
-        key = (*before, j)
-        if key not in cache:
-            cache[key] = np.asarray(p_after(j, before), dtype=float)
-        return cache[key]
-
+    p_of = cached_states(p_after)  # each state's p over every item, computed once
     out = []
     for i in range(correct.shape[0]):
         q = None if query is None else tuple(float(x) for x in query[i])
@@ -180,9 +180,7 @@ def simulate(policy: Any, lam: float, models: Sequence[str], p_after: Any,
         calls: list[str] = []
         props, ps = [], []
         while model is not None:
-            j = models.index(model)
-            before = tuple(models.index(m) for m in calls)
-            p = float(p_of(j, before)[i])
+            p = float(p_of(tuple(models.index(m) for m in (*calls, model)))[i])
             calls.append(model)
             props.append(prop)
             ps.append(p)
@@ -210,18 +208,12 @@ def reference_arrays(version_dir: str | Path, traces: Sequence[str | Path]) -> A
     from confroute.features import FEATURE_NAMES
     from confroute.scoring import Scorer
     from confroute.traces import read_traces
-    from training.eval_arrays import arrays_from_table
-    from training.evaluate import panel_of, select_items
-    from training.table import build_table, complete_items
+    from training.evaluate import panel_of, scored_items, select_items
+    from training.table import build_table
 
     scorer = Scorer.load(version_dir, FEATURE_NAMES)
-    m = scorer.manifest
-    panel = panel_of(m)
-    raw = build_table(read_traces(traces), panel, m.feature_config)
-    table, _ = select_items(raw, scorer.path, None, None)
-    full = complete_items(table, panel.names)
-    return arrays_from_table(full, panel.names, m.feature_names, scorer.predict,
-                             m.feature_config.grader)
+    raw = build_table(read_traces(traces), panel_of(scorer.manifest), scorer.manifest.feature_config)
+    return scored_items(scorer, select_items(raw, scorer.path, None, None)[0])[1]
 
 
 def ground_truth_check(arrays: Any, policy: Any, log_lambda: float, target_lambda: float,

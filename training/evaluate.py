@@ -325,11 +325,7 @@ def run_evaluation(
     else:
         raw = build_table(read_traces(traces), panel, m.feature_config)
     table, source = select_items(raw, scorer.path, items_from, exclude_items_from)
-    full = complete_items(table, panel.names)
-    if full.empty:
-        raise ValueError(f"no selected item has a trace from every panel model {panel.names}")
-    arrays = arrays_from_table(full, panel.names, m.feature_names, scorer.predict,
-                               m.feature_config.grader)
+    full, arrays = scored_items(scorer, table)
     column = None
     if baseline_column is not None:
         column = (baseline_column, column_matrix(full, baseline_column, arrays.items, panel.names))
@@ -356,6 +352,18 @@ def run_evaluation(
             report["mlflow"] = f"not logged: {exc}"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def scored_items(scorer: Scorer, table: pd.DataFrame) -> tuple[pd.DataFrame, EvalArrays]:
+    """The selected items every panel model answered, and their arrays scored by the version
+    as the service scores them; ValueError when no item has every model's answer."""
+    m = scorer.manifest
+    names = list(m.panel.names)
+    full = complete_items(table, names)
+    if full.empty:
+        raise ValueError(f"no selected item has a trace from every panel model {names}")
+    return full, arrays_from_table(full, names, m.feature_names, scorer.predict,
+                                   m.feature_config.grader)
 
 
 def column_matrix(table: pd.DataFrame, name: str, items: Sequence[str], models: Sequence[str]

@@ -42,13 +42,12 @@ def configure(env: Mapping[str, str] = os.environ, exporter: Any = None) -> bool
     synchronous processor: tests); whether it is on. ValueError names what is missing or wrong.
     A provider of our own, not the process-global one, so MLflow's tracing and tests keep theirs."""
     global _tracer
+    _tracer = None
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() not in ("", "none", "otlp", "console"):
+        raise ValueError(f"OTEL_TRACES_EXPORTER={env['OTEL_TRACES_EXPORTER']!r}: confroute "
+                         "exports traces with otlp or console (or none)")
     kind = "given" if exporter is not None else wanted(env)
     if kind is None:
-        _tracer = None
-        if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() not in ("", "none", "otlp",
-                                                                       "console"):
-            raise ValueError(f"OTEL_TRACES_EXPORTER={env['OTEL_TRACES_EXPORTER']!r}: confroute "
-                             "exports traces with otlp or console (or none)")
         return False
     try:
         from opentelemetry.sdk.resources import Resource
